@@ -1,0 +1,128 @@
+#include "core/allocator.h"
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "core/error.h"
+
+namespace tessera {
+
+size_t AllocationBucket(size_t bytes) {
+  if (bytes == 0) return 64;
+  if (bytes <= 4096) {  // powers of two from 64 B
+    size_t b = 64;
+    while (b < bytes) b <<= 1;
+    return b;
+  }
+  // Larger: round up to 1/8 of the next power of two, so waste stays under 12.5%.
+  size_t p = 4096;
+  while (p < bytes) p <<= 1;
+  size_t step = p / 8;
+  return (bytes + step - 1) / step * step;
+}
+
+struct CachingAllocator::Impl {
+  RawAlloc raw_alloc;
+  RawFree raw_free;
+  const char* name;
+  mutable std::mutex mu;
+  std::multimap<size_t, void*> free_blocks;  // bucket size -> block
+  AllocatorStats stats;
+};
+
+CachingAllocator::CachingAllocator(RawAlloc raw_alloc, RawFree raw_free, const char* name)
+    : impl_(new Impl{raw_alloc, raw_free, name, {}, {}, {}}) {}
+
+CachingAllocator::~CachingAllocator() { EmptyCache(); }
+
+void* CachingAllocator::Allocate(size_t bytes) {
+  size_t bucket = AllocationBucket(bytes);
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->free_blocks.find(bucket);
+    if (it != impl_->free_blocks.end()) {
+      void* p = it->second;
+      impl_->free_blocks.erase(it);
+      impl_->stats.bytes_cached -= bucket;
+      impl_->stats.bytes_in_use += bucket;
+      if (impl_->stats.bytes_in_use > impl_->stats.peak_bytes_in_use)
+        impl_->stats.peak_bytes_in_use = impl_->stats.bytes_in_use;
+      ++impl_->stats.cache_hits;
+      return p;
+    }
+  }
+  void* p = impl_->raw_alloc(bucket);
+  if (p == nullptr) {
+    EmptyCache();
+    p = impl_->raw_alloc(bucket);
+  }
+  if (p == nullptr)
+    TESSERA_THROW(DeviceError, impl_->name, " allocator: out of memory allocating ", bucket,
+                  " bytes (", Stats().bytes_in_use, " bytes in use)");
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->stats.bytes_in_use += bucket;
+  if (impl_->stats.bytes_in_use > impl_->stats.peak_bytes_in_use)
+    impl_->stats.peak_bytes_in_use = impl_->stats.bytes_in_use;
+  ++impl_->stats.fresh_allocations;
+  return p;
+}
+
+void CachingAllocator::Free(void* ptr, size_t bytes) {
+  if (ptr == nullptr) return;
+  size_t bucket = AllocationBucket(bytes);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->free_blocks.emplace(bucket, ptr);
+  impl_->stats.bytes_in_use -= bucket;
+  impl_->stats.bytes_cached += bucket;
+}
+
+void CachingAllocator::EmptyCache() {
+  std::vector<void*> blocks;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    for (auto& kv : impl_->free_blocks) blocks.push_back(kv.second);
+    impl_->free_blocks.clear();
+    impl_->stats.bytes_cached = 0;
+  }
+  for (void* p : blocks) impl_->raw_free(p);
+}
+
+AllocatorStats CachingAllocator::Stats() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->stats;
+}
+
+namespace {
+void* CpuRawAlloc(size_t bytes) { return std::aligned_alloc(64, (bytes + 63) / 64 * 64); }
+void CpuRawFree(void* p) { std::free(p); }
+
+Allocator*& CudaAllocatorSlot(int index) {
+  static Allocator* slots[64] = {};
+  TESSERA_CHECK(index >= 0 && index < 64, "CUDA device index ", index);
+  return slots[index];
+}
+}  // namespace
+
+Allocator& GetAllocator(Device device) {
+  if (device.is_cpu()) {
+    // Leaked on purpose: tensors in static storage may be freed after main returns.
+    static Allocator* cpu = new CachingAllocator(&CpuRawAlloc, &CpuRawFree, "cpu");
+    return *cpu;
+  }
+  Allocator* a = CudaAllocatorSlot(device.index);
+  if (a == nullptr) {
+    std::string why;
+    CudaAvailable(&why);
+    TESSERA_THROW(DeviceError, "no allocator for ", device.str(), ": ", why);
+  }
+  return *a;
+}
+
+void SetAllocator(Device device, Allocator* allocator) {
+  TESSERA_CHECK(device.is_cuda(), "only CUDA allocators can be replaced");
+  CudaAllocatorSlot(device.index) = allocator;
+}
+
+}  // namespace tessera

@@ -1,0 +1,48 @@
+#include "core/models.h"
+
+#include "core/nn/layers.h"
+
+namespace tessera::models {
+
+std::unique_ptr<nn::Sequential> BuildMlp(const MlpConfig& c) {
+  auto net = std::make_unique<nn::Sequential>();
+  net->Add(std::make_unique<nn::Flatten>());
+  int64_t in = c.in_features;
+  for (int64_t h : c.hidden) {
+    net->Add(std::make_unique<nn::Linear>(in, h));
+    if (c.gelu) net->Add(std::make_unique<nn::GELU>());
+    else net->Add(std::make_unique<nn::ReLU>());
+    if (c.dropout > 0) net->Add(std::make_unique<nn::Dropout>(c.dropout));
+    in = h;
+  }
+  net->Add(std::make_unique<nn::Linear>(in, c.out_features));
+  return net;
+}
+
+std::unique_ptr<nn::Sequential> BuildCnn(const CnnConfig& c) {
+  auto net = std::make_unique<nn::Sequential>();
+  int64_t ch = c.in_channels, h = c.height, w = c.width;
+  for (int64_t out : c.channels) {
+    net->Add(std::make_unique<nn::Conv2d>(ch, out, c.kernel, 1, c.kernel / 2));
+    net->Add(std::make_unique<nn::ReLU>());
+    net->Add(std::make_unique<nn::MaxPool2d>(2));
+    ch = out;
+    h /= 2;
+    w /= 2;
+    if (h < 1 || w < 1)
+      TESSERA_THROW(ConfigError, "cnn: ", c.channels.size(), " pooling stages shrink a ", c.height, "x",
+                    c.width, " input below 1x1");
+  }
+  net->Add(std::make_unique<nn::Flatten>());
+  int64_t in = ch * h * w;
+  for (int64_t hid : c.hidden) {
+    net->Add(std::make_unique<nn::Linear>(in, hid));
+    net->Add(std::make_unique<nn::ReLU>());
+    if (c.dropout > 0) net->Add(std::make_unique<nn::Dropout>(c.dropout));
+    in = hid;
+  }
+  net->Add(std::make_unique<nn::Linear>(in, c.out_features));
+  return net;
+}
+
+}  // namespace tessera::models

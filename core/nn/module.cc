@@ -1,0 +1,163 @@
+#include "core/nn/module.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "core/random.h"
+
+namespace tessera::nn {
+
+Init Init::KaimingUniformA5(int64_t fan_in) {
+  // gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in).
+  double bound = fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
+  return Uniform(-bound, bound);
+}
+
+std::string Module::Summary(int indent) const {
+  std::ostringstream os;
+  os << Describe();
+  if (!children_.empty()) {
+    os << " (\n";
+    for (auto& [name, c] : children_)
+      os << std::string(indent + 2, ' ') << "(" << name << "): " << c->Summary(indent + 2) << "\n";
+    os << std::string(indent, ' ') << ")";
+  }
+  return os.str();
+}
+
+void Module::SetTraining(bool training) {
+  training_ = training;
+  OnTrainingChanged();
+  for (auto& c : children_) c.second->SetTraining(training);
+}
+
+std::vector<std::pair<std::string, Parameter*>> Module::NamedParameters() {
+  std::vector<std::pair<std::string, Parameter*>> out;
+  CollectParameters("", out);
+  return out;
+}
+
+void Module::CollectParameters(const std::string& prefix,
+                               std::vector<std::pair<std::string, Parameter*>>& out) {
+  for (auto& p : params_) out.emplace_back(prefix + p->name, p.get());
+  for (auto& [name, c] : children_) c->CollectParameters(prefix + name + ".", out);
+}
+
+std::vector<std::pair<std::string, Module*>> Module::NamedChildren() {
+  std::vector<std::pair<std::string, Module*>> out;
+  for (auto& [name, c] : children_) out.emplace_back(name, c.get());
+  return out;
+}
+
+int64_t Module::NumParameters() {
+  int64_t n = 0;
+  for (auto& [name, p] : NamedParameters()) n += NumElements(p->shape);
+  return n;
+}
+
+void Module::SetSeed(uint64_t seed) {
+  OnSeed(seed);
+  for (size_t i = 0; i < children_.size(); ++i)
+    children_[i].second->SetSeed(seed * 0x9E3779B97F4A7C15ull + i + 1);
+}
+
+Parameter& Module::AddParameter(const std::string& name, Shape shape, Init init) {
+  for (auto& p : params_)
+    if (p->name == name) TESSERA_THROW(Error, type_name_, ": parameter '", name, "' declared twice");
+  auto p = std::make_unique<Parameter>();
+  p->name = name;
+  p->shape = std::move(shape);
+  p->init = init;
+  params_.push_back(std::move(p));
+  return *params_.back();
+}
+
+Module& Module::AddChild(const std::string& name, std::unique_ptr<Module> child) {
+  if (!child) TESSERA_THROW(Error, type_name_, ": child '", name, "' is null");
+  for (auto& c : children_)
+    if (c.first == name) TESSERA_THROW(Error, type_name_, ": child '", name, "' added twice");
+  children_.emplace_back(name, std::move(child));
+  return *children_.back().second;
+}
+
+void Module::RequireMaterialized(const Parameter& p) const {
+  if (!p.value.defined())
+    TESSERA_THROW(Error, Describe(), ": parameter '", p.name,
+                  "' has no storage; lay the model out with nn::FlatParameters before Forward()");
+}
+
+Tensor Sequential::Forward(const Tensor& x) {
+  Tensor h = x;
+  for (size_t i = 0; i < num_children(); ++i) h = child(i).Forward(h);
+  return h;
+}
+
+Tensor Sequential::Backward(const Tensor& dy) {
+  Tensor g = dy;
+  for (size_t i = num_children(); i-- > 0;) g = child(i).Backward(g);
+  return g;
+}
+
+void Sequential::set_needs_input_grad(bool needs) {
+  Module::set_needs_input_grad(needs);
+  if (num_children() > 0) child(0).set_needs_input_grad(needs);
+}
+
+FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64_t seed)
+    : model_(model) {
+  if (!IsFloating(dtype))
+    TESSERA_THROW(ValueError, "FlatParameters: parameters must be floating point, got ", DTypeName(dtype));
+  auto named = model.NamedParameters();
+  int64_t offset = 0;
+  for (auto& [name, p] : named) {
+    if (p->value.defined())
+      TESSERA_THROW(Error, "FlatParameters: parameter '", name, "' is already laid out");
+    int64_t n = NumElements(p->shape);
+    entries_.push_back({name, p, offset, n});
+    num_params_ += n;
+    offset += (n + kAlignment - 1) / kAlignment * kAlignment;
+  }
+  // Initial values are drawn on the host in double, then cast and copied once.
+  std::vector<double> host(static_cast<size_t>(offset), 0.0);
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const Entry& e = entries_[i];
+    const Init& init = e.param->init;
+    PhiloxGenerator gen(seed, /*stream=*/i + 1);
+    double* dst = host.data() + e.offset;
+    for (int64_t j = 0; j < e.numel; ++j) {
+      switch (init.kind) {
+        case Init::kZeros: dst[j] = 0; break;
+        case Init::kOnes: dst[j] = 1; break;
+        case Init::kUniform: dst[j] = gen.Uniform(init.a, init.b); break;
+        case Init::kNormal: dst[j] = init.a + init.b * gen.Normal(); break;
+      }
+    }
+  }
+  Tensor staged = Tensor::FromVector(host, {offset}, dtype);
+  values_ = device.is_cpu() ? staged : staged.To(device);
+  grads_ = Tensor::Zeros({offset}, dtype, device);
+  for (Entry& e : entries_) {
+    e.param->value = values_.View(e.offset, e.param->shape);
+    e.param->grad = grads_.View(e.offset, e.param->shape);
+    e.param->offset = e.offset;
+    e.param->grad_ready_hook = &hook_;
+  }
+  model.SetSeed(seed);
+}
+
+FlatParameters::~FlatParameters() {
+  for (Entry& e : entries_) {
+    e.param->value = Tensor();
+    e.param->grad = Tensor();
+    e.param->offset = -1;
+    e.param->grad_ready_hook = nullptr;
+  }
+}
+
+const FlatParameters::Entry& FlatParameters::Find(const std::string& name) const {
+  for (const Entry& e : entries_)
+    if (e.name == name) return e;
+  TESSERA_THROW(Error, "no parameter named '", name, "' in this model");
+}
+
+}  // namespace tessera::nn
