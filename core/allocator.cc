@@ -16,9 +16,10 @@ size_t AllocationBucket(size_t bytes) {
     while (b < bytes) b <<= 1;
     return b;
   }
-  // Larger: round up to 1/8 of the next power of two, so waste stays under 12.5%.
+  // Larger: round up to a multiple of 1/8 of the largest power of two not above the request, so
+  // at most 12.5% is wasted.
   size_t p = 4096;
-  while (p < bytes) p <<= 1;
+  while (p * 2 <= bytes) p <<= 1;
   size_t step = p / 8;
   return (bytes + step - 1) / step * step;
 }

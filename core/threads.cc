@@ -31,7 +31,10 @@ class Pool {
     workers_.clear();
     stop_ = false;
     num_threads_ = n;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+    // Workers start from the current generation, read here: a worker that read it itself could
+    // miss a Run() issued before it was scheduled, and the Run would wait for it forever.
+    const uint64_t start = generation_;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, start] { WorkerLoop(i, start); });
   }
 
   int num_threads() const { return num_threads_; }
@@ -67,12 +70,7 @@ class Pool {
     }
   }
 
-  void WorkerLoop(int index) {
-    uint64_t seen;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      seen = generation_;
-    }
+  void WorkerLoop(int index, uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mu_);
@@ -109,7 +107,7 @@ Pool& GetPool() {
     int n = 1;
     if (const char* env = std::getenv("TESSERA_NUM_THREADS")) n = std::max(1, std::atoi(env));
     p->Resize(n);
-    openblas_set_num_threads(n);
+    openblas_set_num_threads(1);  // tessera splits GEMMs itself (ops/cpu/gemm.cc)
     return p;
   }();
   return *pool;
@@ -121,7 +119,7 @@ void SetNumThreads(int n) {
   if (n < 1) TESSERA_THROW(ValueError, "thread count must be at least 1, got ", n);
   Pool& pool = GetPool();
   if (pool.num_threads() != n) pool.Resize(n);
-  openblas_set_num_threads(n);
+  openblas_set_num_threads(1);
 }
 
 int GetNumThreads() { return GetPool().num_threads(); }

@@ -92,15 +92,23 @@ Tensor Sequential::Forward(const Tensor& x) {
   return h;
 }
 
+size_t Sequential::FirstChildWithParameters() {
+  for (size_t i = 0; i < num_children(); ++i)
+    if (!child(i).NamedParameters().empty()) return i;
+  return num_children();
+}
+
 Tensor Sequential::Backward(const Tensor& dy) {
+  size_t stop = needs_input_grad() ? 0 : FirstChildWithParameters();
   Tensor g = dy;
-  for (size_t i = num_children(); i-- > 0;) g = child(i).Backward(g);
-  return g;
+  for (size_t i = num_children(); i-- > stop;) g = child(i).Backward(g);
+  return needs_input_grad() ? g : Tensor();
 }
 
 void Sequential::set_needs_input_grad(bool needs) {
   Module::set_needs_input_grad(needs);
-  if (num_children() > 0) child(0).set_needs_input_grad(needs);
+  size_t first = FirstChildWithParameters();
+  for (size_t i = 0; i < num_children() && i <= first; ++i) child(i).set_needs_input_grad(needs);
 }
 
 FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64_t seed)

@@ -69,7 +69,7 @@ class Module {
   bool training() const { return training_; }
 
   // When false, Backward() may skip computing dL/dx (the first layer of a network whose input
-  // is data). Containers forward this to their first child.
+  // is data) and return an undefined tensor.
   virtual void set_needs_input_grad(bool needs) { needs_input_grad_ = needs; }
   bool needs_input_grad() const { return needs_input_grad_; }
 
@@ -119,8 +119,13 @@ class Sequential : public Module {
   size_t size() const { return num_children(); }
   Module& operator[](size_t i) { return child(i); }
   Tensor Forward(const Tensor& x) override;
+  // Without an input gradient, backward stops after the first child that has parameters: the
+  // children before it (Flatten, say) have nothing to compute.
   Tensor Backward(const Tensor& dy) override;
   void set_needs_input_grad(bool needs) override;
+
+ private:
+  size_t FirstChildWithParameters();
 };
 
 // Lays out every parameter of a model in one contiguous value buffer and one gradient buffer of

@@ -23,18 +23,18 @@ struct Pool2dParams {
 // Hyper-parameters of one optimizer step, resolved on the host (bias corrections included) so
 // that the CPU and CUDA kernels apply the same per-element rule (see ops/functors.h).
 struct SgdStepParams {
-  float lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
+  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
   bool nesterov = false;
   bool first_step = false;  // the momentum buffer is initialised to the gradient
 };
 struct AdamStepParams {
-  float lr = 0, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0;
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
   bool decoupled = false;    // AdamW: p *= 1 - lr * wd before the Adam update
-  float step_size = 0;              // lr / (1 - beta1^t)
-  float bias_correction2_sqrt = 1;  // sqrt(1 - beta2^t)
+  double step_size = 0;             // lr / (1 - beta1^t)
+  double bias_correction2_sqrt = 1;  // sqrt(1 - beta2^t)
 };
 struct RmspropStepParams {
-  float lr = 0, alpha = 0.99f, eps = 1e-8f, weight_decay = 0, momentum = 0;
+  double lr = 0, alpha = 0.99, eps = 1e-8, weight_decay = 0, momentum = 0;
   bool centered = false;
 };
 

@@ -32,10 +32,10 @@ Sgd::Sgd(Tensor params, Tensor grads, SgdOptions o) : Optimizer(std::move(params
 
 void Sgd::Step(double lr) {
   SgdStepParams p;
-  p.lr = static_cast<float>(lr);
-  p.momentum = static_cast<float>(o_.momentum);
-  p.dampening = static_cast<float>(o_.dampening);
-  p.weight_decay = static_cast<float>(o_.weight_decay);
+  p.lr = lr;
+  p.momentum = o_.momentum;
+  p.dampening = o_.dampening;
+  p.weight_decay = o_.weight_decay;
   p.nesterov = o_.nesterov;
   p.first_step = step_ == 0;
   ops::SgdStep(params_, grads_, buf_, p);
@@ -55,15 +55,15 @@ Adam::Adam(Tensor params, Tensor grads, AdamOptions o, bool decoupled)
 void Adam::Step(double lr) {
   ++step_;
   AdamStepParams p;
-  p.lr = static_cast<float>(lr);
-  p.beta1 = static_cast<float>(o_.beta1);
-  p.beta2 = static_cast<float>(o_.beta2);
-  p.eps = static_cast<float>(o_.eps);
-  p.weight_decay = static_cast<float>(o_.weight_decay);
+  p.lr = lr;
+  p.beta1 = o_.beta1;
+  p.beta2 = o_.beta2;
+  p.eps = o_.eps;
+  p.weight_decay = o_.weight_decay;
   p.decoupled = decoupled_;
   double t = static_cast<double>(step_);
-  p.step_size = static_cast<float>(lr / (1.0 - std::pow(o_.beta1, t)));
-  p.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(o_.beta2, t)));
+  p.step_size = lr / (1.0 - std::pow(o_.beta1, t));
+  p.bias_correction2_sqrt = std::sqrt(1.0 - std::pow(o_.beta2, t));
   ops::AdamStep(params_, grads_, m_, v_, p);
 }
 
@@ -78,11 +78,11 @@ Rmsprop::Rmsprop(Tensor params, Tensor grads, RmspropOptions o)
 
 void Rmsprop::Step(double lr) {
   RmspropStepParams p;
-  p.lr = static_cast<float>(lr);
-  p.alpha = static_cast<float>(o_.alpha);
-  p.eps = static_cast<float>(o_.eps);
-  p.weight_decay = static_cast<float>(o_.weight_decay);
-  p.momentum = static_cast<float>(o_.momentum);
+  p.lr = lr;
+  p.alpha = o_.alpha;
+  p.eps = o_.eps;
+  p.weight_decay = o_.weight_decay;
+  p.momentum = o_.momentum;
   p.centered = o_.centered;
   ops::RmspropStep(params_, grads_, sq_, ga_, buf_, p);
   ++step_;

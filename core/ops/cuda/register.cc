@@ -1,0 +1,42 @@
+#include "core/ops/cuda/context.h"
+#include "core/ops/cuda/cuda_kernels.h"
+
+namespace tessera {
+
+void RegisterCudaOps(OpKernels& t) {
+  using namespace cuda;
+  InstallAllocators();
+  t.fill = &Fill;
+  t.copy = &Copy;
+  t.cast = &Cast;
+  t.gemm = &Gemm;
+  t.unary = &Unary;
+  t.unary_backward = &UnaryBackward;
+  t.binary = &Binary;
+  t.axpby = &Axpby;
+  t.add_bias = &AddBias;
+  t.add_channel_bias = &AddChannelBias;
+  t.sum_rows = &SumRows;
+  t.sum_channels = &SumChannels;
+  t.reduce = &Reduce;
+  t.sum_squares = &SumSquares;
+  t.softmax = &Softmax;
+  t.softmax_backward = &SoftmaxBackward;
+  t.layernorm = &LayerNorm;
+  t.layernorm_backward = &LayerNormBackward;
+  t.embedding = &Embedding;
+  t.embedding_backward = &EmbeddingBackward;
+  t.dropout = &Dropout;
+  t.conv2d = &Conv2d;
+  t.conv2d_backward = &Conv2dBackward;
+  t.maxpool2d = &MaxPool2d;
+  t.maxpool2d_backward = &MaxPool2dBackward;
+  t.cross_entropy = &CrossEntropy;
+  t.cross_entropy_backward = &CrossEntropyBackward;
+  t.sgd_step = &SgdStep;
+  t.adam_step = &AdamStep;
+  t.rmsprop_step = &RmspropStep;
+  t.synchronize = &Synchronize;
+}
+
+}  // namespace tessera
