@@ -3,7 +3,11 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <memory>
+
+#include "datasets/dataset.h"
 
 namespace tessera::datasets {
 namespace {
@@ -75,30 +79,55 @@ IdxArray ReadIdx(const std::string& path) {
   return a;
 }
 
-ImageClassification LoadIdxImages(const std::string& images_path, const std::string& labels_path) {
-  IdxArray img = ReadIdx(images_path);
-  IdxArray lab = ReadIdx(labels_path);
-  if (img.dims.size() != 3)
-    TESSERA_THROW(DataError, images_path, ": images must be 3-D [N, H, W], the header says ", ShapeString(img.dims));
-  if (lab.dims.size() != 1)
-    TESSERA_THROW(DataError, labels_path, ": labels must be 1-D [N], the header says ", ShapeString(lab.dims));
-  if (img.dims[0] != lab.dims[0])
-    TESSERA_THROW(DataError, images_path, " holds ", img.dims[0], " images but ", labels_path, " holds ",
-                  lab.dims[0], " labels; they must match");
-  int64_t n = img.dims[0], h = img.dims[1], w = img.dims[2];
+namespace {
+
+// Images [N, H, W] and labels [N] read from a pair of IDX files that agree on N.
+struct IdxPair {
+  IdxArray images, labels;
+};
+
+IdxPair ReadIdxPair(const std::string& images_path, const std::string& labels_path) {
+  IdxPair p{ReadIdx(images_path), ReadIdx(labels_path)};
+  if (p.images.dims.size() != 3)
+    TESSERA_THROW(DataError, images_path, ": images must be 3-D [N, H, W], the header says ",
+                  ShapeString(p.images.dims));
+  if (p.labels.dims.size() != 1)
+    TESSERA_THROW(DataError, labels_path, ": labels must be 1-D [N], the header says ", ShapeString(p.labels.dims));
+  if (p.images.dims[0] != p.labels.dims[0])
+    TESSERA_THROW(DataError, images_path, " holds ", p.images.dims[0], " images but ", labels_path, " holds ",
+                  p.labels.dims[0], " labels; they must match");
+  return p;
+}
+
+// Pixels as f32 times `scale`, labels as i32, and max label + 1.
+ImageClassification ToTensors(const IdxPair& p, float scale) {
+  int64_t n = p.images.dims[0], h = p.images.dims[1], w = p.images.dims[2];
   ImageClassification out;
   out.images = Tensor::Empty({n, 1, h, w});
-  float* p = out.images.data<float>();
-  for (size_t i = 0; i < img.data.size(); ++i) p[i] = img.data[i] * (1.0f / 255.0f);
+  float* px = out.images.data<float>();
+  for (size_t i = 0; i < p.images.data.size(); ++i) px[i] = p.images.data[i] * scale;
   out.labels = Tensor::Empty({n}, DType::kI32);
   int32_t* l = out.labels.data<int32_t>();
   int max_label = 0;
   for (int64_t i = 0; i < n; ++i) {
-    l[i] = lab.data[i];
-    max_label = std::max(max_label, static_cast<int>(lab.data[i]));
+    l[i] = p.labels.data[i];
+    max_label = std::max(max_label, static_cast<int>(p.labels.data[i]));
   }
   out.num_classes = max_label + 1;
   return out;
+}
+
+}  // namespace
+
+ImageClassification LoadIdxImages(const std::string& images_path, const std::string& labels_path) {
+  return ToTensors(ReadIdxPair(images_path, labels_path), 1.0f / 255.0f);
+}
+
+std::unique_ptr<Dataset> OpenIdx(const std::string& images_path, const std::string& labels_path) {
+  ImageClassification d = ToTensors(ReadIdxPair(images_path, labels_path), 1.0f);
+  if (d.images.dim(0) == 0)
+    TESSERA_THROW(DataError, images_path, ": the header says 0 images; a dataset needs at least one");
+  return std::make_unique<InMemoryDataset>(d.images, d.labels, d.num_classes, "idx " + images_path);
 }
 
 ImageClassification LoadFashionMnist(const std::string& dir, const std::string& split) {

@@ -24,7 +24,8 @@ struct IdxArray {
 // trailing bytes; IoError when the file cannot be opened.
 IdxArray ReadIdx(const std::string& path);
 
-// Images [N, 1, H, W] as f32 scaled to [0, 1] and labels [N] as i32.
+// Images [N, 1, H, W] as f32 scaled to [0, 1] and labels [N] as i32. (OpenIdx in
+// datasets/dataset.h reads the same files as a Dataset with raw pixel values.)
 struct ImageClassification {
   Tensor images;
   Tensor labels;

@@ -4,10 +4,12 @@
 // where the op supports both. Without a GPU every test skips, saying why.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/allocator.h"
@@ -23,11 +25,11 @@
 
 // Absent hardware is the only reason to skip. KernelsFor() registers the CUDA backend, which
 // installs the device allocators that Tensor::Empty on cuda:0 needs.
-#define REQUIRE_GPU()                                                        \
-  do {                                                                       \
-    std::string why_;                                                        \
+#define REQUIRE_GPU()                                                         \
+  do {                                                                        \
+    std::string why_;                                                         \
     if (!::tessera::CudaAvailable(&why_)) GTEST_SKIP() << "no GPU: " << why_; \
-    ::tessera::KernelsFor(::tessera::Device::CUDA(0));                       \
+    ::tessera::KernelsFor(::tessera::Device::CUDA(0));                        \
   } while (0)
 
 namespace tessera {
@@ -65,8 +67,8 @@ Tensor Gpu(const Tensor& t) { return t.To(kGpu); }
 // infinities must match exactly. tol = 0 asks for identical values.
 ::testing::AssertionResult Near(const Tensor& want, const Tensor& got, double tol) {
   if (want.shape() != got.shape() || want.dtype() != got.dtype())
-    return ::testing::AssertionFailure() << "expected " << want.Describe() << ", got "
-                                         << got.Describe();
+    return ::testing::AssertionFailure()
+           << "expected " << want.Describe() << ", got " << got.Describe();
   if (got.device() != kGpu && got.device() != Device::CPU())
     return ::testing::AssertionFailure() << "unexpected device " << got.device().str();
   std::vector<double> a = want.ToVector(), b = got.ToVector();
@@ -79,8 +81,8 @@ Tensor Gpu(const Tensor& t) { return t.To(kGpu); }
   for (size_t i = 0; i < a.size(); ++i) {
     if (std::isnan(a[i]) || std::isnan(b[i])) {
       if (std::isnan(a[i]) != std::isnan(b[i]))
-        return ::testing::AssertionFailure() << "element " << i << ": expected " << a[i]
-                                             << ", got " << b[i] << " (seed " << BaseSeed() << ")";
+        return ::testing::AssertionFailure() << "element " << i << ": expected " << a[i] << ", got "
+                                             << b[i] << " (seed " << BaseSeed() << ")";
       continue;
     }
     if (a[i] == b[i]) continue;
@@ -149,8 +151,9 @@ TEST(GpuRuntime, ReportsDeviceAndSynchronizes) {
   EXPECT_TRUE(why.empty()) << why;
   EXPECT_GE(CudaDeviceCount(), 1);
   EXPECT_NO_THROW(ops::Synchronize(kGpu));
-  EXPECT_THROW(KernelsFor(Device::CUDA(CudaDeviceCount())).synchronize(Device::CUDA(CudaDeviceCount())),
-               DeviceError);
+  EXPECT_THROW(
+      KernelsFor(Device::CUDA(CudaDeviceCount())).synchronize(Device::CUDA(CudaDeviceCount())),
+      DeviceError);
 }
 
 TEST(GpuMemory, CachingAllocatorReusesFreedBlocks) {
@@ -205,10 +208,10 @@ TEST(GpuMemory, CopyHostDeviceAndViews) {
   for (int64_t n : {int64_t{1}, int64_t{17}, (int64_t{1} << 20) + 3}) {
     SCOPED_TRACE(n);
     Tensor x = Random({n}, DType::kF32, 1);
-    Tensor g = Gpu(x);                                 // host -> device
+    Tensor g = Gpu(x);  // host -> device
     EXPECT_EQ(g.device(), kGpu);
-    EXPECT_TRUE(Near(x, g.To(Device::CPU()), 0));      // device -> host
-    Tensor c = g.Clone();                              // device -> device
+    EXPECT_TRUE(Near(x, g.To(Device::CPU()), 0));  // device -> host
+    Tensor c = g.Clone();                          // device -> device
     EXPECT_NE(c.raw_data(), g.raw_data());
     EXPECT_TRUE(Near(x, c, 0));
   }
@@ -232,9 +235,9 @@ TEST(GpuMemory, CopyHostDeviceAndViews) {
 TEST(GpuMemory, CastEveryPairMatchesCpu) {
   REQUIRE_GPU();
   const double inf = std::numeric_limits<double>::infinity();
-  std::vector<double> special = {0.0,    -0.0,  1.0,     -1.0,   0.1,   3.14159265358979, 1e-8,
-                                 6e-5,   65504, 65520,   1e30,   -1e30, inf,              -inf,
-                                 1e-40,  1.0 / 3.0, 255.5, -2.5, 1e-3};
+  std::vector<double> special = {
+      0.0,  -0.0,  1.0, -1.0, 0.1,   3.14159265358979, 1e-8,  6e-5, 65504, 65520,
+      1e30, -1e30, inf, -inf, 1e-40, 1.0 / 3.0,        255.5, -2.5, 1e-3};
   special.push_back(std::numeric_limits<double>::quiet_NaN());
   Tensor rnd = Random({4097}, DType::kF64, 4, -50, 50);
   std::vector<double> values = special;
@@ -300,15 +303,18 @@ TEST(GpuOpsErrors, UnsupportedDtypesNameTheOp) {
 TYPED_TEST(GpuOps, GemmAllTransposesAndScalings) {
   REQUIRE_GPU();
   const DType dt = TestFixture::kType;
-  struct Case { int64_t m, n, k; };
+  struct Case {
+    int64_t m, n, k;
+  };
   uint64_t id = 100;
-  for (Case s : {Case{1, 1, 1}, Case{7, 5, 3}, Case{64, 33, 17}, Case{128, 256, 96}, Case{3, 4, 0}}) {
+  for (Case s :
+       {Case{1, 1, 1}, Case{7, 5, 3}, Case{64, 33, 17}, Case{128, 256, 96}, Case{3, 4, 0}}) {
     for (bool ta : {false, true}) {
       for (bool tb : {false, true}) {
         for (auto [alpha, beta] : {std::pair{1.0, 0.0}, std::pair{0.5, -2.0}}) {
-          SCOPED_TRACE(::testing::Message() << "m " << s.m << " n " << s.n << " k " << s.k
-                                            << " ta " << ta << " tb " << tb << " alpha " << alpha
-                                            << " beta " << beta);
+          SCOPED_TRACE(::testing::Message()
+                       << "m " << s.m << " n " << s.n << " k " << s.k << " ta " << ta << " tb "
+                       << tb << " alpha " << alpha << " beta " << beta);
           Tensor a = Random(ta ? Shape{s.k, s.m} : Shape{s.m, s.k}, dt, ++id);
           Tensor b = Random(tb ? Shape{s.n, s.k} : Shape{s.k, s.n}, dt, ++id);
           Tensor c = Random({s.m, s.n}, dt, ++id);
@@ -329,7 +335,8 @@ TYPED_TEST(GpuOps, UnaryForwardAndBackward) {
     Tensor x = Random({n}, dt, 200 + n, -3, 3);
     Tensor dy = Random({n}, dt, 300 + n);
     Tensor gx = Gpu(x), gdy = Gpu(dy);
-    for (UnaryOp op : {UnaryOp::kRelu, UnaryOp::kGelu, UnaryOp::kNeg, UnaryOp::kExp, UnaryOp::kSquare}) {
+    for (UnaryOp op :
+         {UnaryOp::kRelu, UnaryOp::kGelu, UnaryOp::kNeg, UnaryOp::kExp, UnaryOp::kSquare}) {
       SCOPED_TRACE(::testing::Message() << "op " << static_cast<int>(op) << " n " << n);
       EXPECT_TRUE(Near(ops::Unary(op, x), ops::Unary(op, gx), Tol<TypeParam>::kElementwise));
       EXPECT_TRUE(Near(ops::UnaryBackward(op, x, dy), ops::UnaryBackward(op, gx, gdy),
@@ -357,7 +364,8 @@ TYPED_TEST(GpuOps, BinaryAndAxpby) {
     Tensor ga = Gpu(a), gb = Gpu(b);
     for (BinaryOp op : {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul, BinaryOp::kDiv}) {
       SCOPED_TRACE(::testing::Message() << "op " << static_cast<int>(op) << " n " << n);
-      EXPECT_TRUE(Near(ops::Binary(op, a, b), ops::Binary(op, ga, gb), Tol<TypeParam>::kElementwise));
+      EXPECT_TRUE(
+          Near(ops::Binary(op, a, b), ops::Binary(op, ga, gb), Tol<TypeParam>::kElementwise));
     }
     for (auto [alpha, beta] : {std::pair{2.0, 0.5}, std::pair{0.0, 3.0}, std::pair{1.5, 0.0}}) {
       SCOPED_TRACE(::testing::Message() << "axpby " << alpha << ", " << beta << " n " << n);
@@ -542,7 +550,9 @@ TEST(GpuOpsRows, EmbeddingCopiesAnyDtypeAndClampsBadIds) {
 TYPED_TEST(GpuOps, CrossEntropyForwardAndBackward) {
   REQUIRE_GPU();
   const DType dt = TestFixture::kType;
-  struct Case { int64_t n, c; };
+  struct Case {
+    int64_t n, c;
+  };
   for (Case s : {Case{1, 1}, Case{16, 10}, Case{64, 1000}, Case{1000, 3}}) {
     SCOPED_TRACE(::testing::Message() << "n " << s.n << " c " << s.c);
     Tensor logits = Random({s.n, s.c}, dt, 1500, -4, 4);
@@ -554,7 +564,8 @@ TYPED_TEST(GpuOps, CrossEntropyForwardAndBackward) {
     EXPECT_TRUE(Near(loss, gloss, Tol<TypeParam>::kRows));
     EXPECT_TRUE(Near(probs, gprobs, Tol<TypeParam>::kRows));
     EXPECT_TRUE(Near(ops::CrossEntropyBackward(probs, labels, 0.5),
-                     ops::CrossEntropyBackward(Gpu(probs), glabels, 0.5), Tol<TypeParam>::kElementwise));
+                     ops::CrossEntropyBackward(Gpu(probs), glabels, 0.5),
+                     Tol<TypeParam>::kElementwise));
   }
 }
 
@@ -572,7 +583,8 @@ TEST(GpuOpsRows, CrossEntropyFlagsBadLabelsWithoutReadingOutOfBounds) {
     for (int j = 0; j < 5; ++j) s += p[r * 5 + j];
     EXPECT_NEAR(s, 1.0, 1e-5);
   }
-  for (double v : ops::CrossEntropyBackward(probs, labels).ToVector()) EXPECT_TRUE(std::isfinite(v));
+  for (double v : ops::CrossEntropyBackward(probs, labels).ToVector())
+    EXPECT_TRUE(std::isfinite(v));
 }
 
 // ---- convolution and pooling ----
@@ -585,18 +597,18 @@ struct ConvCase {
 TYPED_TEST(GpuOps, Conv2dForwardAndBackwardBothBackends) {
   REQUIRE_GPU();
   const DType dt = TestFixture::kType;
-  const ConvCase cases[] = {
-      {1, 1, 5, 5, 1, 3, 3, 1, 0},  {2, 3, 9, 7, 4, 3, 3, 1, 1},  {3, 2, 11, 10, 5, 3, 2, 2, 1},
-      {4, 8, 8, 8, 16, 1, 1, 1, 0}, {2, 3, 7, 7, 2, 5, 5, 2, 2},  {1, 4, 6, 6, 3, 1, 1, 1, 0},
-      {8, 16, 14, 14, 32, 3, 3, 1, 1}};
+  const ConvCase cases[] = {{1, 1, 5, 5, 1, 3, 3, 1, 0},    {2, 3, 9, 7, 4, 3, 3, 1, 1},
+                            {3, 2, 11, 10, 5, 3, 2, 2, 1},  {4, 8, 8, 8, 16, 1, 1, 1, 0},
+                            {2, 3, 7, 7, 2, 5, 5, 2, 2},    {1, 4, 6, 6, 3, 1, 1, 1, 0},
+                            {8, 16, 14, 14, 32, 3, 3, 1, 1}};
   for (bool cudnn : {true, false}) {
     ConvBackend backend(cudnn);
     for (const ConvCase& cc : cases) {
       for (bool with_bias : {false, true}) {
         SCOPED_TRACE(::testing::Message()
-                     << (cudnn ? "cuDNN" : "im2col") << " x [" << cc.n << "," << cc.c << ","
-                     << cc.h << "," << cc.w << "] w [" << cc.k << "," << cc.c << "," << cc.r << ","
-                     << cc.s << "] stride " << cc.stride << " pad " << cc.pad
+                     << (cudnn ? "cuDNN" : "im2col") << " x [" << cc.n << "," << cc.c << "," << cc.h
+                     << "," << cc.w << "] w [" << cc.k << "," << cc.c << "," << cc.r << "," << cc.s
+                     << "] stride " << cc.stride << " pad " << cc.pad
                      << (with_bias ? " bias" : ""));
         Conv2dParams p;
         p.stride_h = p.stride_w = cc.stride;
@@ -635,9 +647,9 @@ TYPED_TEST(GpuOps, MaxPoolForwardAndBackward) {
     Shape x;
     int k, stride, pad;
   };
-  for (const Case& pc : {Case{{2, 3, 8, 8}, 2, 2, 0}, Case{{1, 2, 7, 9}, 3, 2, 1},
-                         Case{{2, 1, 5, 5}, 3, 1, 1}, Case{{16, 8, 28, 28}, 2, 2, 0},
-                         Case{{1, 1, 1, 1}, 1, 1, 0}}) {
+  for (const Case& pc :
+       {Case{{2, 3, 8, 8}, 2, 2, 0}, Case{{1, 2, 7, 9}, 3, 2, 1}, Case{{2, 1, 5, 5}, 3, 1, 1},
+        Case{{16, 8, 28, 28}, 2, 2, 0}, Case{{1, 1, 1, 1}, 1, 1, 0}}) {
     SCOPED_TRACE(::testing::Message() << ShapeString(pc.x) << " k " << pc.k << " stride "
                                       << pc.stride << " pad " << pc.pad);
     Pool2dParams p;
@@ -684,7 +696,7 @@ TYPED_TEST(GpuOps, SgdSteps) {
   REQUIRE_GPU();
   const DType dt = TestFixture::kType;
   for (bool momentum : {false, true}) {
-    SCOPED_TRACE(momentum ? "momentum, nesterov, dampening 0 (nesterov), weight decay" : "plain");
+    SCOPED_TRACE(momentum ? "momentum, nesterov, weight decay" : "plain");
     auto step = [&](int t, Tensor& p, const Tensor& g, std::vector<Tensor>& s) {
       SgdStepParams h;
       h.lr = 0.1;

@@ -1,0 +1,447 @@
+#include "jobs/spec.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+#include <sys/stat.h>
+
+#include <cctype>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace tessera::jobs {
+namespace pb = google::protobuf;
+
+namespace {
+
+// The dotted path of the field whose value sits at (line, column) of a text-format message, found
+// by following `name {` / `}` nesting up to that point: protobuf's own messages for a bad value
+// ("Expected integer, got: \"five\"") do not say which field it was.
+std::string FieldPathAt(const std::string& text, int line, int column) {
+  std::vector<std::string> stack;
+  std::string last_ident, pending;
+  int l = 0, c = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (l > line || (l == line && c >= column)) break;
+    char ch = text[i];
+    if (ch == '\n') {
+      ++l;
+      c = 0;
+      continue;
+    }
+    ++c;
+    if (ch == '#') {  // comment to end of line
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+      continue;
+    }
+    if (ch == '"' || ch == '\'') {  // skip a string literal
+      char q = ch;
+      while (i + 1 < text.size() && text[i + 1] != q && text[i + 1] != '\n') {
+        if (text[i + 1] == '\\') ++i, ++c;
+        ++i, ++c;
+      }
+      ++i, ++c;
+      continue;
+    }
+    if (std::isalpha(static_cast<unsigned char>(ch)) || ch == '_') {
+      std::string id(1, ch);
+      while (i + 1 < text.size() && (std::isalnum(static_cast<unsigned char>(text[i + 1])) || text[i + 1] == '_')) {
+        id += text[++i];
+        ++c;
+      }
+      last_ident = id;
+      continue;
+    }
+    if (ch == ':') pending = last_ident;
+    if (ch == '{' || ch == '<') {
+      stack.push_back(last_ident);
+      pending.clear();
+    }
+    if ((ch == '}' || ch == '>') && !stack.empty()) stack.pop_back();
+  }
+  std::string path;
+  for (const auto& s : stack) path += s + ".";
+  return pending.empty() ? "" : path + pending;
+}
+
+class Collector : public pb::io::ErrorCollector {
+ public:
+  explicit Collector(std::string source, const std::string* text = nullptr)
+      : source_(std::move(source)), text_(text) {}
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    std::string field = text_ ? FieldPathAt(*text_, line, column) : "";
+    errors_.push_back(detail::StrCat(source_, ":", line + 1, ":", column + 1, ": ", field.empty() ? "" : field + ": ",
+                                     message));
+  }
+  void AddWarning(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    AddError(line, column, message);
+  }
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  std::string source_;
+  const std::string* text_;
+  std::vector<std::string> errors_;
+};
+
+std::string Join(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += (out.empty() ? "" : "\n") + l;
+  return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) TESSERA_THROW(ConfigError, path, ": cannot open the job spec: ", std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string Dirname(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Where each field came from: a location in the file, or the override that set it.
+class Locator {
+ public:
+  Locator(std::string source, const pb::TextFormat::ParseInfoTree* tree) : source_(std::move(source)), tree_(tree) {}
+
+  void NoteOverride(const std::string& path, const std::string& assignment) { overrides_[path] = assignment; }
+
+  // "file:line:col" of the deepest part of `path` present in the file, or the override.
+  std::string Where(const pb::Message& root, const std::string& path) const {
+    for (auto& [p, a] : overrides_)
+      if (path == p || path.rfind(p + ".", 0) == 0) return "--set " + a;
+    const pb::TextFormat::ParseInfoTree* tree = tree_;
+    const pb::Descriptor* desc = root.GetDescriptor();
+    std::string best = source_;
+    std::stringstream ss(path);
+    std::string part;
+    while (tree && desc && std::getline(ss, part, '.')) {
+      const pb::FieldDescriptor* f = desc->FindFieldByName(part);
+      if (!f) break;
+      pb::TextFormat::ParseLocation loc = tree->GetLocation(f, f->is_repeated() ? 0 : -1);
+      if (loc.line < 0) break;
+      best = detail::StrCat(source_, ":", loc.line + 1, ":", loc.column + 1);
+      if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE) break;
+      tree = tree->GetTreeForNested(f, f->is_repeated() ? 0 : -1);
+      desc = f->message_type();
+    }
+    return best;
+  }
+
+ private:
+  std::string source_;
+  const pb::TextFormat::ParseInfoTree* tree_;
+  std::map<std::string, std::string> overrides_;
+};
+
+class Validator {
+ public:
+  Validator(const JobSpec& spec, const Locator& loc) : spec_(spec), loc_(loc) {}
+  void Require(bool ok, const std::string& path, const std::string& message) {
+    if (!ok) errors_.push_back(detail::StrCat(loc_.Where(spec_, path), ": ", path, ": ", message));
+  }
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  const JobSpec& spec_;
+  const Locator& loc_;
+  std::vector<std::string> errors_;
+};
+
+template <typename T>
+std::string Got(T v) {
+  return detail::StrCat(", got ", v);
+}
+
+void ValidateModel(const JobSpec& s, Validator& v) {
+  const ModelSpec& m = s.model();
+  v.Require(m.family_case() != ModelSpec::FAMILY_NOT_SET, "model", "choose a model family: model { mlp { ... } } or model { cnn { ... } }");
+  if (m.has_mlp()) {
+    const MlpSpec& p = m.mlp();
+    v.Require(p.in_features() > 0, "model.mlp.in_features", "must be > 0" + Got(p.in_features()));
+    for (int i = 0; i < p.hidden_size(); ++i)
+      v.Require(p.hidden(i) > 0, "model.mlp.hidden", detail::StrCat("entry ", i, " must be > 0", Got(p.hidden(i))));
+    v.Require(p.out_features() > 0, "model.mlp.out_features", "must be > 0" + Got(p.out_features()));
+    v.Require(p.dropout() >= 0 && p.dropout() < 1, "model.mlp.dropout", "must be in [0, 1)" + Got(p.dropout()));
+  }
+  if (m.has_cnn()) {
+    const CnnSpec& p = m.cnn();
+    v.Require(p.in_channels() > 0, "model.cnn.in_channels", "must be > 0" + Got(p.in_channels()));
+    v.Require(p.height() > 0 && p.width() > 0, "model.cnn.height", "height and width must be > 0");
+    v.Require(p.kernel() >= 1 && p.kernel() % 2 == 1, "model.cnn.kernel", "must be odd and >= 1 (padding keeps the size)" + Got(p.kernel()));
+    int64_t h = p.height(), w = p.width();
+    for (int i = 0; i < p.channels_size(); ++i) {
+      v.Require(p.channels(i) > 0, "model.cnn.channels", detail::StrCat("entry ", i, " must be > 0", Got(p.channels(i))));
+      h /= 2;
+      w /= 2;
+    }
+    v.Require(p.channels_size() == 0 || (h >= 1 && w >= 1), "model.cnn.channels",
+              detail::StrCat(p.channels_size(), " pooling stages shrink a ", p.height(), "x", p.width(), " input below 1x1"));
+    for (int i = 0; i < p.hidden_size(); ++i)
+      v.Require(p.hidden(i) > 0, "model.cnn.hidden", detail::StrCat("entry ", i, " must be > 0", Got(p.hidden(i))));
+    v.Require(p.out_features() > 0, "model.cnn.out_features", "must be > 0" + Got(p.out_features()));
+    v.Require(p.dropout() >= 0 && p.dropout() < 1, "model.cnn.dropout", "must be in [0, 1)" + Got(p.dropout()));
+  }
+}
+
+void ValidateData(const JobSpec& s, Validator& v, bool check_files) {
+  const DataSpec& d = s.data();
+  auto file = [&](const std::string& field, const std::string& value) {
+    v.Require(!value.empty(), "data." + field, "is required for kind " + DataSpec::Kind_Name(d.kind()));
+    if (!value.empty() && check_files) v.Require(Exists(value), "data." + field, "file not found: " + value);
+  };
+  if (d.kind() == DataSpec::IDX) {
+    file("train_images", d.train_images());
+    file("train_labels", d.train_labels());
+    file("test_images", d.test_images());
+    file("test_labels", d.test_labels());
+  } else {
+    file("train_path", d.train_path());
+    file("test_path", d.test_path());
+    if (d.kind() == DataSpec::CSV) v.Require(!d.label_column().empty(), "data.label_column", "must name a column");
+  }
+  v.Require(d.batch_size() >= 1, "data.batch_size", "must be >= 1" + Got(d.batch_size()));
+  int dp = s.parallel().data();
+  v.Require(dp < 1 || d.batch_size() % dp == 0, "data.batch_size",
+            detail::StrCat("the global batch ", d.batch_size(), " must divide evenly over parallel.data = ", dp, " ranks"));
+  v.Require(d.prefetch() >= 1, "data.prefetch", "must be >= 1" + Got(d.prefetch()));
+  v.Require(d.eval_batch_size() >= 1, "data.eval_batch_size", "must be >= 1" + Got(d.eval_batch_size()));
+  const Normalize& n = d.normalize();
+  v.Require(n.scale() != 0, "data.normalize.scale", "must not be 0");
+  v.Require(n.mean_size() == n.std_size(), "data.normalize.mean",
+            detail::StrCat("mean has ", n.mean_size(), " values but std has ", n.std_size()));
+  for (int i = 0; i < n.std_size(); ++i)
+    v.Require(n.std(i) > 0, "data.normalize.std", detail::StrCat("entry ", i, " must be > 0", Got(n.std(i))));
+  v.Require(d.augment().random_crop_padding() >= 0, "data.augment.random_crop_padding", "must be >= 0");
+}
+
+void ValidateOptimizer(const JobSpec& s, Validator& v) {
+  const OptimizerSpec& o = s.optimizer();
+  v.Require(o.lr() > 0, "optimizer.lr", "must be > 0" + Got(o.lr()));
+  v.Require(o.weight_decay() >= 0, "optimizer.weight_decay", "must be >= 0" + Got(o.weight_decay()));
+  v.Require(o.momentum() >= 0, "optimizer.momentum", "must be >= 0" + Got(o.momentum()));
+  v.Require(o.eps() >= 0, "optimizer.eps", "must be >= 0" + Got(o.eps()));
+  v.Require(o.beta1() >= 0 && o.beta1() < 1, "optimizer.beta1", "must be in [0, 1)" + Got(o.beta1()));
+  v.Require(o.beta2() >= 0 && o.beta2() < 1, "optimizer.beta2", "must be in [0, 1)" + Got(o.beta2()));
+  v.Require(o.alpha() >= 0 && o.alpha() < 1, "optimizer.alpha", "must be in [0, 1)" + Got(o.alpha()));
+  v.Require(o.clip_grad_norm() >= 0, "optimizer.clip_grad_norm", "must be >= 0 (0 turns clipping off)" + Got(o.clip_grad_norm()));
+  v.Require(!o.nesterov() || (o.kind() == OptimizerSpec::SGD && o.momentum() > 0 && o.dampening() == 0),
+            "optimizer.nesterov", "needs kind: SGD with momentum > 0 and dampening 0");
+  v.Require(o.momentum() == 0 || o.kind() == OptimizerSpec::SGD || o.kind() == OptimizerSpec::RMSPROP,
+            "optimizer.momentum", "applies to SGD and RMSPROP only (Adam's is beta1)");
+  const ScheduleSpec& sc = o.schedule();
+  v.Require(sc.step_size() >= 1, "optimizer.schedule.step_size", "must be >= 1" + Got(sc.step_size()));
+  v.Require(sc.gamma() > 0, "optimizer.schedule.gamma", "must be > 0" + Got(sc.gamma()));
+  v.Require(sc.warmup_steps() >= 0, "optimizer.schedule.warmup_steps", "must be >= 0" + Got(sc.warmup_steps()));
+  v.Require(sc.min_lr() >= 0 && sc.min_lr() <= o.lr(), "optimizer.schedule.min_lr", "must be in [0, optimizer.lr]" + Got(sc.min_lr()));
+}
+
+void ValidateRest(const JobSpec& s, Validator& v) {
+  const TrainSpec& t = s.train();
+  v.Require(t.steps() > 0 || t.epochs() >= 1, "train.epochs", "must be >= 1 (or set train.steps)" + Got(t.epochs()));
+  v.Require(t.steps() >= 0, "train.steps", "must be >= 0 (0: use train.epochs)" + Got(t.steps()));
+  v.Require(t.log_every_steps() >= 1, "train.log_every_steps", "must be >= 1" + Got(t.log_every_steps()));
+  v.Require(t.eval_every_steps() >= 0, "train.eval_every_steps", "must be >= 0 (0: every epoch)" + Got(t.eval_every_steps()));
+  v.Require(t.threads() >= 1 && t.threads() <= 1024, "train.threads", "must be in [1, 1024]" + Got(t.threads()));
+  v.Require(t.accumulate_steps() >= 1, "train.accumulate_steps", "must be >= 1" + Got(t.accumulate_steps()));
+  const ParallelSpec& p = s.parallel();
+  v.Require(p.data() >= 1, "parallel.data", "must be >= 1" + Got(p.data()));
+  v.Require(p.zero_stage() >= 0 && p.zero_stage() <= 3, "parallel.zero_stage", "must be 0, 1, 2 or 3" + Got(p.zero_stage()));
+  v.Require(p.tensor() >= 1, "parallel.tensor", "must be >= 1" + Got(p.tensor()));
+  v.Require(p.pipeline() >= 1, "parallel.pipeline", "must be >= 1" + Got(p.pipeline()));
+  v.Require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s", "must be > 0" + Got(p.collective_timeout_s()));
+  v.Require(p.bucket_size_mb() > 0, "parallel.bucket_size_mb", "must be > 0" + Got(p.bucket_size_mb()));
+  // Accepted by the schema but not implemented by this version: refuse rather than ignore.
+  v.Require(p.data() == 1, "parallel.data", "data parallelism across ranks is not available in this version yet (use 1)");
+  v.Require(p.zero_stage() == 0, "parallel.zero_stage", "ZeRO sharding is not available in this version yet (use 0)");
+  v.Require(p.tensor() == 1, "parallel.tensor", "tensor parallelism is not available in this version yet (use 1)");
+  v.Require(p.pipeline() == 1, "parallel.pipeline", "pipeline parallelism is not available in this version yet (use 1)");
+  const CheckpointSpec& c = s.checkpoint();
+  v.Require(c.every_steps() >= 0, "checkpoint.every_steps", "must be >= 0" + Got(c.every_steps()));
+  v.Require(c.every_minutes() >= 0, "checkpoint.every_minutes", "must be >= 0" + Got(c.every_minutes()));
+  v.Require(c.keep_last() >= 1, "checkpoint.keep_last", "must be >= 1" + Got(c.keep_last()));
+  v.Require(c.every_steps() == 0 && c.every_minutes() == 0, "checkpoint.every_steps",
+            "checkpoints are not written by this version yet (leave every_steps and every_minutes at 0)");
+  v.Require(s.publish().store().empty(), "publish.store", "publishing to a model store is not available in this version yet");
+}
+
+void ResolvePath(std::string* p, const std::string& base) {
+  if (!p->empty() && (*p)[0] != '/') *p = base + "/" + *p;
+}
+
+void ResolvePaths(JobSpec& s, const std::string& base) {
+  DataSpec* d = s.mutable_data();
+  for (std::string* p : {d->mutable_train_images(), d->mutable_train_labels(), d->mutable_test_images(),
+                         d->mutable_test_labels(), d->mutable_train_path(), d->mutable_test_path()})
+    ResolvePath(p, base);
+}
+
+}  // namespace
+
+JobSpec ParseJobSpec(const std::string& text, const std::string& source) {
+  JobSpec spec;
+  Collector errors(source, &text);
+  pb::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &spec) || !errors.errors().empty())
+    TESSERA_THROW(ConfigError, Join(errors.errors()));
+  return spec;
+}
+
+void ApplyOverride(JobSpec& spec, const std::string& assignment) {
+  size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    TESSERA_THROW(ConfigError, "--set ", assignment, ": expected FIELD.PATH=VALUE, e.g. train.epochs=1");
+  std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  pb::Message* msg = &spec;
+  std::stringstream ss(path);
+  std::string part, walked;
+  std::vector<std::string> parts;
+  while (std::getline(ss, part, '.')) parts.push_back(part);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const pb::Descriptor* desc = msg->GetDescriptor();
+    const pb::FieldDescriptor* f = desc->FindFieldByName(parts[i]);
+    std::string where = walked.empty() ? "the job spec" : walked;
+    if (!f) {
+      std::string names;
+      for (int k = 0; k < desc->field_count(); ++k) names += (k ? ", " : "") + desc->field(k)->name();
+      TESSERA_THROW(ConfigError, "--set ", assignment, ": no field '", parts[i], "' in ", where, " (", desc->name(),
+                    "); its fields are: ", names);
+    }
+    walked += (walked.empty() ? "" : ".") + parts[i];
+    const pb::Reflection* r = msg->GetReflection();
+    if (i + 1 < parts.size()) {
+      if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE || f->is_repeated())
+        TESSERA_THROW(ConfigError, "--set ", assignment, ": ", walked, " is not a message, so it has no field '", parts[i + 1], "'");
+      msg = r->MutableMessage(msg, f);
+      continue;
+    }
+    if (f->type() == pb::FieldDescriptor::TYPE_MESSAGE)
+      TESSERA_THROW(ConfigError, "--set ", assignment, ": ", walked, " is a message; set one of its fields, e.g. ",
+                    walked, ".", f->message_type()->field(0)->name(), "=...");
+    std::vector<std::string> values;
+    if (f->is_repeated()) {
+      r->ClearField(msg, f);
+      std::stringstream vs(value);
+      std::string item;
+      while (std::getline(vs, item, ',')) values.push_back(item);
+    } else {
+      values.push_back(value);
+    }
+    for (const std::string& item : values) {
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
+        if (f->is_repeated()) r->AddString(msg, f, item);
+        else r->SetString(msg, f, item);
+        continue;
+      }
+      Collector quiet("--set");
+      pb::TextFormat::Parser value_parser;
+      value_parser.RecordErrorsTo(&quiet);
+      if (!value_parser.ParseFieldValueFromString(item, f, msg)) {
+        std::string type = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM
+                               ? "one of the names of " + f->enum_type()->name()
+                               : std::string("a valid ") + f->type_name();
+        if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
+          type += " (";
+          for (int k = 0; k < f->enum_type()->value_count(); ++k) type += (k ? ", " : "") + f->enum_type()->value(k)->name();
+          type += ")";
+        }
+        TESSERA_THROW(ConfigError, "--set ", assignment, ": '", item, "' is not ", type, " for ", walked);
+      }
+    }
+  }
+}
+
+namespace {
+// Sets unset singular fields that have defaults, recursively through message fields.
+void FillMessageDefaults(pb::Message* msg) {
+  const pb::Descriptor* d = msg->GetDescriptor();
+  const pb::Reflection* r = msg->GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    if (f->is_repeated()) continue;
+    if (f->containing_oneof()) {
+      if (r->HasField(*msg, f)) FillMessageDefaults(r->MutableMessage(msg, f));
+      continue;
+    }
+    switch (f->cpp_type()) {
+      case pb::FieldDescriptor::CPPTYPE_MESSAGE: FillMessageDefaults(r->MutableMessage(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_INT32: if (!r->HasField(*msg, f)) r->SetInt32(msg, f, f->default_value_int32()); break;
+      case pb::FieldDescriptor::CPPTYPE_INT64: if (!r->HasField(*msg, f)) r->SetInt64(msg, f, f->default_value_int64()); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT32: if (!r->HasField(*msg, f)) r->SetUInt32(msg, f, f->default_value_uint32()); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT64: if (!r->HasField(*msg, f)) r->SetUInt64(msg, f, f->default_value_uint64()); break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE: if (!r->HasField(*msg, f)) r->SetDouble(msg, f, f->default_value_double()); break;
+      case pb::FieldDescriptor::CPPTYPE_FLOAT: if (!r->HasField(*msg, f)) r->SetFloat(msg, f, f->default_value_float()); break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL: if (!r->HasField(*msg, f)) r->SetBool(msg, f, f->default_value_bool()); break;
+      case pb::FieldDescriptor::CPPTYPE_ENUM: if (!r->HasField(*msg, f)) r->SetEnum(msg, f, f->default_value_enum()); break;
+      case pb::FieldDescriptor::CPPTYPE_STRING: if (!r->HasField(*msg, f)) r->SetString(msg, f, f->default_value_string()); break;
+    }
+  }
+}
+}  // namespace
+
+void FillDefaults(JobSpec& spec) {
+  // Defaults that depend on other fields or are lists.
+  if (!spec.optimizer().has_weight_decay())
+    spec.mutable_optimizer()->set_weight_decay(spec.optimizer().kind() == OptimizerSpec::ADAMW ? 0.01 : 0.0);
+  if (spec.model().has_mlp() && spec.model().mlp().hidden_size() == 0) {
+    spec.mutable_model()->mutable_mlp()->add_hidden(512);
+    spec.mutable_model()->mutable_mlp()->add_hidden(256);
+  }
+  if (spec.model().has_cnn()) {
+    CnnSpec* c = spec.mutable_model()->mutable_cnn();
+    if (c->channels_size() == 0) {
+      c->add_channels(32);
+      c->add_channels(64);
+    }
+    if (c->hidden_size() == 0) c->add_hidden(128);
+  }
+  FillMessageDefaults(&spec);
+}
+
+std::string ToText(const JobSpec& spec) {
+  std::string out;
+  pb::TextFormat::Printer printer;
+  printer.PrintToString(spec, &out);
+  return out;
+}
+
+JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& overrides, bool check_files) {
+  std::string text = ReadFile(path);
+  JobSpec spec;
+  Collector errors(path, &text);
+  pb::TextFormat::Parser parser;
+  pb::TextFormat::ParseInfoTree tree;
+  parser.RecordErrorsTo(&errors);
+  parser.WriteLocationsTo(&tree);
+  if (!parser.ParseFromString(text, &spec) || !errors.errors().empty())
+    TESSERA_THROW(ConfigError, Join(errors.errors()));
+  // Paths in the file are relative to the file; paths given with --set, to the working directory.
+  ResolvePaths(spec, Dirname(path));
+  Locator loc(path, &tree);
+  for (const std::string& o : overrides) {
+    ApplyOverride(spec, o);
+    loc.NoteOverride(o.substr(0, o.find('=')), o);
+  }
+  FillDefaults(spec);
+  Validator v(spec, loc);
+  ValidateModel(spec, v);
+  ValidateData(spec, v, check_files);
+  ValidateOptimizer(spec, v);
+  ValidateRest(spec, v);
+  if (!v.errors().empty()) TESSERA_THROW(ConfigError, Join(v.errors()));
+  return spec;
+}
+
+}  // namespace tessera::jobs

@@ -1,0 +1,41 @@
+// The trainer: runs a validated job spec on this process and writes its run directory.
+//
+// RUN_DIR/job.pbtxt      the resolved spec (every default written out)
+// RUN_DIR/metrics.jsonl  one JSON object per event: {"event": "train", ...} every
+//                        train.log_every_steps, {"event": "eval", ...} after each evaluation
+// RUN_DIR/summary.json   at the end: final_train_loss, test_accuracy, test_precision, test_recall,
+//                        test_f1, confusion_matrix, samples_per_sec, steps, wall_seconds, ...
+//
+// Progress goes to stdout: a live line on a terminal, plain lines otherwise (files, CI).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "jobs/job.pb.h"
+
+namespace tessera::jobs {
+
+struct TrainSummary {
+  std::string name;
+  int64_t steps = 0;
+  int epochs_completed = 0;
+  double final_train_loss = 0;
+  double test_loss = 0;
+  double test_accuracy = 0, test_precision = 0, test_recall = 0, test_f1 = 0;
+  std::vector<std::vector<int64_t>> confusion_matrix;
+  double samples_per_sec = 0;  // training samples per second, evaluation excluded
+  double wall_seconds = 0;
+  double train_seconds = 0;
+};
+
+struct TrainerOptions {
+  std::string run_dir;   // created if missing
+  bool progress = true;  // print progress to stdout
+};
+
+// Runs `spec` (already validated by LoadJobSpec) to completion.
+TrainSummary Train(const JobSpec& spec, const TrainerOptions& options);
+
+}  // namespace tessera::jobs

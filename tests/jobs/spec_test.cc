@@ -1,0 +1,161 @@
+// Job specs: parsing, validation messages with field paths and locations, overrides, defaults.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "jobs/spec.h"
+
+namespace tessera::jobs {
+namespace {
+
+namespace fs = std::filesystem;
+
+class SpecTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("tessera_spec_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+    for (const char* f : {"train-images", "train-labels", "test-images", "test-labels"})
+      std::ofstream(dir_ / f) << "x";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string Write(const std::string& text) {
+    std::string p = (dir_ / "job.pbtxt").string();
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  // A valid spec; relative data paths resolve against the spec's folder.
+  static std::string Valid(const std::string& extra = "", const std::string& model = "mlp { hidden: 8 }",
+                           const std::string& data = "") {
+    return "name: \"t\"\n"
+           "model { " + model + " }\n"
+           "data {\n"
+           "  train_images: \"train-images\" train_labels: \"train-labels\"\n"
+           "  test_images: \"test-images\" test_labels: \"test-labels\" " + data + "\n"
+           "}\n" + extra;
+  }
+
+  std::string ErrorOf(const std::string& text, const std::vector<std::string>& overrides = {}) {
+    try {
+      LoadJobSpec(Write(text), overrides);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "(no error)";
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(SpecTest, ValidSpecResolvesPathsAndDefaults) {
+  std::string path = Write(Valid());
+  JobSpec s = LoadJobSpec(path);
+  EXPECT_EQ(s.data().train_images(), dir_.string() + "/train-images");
+  EXPECT_EQ(s.train().epochs(), 1);
+  EXPECT_TRUE(s.optimizer().has_lr());  // defaults are written out
+  EXPECT_DOUBLE_EQ(s.optimizer().lr(), 0.001);
+  EXPECT_EQ(s.model().mlp().hidden_size(), 1);
+  std::string text = ToText(s);
+  EXPECT_NE(text.find("batch_size: 128"), std::string::npos) << text;
+  EXPECT_NE(text.find("collective_timeout_s: 300"), std::string::npos) << text;
+  // The resolved text parses back to the same spec.
+  EXPECT_EQ(ParseJobSpec(text, "resolved").DebugString(), s.DebugString());
+}
+
+TEST_F(SpecTest, ShippedExamplesAreValid) {
+  for (const char* f : {"fmnist_mlp.pbtxt", "fmnist_cnn.pbtxt"}) {
+    std::string path = std::string(TESSERA_SOURCE_DIR) + "/jobs/examples/" + f;
+    JobSpec s = LoadJobSpec(path, {}, /*check_files=*/false);
+    EXPECT_EQ(s.data().batch_size(), 128) << f;
+  }
+}
+
+TEST_F(SpecTest, SyntaxErrorsAndUnknownFieldsNameLineAndColumn) {
+  std::string msg = ErrorOf(Valid("train { epochz: 3 }\n"));
+  EXPECT_NE(msg.find("job.pbtxt:7:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("epochz"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("train { epochs: \"five\" }\n"));
+  EXPECT_NE(msg.find("job.pbtxt:7:17: train.epochs: Expected integer"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("optimizer {\n  schedule { kind: COSINE\n warmup_steps: 1.5 }\n}\n"));
+  EXPECT_NE(msg.find("job.pbtxt:9:16: optimizer.schedule.warmup_steps:"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("train { epochs: 3 \n"));
+  EXPECT_NE(msg.find("job.pbtxt:8:"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("optimizer { kind: ADAMM }\n"));
+  EXPECT_NE(msg.find("ADAMM"), std::string::npos) << msg;
+}
+
+TEST_F(SpecTest, OutOfRangeValuesNameTheFieldPathAndLine) {
+  std::string msg = ErrorOf(Valid("optimizer {\n  lr: -1\n}\n"));
+  EXPECT_NE(msg.find("job.pbtxt:8:3: optimizer.lr: must be > 0, got -1"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("", "mlp { dropout: 1.5 }"));
+  EXPECT_NE(msg.find("model.mlp.dropout"), std::string::npos) << msg;
+}
+
+TEST_F(SpecTest, AllProblemsAreReportedTogether) {
+  std::string msg = ErrorOf(Valid("train { threads: 0 log_every_steps: 0 }\noptimizer { kind: ADAM nesterov: true }\n"));
+  EXPECT_NE(msg.find("train.threads"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.log_every_steps"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("optimizer.nesterov"), std::string::npos) << msg;
+}
+
+TEST_F(SpecTest, MissingFilesAndMissingModelAreErrors) {
+  fs::remove(dir_ / "test-labels");
+  std::string msg = ErrorOf(Valid());
+  EXPECT_NE(msg.find("data.test_labels: file not found"), std::string::npos) << msg;
+  msg = ErrorOf("data { kind: CSV }\n");
+  EXPECT_NE(msg.find("model: choose a model family"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.train_path: is required for kind CSV"), std::string::npos) << msg;
+}
+
+TEST_F(SpecTest, InconsistentSettings) {
+  std::string msg = ErrorOf(Valid("parallel { data: 3 }\n", "mlp {}", "batch_size: 10"));
+  EXPECT_NE(msg.find("must divide evenly over parallel.data = 3"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("", "mlp {}", "normalize { mean: 0.5 }"));
+  EXPECT_NE(msg.find("data.normalize.mean: mean has 1 values but std has 0"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("", "cnn { height: 4 width: 4 channels: 8 channels: 8 channels: 8 }"));
+  EXPECT_NE(msg.find("pooling stages"), std::string::npos) << msg;
+}
+
+TEST_F(SpecTest, OverridesApplyByFieldPath) {
+  JobSpec s = LoadJobSpec(Write(Valid()), {"train.epochs=7", "optimizer.lr=0.01", "optimizer.kind=SGD",
+                                           "model.mlp.hidden=64,32", "name=renamed", "data.shuffle=false"});
+  EXPECT_EQ(s.train().epochs(), 7);
+  EXPECT_DOUBLE_EQ(s.optimizer().lr(), 0.01);
+  EXPECT_EQ(s.optimizer().kind(), OptimizerSpec::SGD);
+  ASSERT_EQ(s.model().mlp().hidden_size(), 2);
+  EXPECT_EQ(s.model().mlp().hidden(1), 32);
+  EXPECT_EQ(s.name(), "renamed");
+  EXPECT_FALSE(s.data().shuffle());
+}
+
+TEST_F(SpecTest, BadOverridesAreClearErrors) {
+  std::string msg = ErrorOf(Valid(), {"train.epochz=1"});
+  EXPECT_NE(msg.find("--set train.epochz=1: no field 'epochz' in train"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("epochs"), std::string::npos) << msg;  // lists the valid names
+  msg = ErrorOf(Valid(), {"train.epochs=abc"});
+  EXPECT_NE(msg.find("'abc' is not a valid int32 for train.epochs"), std::string::npos) << msg;
+  msg = ErrorOf(Valid(), {"optimizer.kind=LION"});
+  EXPECT_NE(msg.find("ADAMW"), std::string::npos) << msg;
+  msg = ErrorOf(Valid(), {"train"});
+  EXPECT_NE(msg.find("expected FIELD.PATH=VALUE"), std::string::npos) << msg;
+  msg = ErrorOf(Valid(), {"train=1"});
+  EXPECT_NE(msg.find("train is a message"), std::string::npos) << msg;
+  // Range errors of overridden values point at the override.
+  msg = ErrorOf(Valid("train { epochs: 2 }\n"), {"train.epochs=0"});
+  EXPECT_NE(msg.find("--set train.epochs=0: train.epochs: must be >= 1"), std::string::npos) << msg;
+}
+
+TEST_F(SpecTest, UnimplementedFeaturesAreRefusedNotIgnored) {
+  std::string msg = ErrorOf(Valid("parallel { zero_stage: 2 }\ncheckpoint { every_steps: 100 }\n"));
+  EXPECT_NE(msg.find("parallel.zero_stage"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("checkpoint.every_steps"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace tessera::jobs
