@@ -244,7 +244,8 @@ void ValidateOptimizer(const JobSpec& s, Validator& v) {
   v.Require(sc.step_size() >= 1, "optimizer.schedule.step_size", "must be >= 1" + Got(sc.step_size()));
   v.Require(sc.gamma() > 0, "optimizer.schedule.gamma", "must be > 0" + Got(sc.gamma()));
   v.Require(sc.warmup_steps() >= 0, "optimizer.schedule.warmup_steps", "must be >= 0" + Got(sc.warmup_steps()));
-  v.Require(sc.min_lr() >= 0 && sc.min_lr() <= o.lr(), "optimizer.schedule.min_lr", "must be in [0, optimizer.lr]" + Got(sc.min_lr()));
+  v.Require(sc.min_lr() >= 0 && (o.lr() <= 0 || sc.min_lr() <= o.lr()), "optimizer.schedule.min_lr",
+            "must be in [0, optimizer.lr]" + Got(sc.min_lr()));
 }
 
 void ValidateRest(const JobSpec& s, Validator& v) {
