@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/ops/kernels.h"
 
 namespace tessera {
 
@@ -113,6 +114,12 @@ Allocator& GetAllocator(Device device) {
     return *cpu;
   }
   Allocator* a = CudaAllocatorSlot(device.index);
+  if (a == nullptr) {
+    // The CUDA backend installs its allocators when its kernel table is registered; make sure
+    // that has happened (KernelsFor throws DeviceError with the reason when there is no GPU).
+    KernelsFor(device);
+    a = CudaAllocatorSlot(device.index);
+  }
   if (a == nullptr) {
     std::string why;
     CudaAvailable(&why);

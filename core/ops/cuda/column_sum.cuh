@@ -57,8 +57,8 @@ void ColumnSum(F f, int64_t rows, int64_t cols, T* out, bool accumulate, int dev
   ColumnPartialKernel<<<grid, kThreads, 0, stream>>>(f, rows, cols, rows_per_chunk,
                                                      partial.data<T>());
   TESSERA_CUDA_CHECK_LAUNCH();
-  ColumnFinishKernel<<<BlocksFor(cols), kThreads, 0, stream>>>(partial.data<T>(), chunks, cols,
-                                                               out, accumulate);
+  ColumnFinishKernel<<<BlocksFor(cols), kThreads, 0, stream>>>(partial.data<T>(), chunks, cols, out,
+                                                               accumulate);
   TESSERA_CUDA_CHECK_LAUNCH();
 }
 

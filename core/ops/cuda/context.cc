@@ -82,8 +82,8 @@ DeviceContext& Context(int device) {
     TESSERA_CUBLAS_CHECK(cublasCreate(&c.cublas));
     TESSERA_CUBLAS_CHECK(cublasSetStream(c.cublas, c.stream));
     TESSERA_CUBLAS_CHECK(cublasSetPointerMode(c.cublas, CUBLAS_POINTER_MODE_HOST));
-    TESSERA_CUBLAS_CHECK(
-        cublasSetMathMode(c.cublas, AllowTf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    TESSERA_CUBLAS_CHECK(cublasSetMathMode(
+        c.cublas, AllowTf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
 #if TESSERA_USE_CUDNN
     TESSERA_CUDNN_CHECK(cudnnCreate(&c.cudnn));
     TESSERA_CUDNN_CHECK(cudnnSetStream(c.cudnn, c.stream));
@@ -116,7 +116,8 @@ void RawFreeOn(void* p) {
 }
 
 template <size_t... I>
-constexpr std::array<CachingAllocator::RawAlloc, sizeof...(I)> RawAllocs(std::index_sequence<I...>) {
+constexpr std::array<CachingAllocator::RawAlloc, sizeof...(I)> RawAllocs(
+    std::index_sequence<I...>) {
   return {&RawAllocOn<static_cast<int>(I)>...};
 }
 template <size_t... I>

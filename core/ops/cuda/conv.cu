@@ -28,9 +28,17 @@ struct ConvGeom {
 
 ConvGeom Geometry(const Tensor& x, const Tensor& w, const Conv2dParams& prm) {
   ConvGeom g;
-  g.n = x.dim(0); g.c = x.dim(1); g.h = x.dim(2); g.w = x.dim(3);
-  g.k = w.dim(0); g.r = w.dim(2); g.s = w.dim(3);
-  g.sh = prm.stride_h; g.sw = prm.stride_w; g.ph = prm.pad_h; g.pw = prm.pad_w;
+  g.n = x.dim(0);
+  g.c = x.dim(1);
+  g.h = x.dim(2);
+  g.w = x.dim(3);
+  g.k = w.dim(0);
+  g.r = w.dim(2);
+  g.s = w.dim(3);
+  g.sh = prm.stride_h;
+  g.sw = prm.stride_w;
+  g.ph = prm.pad_h;
+  g.pw = prm.pad_w;
   g.p = (g.h + 2 * g.ph - g.r) / g.sh + 1;
   g.q = (g.w + 2 * g.pw - g.s) / g.sw + 1;
   return g;
@@ -49,8 +57,9 @@ __global__ void Im2ColKernel(const T* x, ConvGeom g, T* col) {
     const int64_t ch = row / (g.r * g.s), rs = row - ch * g.r * g.s;
     const int64_t i = rs / g.s, j = rs - i * g.s;
     const int64_t iy = oy * g.sh - g.ph + i, ix = ox * g.sw - g.pw + j;
-    col[e] = (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w) ? x[((img * g.c + ch) * g.h + iy) * g.w + ix]
-                                                          : T(0);
+    col[e] = (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w)
+                 ? x[((img * g.c + ch) * g.h + iy) * g.w + ix]
+                 : T(0);
   }
 }
 
@@ -92,7 +101,7 @@ void SwapLeading(const Tensor& in, int64_t a_dim, int64_t b_dim, int64_t s, Tens
                  cudaStream_t stream) {
   const int64_t n = a_dim * b_dim * s;
   SwapLeadingKernel<<<BlocksFor(n), kThreads, 0, stream>>>(in.data<T>(), a_dim, b_dim, s,
-                                                          out.data<T>());
+                                                           out.data<T>());
   TESSERA_CUDA_CHECK_LAUNCH();
 }
 
@@ -149,8 +158,8 @@ struct TensorDesc {
   cudnnTensorDescriptor_t d = nullptr;
   TensorDesc(cudnnDataType_t type, int64_t n, int64_t c, int64_t h, int64_t w) {
     TESSERA_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d));
-    TESSERA_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, type, int(n), int(c),
-                                                   int(h), int(w)));
+    TESSERA_CUDNN_CHECK(
+        cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, type, int(n), int(c), int(h), int(w)));
   }
   ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
 };
@@ -159,8 +168,8 @@ struct FilterDesc {
   cudnnFilterDescriptor_t d = nullptr;
   FilterDesc(cudnnDataType_t type, int64_t k, int64_t c, int64_t r, int64_t s) {
     TESSERA_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d));
-    TESSERA_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d, type, CUDNN_TENSOR_NCHW, int(k), int(c),
-                                                   int(r), int(s)));
+    TESSERA_CUDNN_CHECK(
+        cudnnSetFilter4dDescriptor(d, type, CUDNN_TENSOR_NCHW, int(k), int(c), int(r), int(s)));
   }
   ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
 };
@@ -200,21 +209,27 @@ class Workspace {
   void* ptr_ = nullptr;
 };
 
-// The first usable algorithm in the heuristics' ranking: it must be supported, fit the workspace
-// cap and, unless TF32 is allowed, not use tensor-op math on f32. Deterministic ones are preferred.
-template <typename Perf>
-Perf PickAlgorithm(const Perf* perf, int count, bool f32, const char* what) {
+// Runs `run(algorithm)` for the heuristics' candidates in their ranked order, deterministic ones
+// first, until one succeeds. A candidate must be supported, fit the workspace cap and, unless TF32
+// is allowed, not use tensor-op math on f32. CUDNN_STATUS_NOT_SUPPORTED from a run (reported before
+// anything is written) moves on to the next candidate; any other failure throws.
+template <typename Perf, typename Run>
+void RunBestAlgorithm(const Perf* perf, int count, bool f32, const char* what, Run run) {
+  cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
   for (int pass = 0; pass < 2; ++pass) {
     for (int i = 0; i < count; ++i) {
       const Perf& a = perf[i];
       if (a.status != CUDNN_STATUS_SUCCESS || a.memory > kMaxWorkspaceBytes) continue;
       if (f32 && !AllowTf32() && a.mathType != CUDNN_FMA_MATH && a.mathType != CUDNN_DEFAULT_MATH)
         continue;
-      if (pass == 0 && a.determinism != CUDNN_DETERMINISTIC) continue;
-      return a;
+      if ((a.determinism == CUDNN_DETERMINISTIC) != (pass == 0)) continue;
+      last = run(a);
+      if (last == CUDNN_STATUS_SUCCESS) return;
+      if (last != CUDNN_STATUS_NOT_SUPPORTED) ThrowCudnnError(last, what, __FILE__, __LINE__);
     }
   }
-  TESSERA_THROW(DeviceError, what, ": cuDNN's heuristics offered no usable algorithm");
+  TESSERA_THROW(DeviceError, what,
+                ": no cuDNN algorithm could run (last status: ", cudnnGetErrorString(last), ")");
 }
 
 // cuDNN takes alpha and beta as the data type's scalar.
@@ -264,13 +279,14 @@ void ForwardCudnn(const Tensor& xt, const Tensor& wt, const ConvGeom& g, Tensor&
   int count = 0;
   TESSERA_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
       h, cd.x.d, cd.w.d, cd.conv.d, cd.y.d, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
-  auto algo = PickAlgorithm(perf, count, !cd.f64, "Conv2d");
-  cd.UseMath(algo.mathType);
-  Workspace ws(xt.device(), algo.memory);
   Scalars one(1.0), zero(0.0);
-  TESSERA_CUDNN_CHECK(cudnnConvolutionForward(h, one.get(cd.f64), cd.x.d, xt.raw_data(), cd.w.d,
-                                              wt.raw_data(), cd.conv.d, algo.algo, ws.get(),
-                                              ws.bytes(), zero.get(cd.f64), cd.y.d, yt.raw_data()));
+  RunBestAlgorithm(perf, count, !cd.f64, "cudnnConvolutionForward", [&](const auto& a) {
+    cd.UseMath(a.mathType);
+    Workspace ws(xt.device(), a.memory);
+    return cudnnConvolutionForward(h, one.get(cd.f64), cd.x.d, xt.raw_data(), cd.w.d, wt.raw_data(),
+                                   cd.conv.d, a.algo, ws.get(), ws.bytes(), zero.get(cd.f64),
+                                   cd.y.d, yt.raw_data());
+  });
 }
 
 void BackwardCudnn(const Tensor& xt, const Tensor& wt, const Tensor& dyt, const ConvGeom& g,
@@ -285,24 +301,26 @@ void BackwardCudnn(const Tensor& xt, const Tensor& wt, const Tensor& dyt, const 
     TESSERA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
         h, cd.x.d, cd.y.d, cd.conv.d, cd.w.d, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count,
         perf));
-    auto algo = PickAlgorithm(perf, count, !cd.f64, "Conv2dBackward (filter)");
-    cd.UseMath(algo.mathType);
-    Workspace ws(xt.device(), algo.memory);
-    TESSERA_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
-        h, one.get(cd.f64), cd.x.d, xt.raw_data(), cd.y.d, dyt.raw_data(), cd.conv.d, algo.algo,
-        ws.get(), ws.bytes(), one.get(cd.f64), cd.w.d, dw.raw_data()));
+    RunBestAlgorithm(perf, count, !cd.f64, "cudnnConvolutionBackwardFilter", [&](const auto& a) {
+      cd.UseMath(a.mathType);
+      Workspace ws(xt.device(), a.memory);
+      return cudnnConvolutionBackwardFilter(h, one.get(cd.f64), cd.x.d, xt.raw_data(), cd.y.d,
+                                            dyt.raw_data(), cd.conv.d, a.algo, ws.get(), ws.bytes(),
+                                            one.get(cd.f64), cd.w.d, dw.raw_data());
+    });
   }
   if (dx.defined()) {  // dx = conv_data_grad(w, dy): beta = 0 overwrites
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int count = 0;
     TESSERA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
         h, cd.w.d, cd.y.d, cd.conv.d, cd.x.d, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf));
-    auto algo = PickAlgorithm(perf, count, !cd.f64, "Conv2dBackward (data)");
-    cd.UseMath(algo.mathType);
-    Workspace ws(xt.device(), algo.memory);
-    TESSERA_CUDNN_CHECK(cudnnConvolutionBackwardData(
-        h, one.get(cd.f64), cd.w.d, wt.raw_data(), cd.y.d, dyt.raw_data(), cd.conv.d, algo.algo,
-        ws.get(), ws.bytes(), zero.get(cd.f64), cd.x.d, dx.raw_data()));
+    RunBestAlgorithm(perf, count, !cd.f64, "cudnnConvolutionBackwardData", [&](const auto& a) {
+      cd.UseMath(a.mathType);
+      Workspace ws(xt.device(), a.memory);
+      return cudnnConvolutionBackwardData(h, one.get(cd.f64), cd.w.d, wt.raw_data(), cd.y.d,
+                                          dyt.raw_data(), cd.conv.d, a.algo, ws.get(), ws.bytes(),
+                                          zero.get(cd.f64), cd.x.d, dx.raw_data());
+    });
   }
 }
 #endif  // TESSERA_USE_CUDNN
@@ -325,7 +343,8 @@ void SetConvUseCudnn(bool use) { use_cudnn.store(use, std::memory_order_relaxed)
 
 bool ConvUsesCudnn() { return TESSERA_USE_CUDNN && use_cudnn.load(std::memory_order_relaxed); }
 
-void Conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& prm, Tensor& y) {
+void Conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& prm,
+            Tensor& y) {
   TESSERA_DISPATCH_FLOAT(x.dtype(), "Conv2d", [&] {
     const ConvGeom g = Geometry(x, w, prm);
     if (y.numel() == 0) return;

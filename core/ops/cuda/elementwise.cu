@@ -46,30 +46,48 @@ struct Tag {
 template <typename F>
 void VisitDType(DType t, F&& f) {
   switch (t) {
-    case DType::kF32: return f(Tag<float>{});
-    case DType::kF64: return f(Tag<double>{});
-    case DType::kBF16: return f(Tag<BFloat16>{});
-    case DType::kF16: return f(Tag<Half>{});
-    case DType::kI32: return f(Tag<int32_t>{});
-    case DType::kI64: return f(Tag<int64_t>{});
+    case DType::kF32:
+      return f(Tag<float>{});
+    case DType::kF64:
+      return f(Tag<double>{});
+    case DType::kBF16:
+      return f(Tag<BFloat16>{});
+    case DType::kF16:
+      return f(Tag<Half>{});
+    case DType::kI32:
+      return f(Tag<int32_t>{});
+    case DType::kI64:
+      return f(Tag<int64_t>{});
   }
   TESSERA_THROW(ShapeError, "Cast: unknown dtype");
 }
 
 template <typename T>
-__device__ inline double ToDouble(T v) { return static_cast<double>(v); }
+__device__ inline double ToDouble(T v) {
+  return static_cast<double>(v);
+}
 template <>
-__device__ inline double ToDouble(BFloat16 v) { return BF16ToFloat(v.bits); }
+__device__ inline double ToDouble(BFloat16 v) {
+  return BF16ToFloat(v.bits);
+}
 template <>
-__device__ inline double ToDouble(Half v) { return HalfToFloat(v.bits); }
+__device__ inline double ToDouble(Half v) {
+  return HalfToFloat(v.bits);
+}
 
 template <typename T>
-__device__ inline T FromDouble(double v) { return static_cast<T>(v); }
+__device__ inline T FromDouble(double v) {
+  return static_cast<T>(v);
+}
 // 16-bit types round through float, exactly as the CPU's StoreFromDouble.
 template <>
-__device__ inline BFloat16 FromDouble(double v) { return BFloat16{FloatToBF16(static_cast<float>(v))}; }
+__device__ inline BFloat16 FromDouble(double v) {
+  return BFloat16{FloatToBF16(static_cast<float>(v))};
+}
 template <>
-__device__ inline Half FromDouble(double v) { return Half{FloatToHalf(static_cast<float>(v))}; }
+__device__ inline Half FromDouble(double v) {
+  return Half{FloatToHalf(static_cast<float>(v))};
+}
 
 template <typename S, typename D>
 __global__ void CastKernel(const S* src, D* dst, int64_t n) {
@@ -98,9 +116,12 @@ __global__ void BinaryKernel(BinaryOp op, const T* a, const T* b, T* out, int64_
 template <typename T>
 __global__ void AxpbyKernel(int mode, T alpha, const T* x, T beta, T* y, int64_t n) {
   TESSERA_GRID_STRIDE(i, n) {
-    if (mode == 0) y[i] = beta * y[i];
-    else if (mode == 1) y[i] = alpha * x[i];
-    else y[i] = alpha * x[i] + beta * y[i];
+    if (mode == 0)
+      y[i] = beta * y[i];
+    else if (mode == 1)
+      y[i] = alpha * x[i];
+    else
+      y[i] = alpha * x[i] + beta * y[i];
   }
 }
 
@@ -128,10 +149,14 @@ void Fill(Tensor& t, double value) {
   OnDevice on(t);
   void* p = t.raw_data();
   switch (t.dtype()) {
-    case DType::kF32: return FillBits(p, BitsOf<uint32_t>(static_cast<float>(value)), n, on.stream());
-    case DType::kF64: return FillBits(p, BitsOf<uint64_t>(value), n, on.stream());
-    case DType::kBF16: return FillBits(p, FloatToBF16(static_cast<float>(value)), n, on.stream());
-    case DType::kF16: return FillBits(p, FloatToHalf(static_cast<float>(value)), n, on.stream());
+    case DType::kF32:
+      return FillBits(p, BitsOf<uint32_t>(static_cast<float>(value)), n, on.stream());
+    case DType::kF64:
+      return FillBits(p, BitsOf<uint64_t>(value), n, on.stream());
+    case DType::kBF16:
+      return FillBits(p, FloatToBF16(static_cast<float>(value)), n, on.stream());
+    case DType::kF16:
+      return FillBits(p, FloatToHalf(static_cast<float>(value)), n, on.stream());
     case DType::kI32:
       return FillBits(p, BitsOf<uint32_t>(static_cast<int32_t>(value)), n, on.stream());
     case DType::kI64:
@@ -163,7 +188,7 @@ void Cast(Tensor& dst, const Tensor& src) {
     VisitDType(dst.dtype(), [&](auto d) {
       using D = typename decltype(d)::type;
       CastKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(static_cast<const S*>(src.raw_data()),
-                                                            static_cast<D*>(dst.raw_data()), n);
+                                                             static_cast<D*>(dst.raw_data()), n);
       TESSERA_CUDA_CHECK_LAUNCH();
     });
   });
@@ -175,7 +200,7 @@ void Unary(UnaryOp op, const Tensor& x, Tensor& y) {
     if (n == 0) return;
     OnDevice on(x);
     UnaryKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(op, x.data<scalar_t>(),
-                                                           y.data<scalar_t>(), n);
+                                                            y.data<scalar_t>(), n);
     TESSERA_CUDA_CHECK_LAUNCH();
   });
 }
@@ -196,9 +221,8 @@ void Binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
     int64_t n = a.numel();
     if (n == 0) return;
     OnDevice on(a);
-    BinaryKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(op, a.data<scalar_t>(),
-                                                            b.data<scalar_t>(),
-                                                            out.data<scalar_t>(), n);
+    BinaryKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(
+        op, a.data<scalar_t>(), b.data<scalar_t>(), out.data<scalar_t>(), n);
     TESSERA_CUDA_CHECK_LAUNCH();
   });
 }
@@ -222,7 +246,7 @@ void AddBias(Tensor& y, const Tensor& bias) {
     if (n == 0 || c == 0) return;
     OnDevice on(y);
     BiasKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(y.data<scalar_t>(),
-                                                          bias.data<scalar_t>(), c, 1, n);
+                                                           bias.data<scalar_t>(), c, 1, n);
     TESSERA_CUDA_CHECK_LAUNCH();
   });
 }
@@ -234,7 +258,7 @@ void AddChannelBias(Tensor& y, const Tensor& bias) {
     int64_t s = n / (y.dim(0) * c);
     OnDevice on(y);
     BiasKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(y.data<scalar_t>(),
-                                                          bias.data<scalar_t>(), c, s, n);
+                                                           bias.data<scalar_t>(), c, s, n);
     TESSERA_CUDA_CHECK_LAUNCH();
   });
 }

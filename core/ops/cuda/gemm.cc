@@ -17,7 +17,8 @@ int CheckedInt(int64_t v, const char* what, const Tensor& a, const Tensor& b) {
 }
 }  // namespace
 
-void Gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double alpha, double beta) {
+void Gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double alpha,
+          double beta) {
   if (a.dtype() != DType::kF32 && a.dtype() != DType::kF64)
     TESSERA_THROW(ShapeError, "Gemm: dtype ", DTypeName(a.dtype()),
                   " is not supported on CUDA (f32 and f64 are)");

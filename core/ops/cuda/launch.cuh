@@ -37,13 +37,15 @@ inline int RowThreads(int64_t d) { return d <= 32 ? 32 : d <= 1024 ? 128 : 256; 
 // Blocks for one-block-per-row kernels; rows beyond the grid are taken by a block-stride loop.
 inline int RowBlocks(int64_t rows) { return static_cast<int>(std::min<int64_t>(rows, 65535)); }
 
-#define TESSERA_GRID_STRIDE(i, n)                                                          \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);    \
+#define TESSERA_GRID_STRIDE(i, n)                                                        \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 struct SumOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 // Max that propagates NaN (as the CPU reduce does).
 struct MaxOp {

@@ -20,8 +20,9 @@ __global__ void AdamKernel(T* p, const T* g, T* m, T* v, AdamStepParams h, int64
 template <typename T>
 __global__ void RmspropKernel(T* p, const T* g, T* sq, T* ga, T* buf, RmspropStepParams h,
                               int64_t n) {
-  TESSERA_GRID_STRIDE(i, n)
-  fn::RmspropUpdate(p[i], g[i], sq[i], ga ? ga + i : nullptr, buf ? buf + i : nullptr, h);
+  TESSERA_GRID_STRIDE(i, n) {
+    fn::RmspropUpdate(p[i], g[i], sq[i], ga ? ga + i : nullptr, buf ? buf + i : nullptr, h);
+  }
 }
 
 }  // namespace
@@ -33,7 +34,7 @@ void SgdStep(Tensor& param, const Tensor& grad, Tensor& buf, const SgdStepParams
     OnDevice on(param);
     scalar_t* b = h.momentum != 0 ? buf.data<scalar_t>() : nullptr;
     SgdKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(param.data<scalar_t>(),
-                                                         grad.data<scalar_t>(), b, h, n);
+                                                          grad.data<scalar_t>(), b, h, n);
     TESSERA_CUDA_CHECK_LAUNCH();
   });
 }

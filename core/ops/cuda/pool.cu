@@ -57,17 +57,16 @@ __global__ void MaxPoolBackwardKernel(const T* dy, const int32_t* indices, int64
 
 void MaxPool2d(const Tensor& x, const Pool2dParams& prm, Tensor& y, Tensor& indices) {
   TESSERA_DISPATCH_FLOAT(x.dtype(), "MaxPool2d", [&] {
-    PoolGeom g{x.dim(0) * x.dim(1), x.dim(2), x.dim(3), y.dim(2), y.dim(3),
-               prm.kernel_h, prm.kernel_w, prm.stride_h, prm.stride_w, prm.pad_h, prm.pad_w};
+    PoolGeom g{x.dim(0) * x.dim(1), x.dim(2),     x.dim(3),     y.dim(2),  y.dim(3), prm.kernel_h,
+               prm.kernel_w,        prm.stride_h, prm.stride_w, prm.pad_h, prm.pad_w};
     const int64_t n = g.planes * g.p * g.q;
     if (n == 0) return;
     if (g.h * g.w > std::numeric_limits<int32_t>::max())
       TESSERA_THROW(ShapeError, "MaxPool2d: input plane of ", x.Describe(),
                     " is too large for i32 indices");
     OnDevice on(x);
-    MaxPoolKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(x.data<scalar_t>(), g,
-                                                             y.data<scalar_t>(),
-                                                             indices.data<int32_t>());
+    MaxPoolKernel<<<BlocksFor(n), kThreads, 0, on.stream()>>>(
+        x.data<scalar_t>(), g, y.data<scalar_t>(), indices.data<int32_t>());
     TESSERA_CUDA_CHECK_LAUNCH();
   });
 }

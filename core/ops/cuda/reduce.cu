@@ -14,8 +14,8 @@ namespace {
 
 // Block (c, chunk) sums planes n in [chunk * per_chunk, ...) of channel c into partial[c, chunk].
 template <typename T>
-__global__ void ChannelPartialKernel(const T* x, int64_t n, int64_t c, int64_t s,
-                                     int64_t per_chunk, double* partial) {
+__global__ void ChannelPartialKernel(const T* x, int64_t n, int64_t c, int64_t s, int64_t per_chunk,
+                                     double* partial) {
   const int64_t ch = blockIdx.x, chunk = blockIdx.y;
   int64_t n0 = chunk * per_chunk, n1 = n0 + per_chunk < n ? n0 + per_chunk : n;
   double acc = 0;
@@ -77,11 +77,11 @@ void ReduceAll(const T* x, int64_t n, Op op, double identity, double divide_by, 
                int device, cudaStream_t stream) {
   int blocks = ReduceBlocks(n);
   Tensor partial = Tensor::Empty({blocks}, DType::kF64, Device::CUDA(device));
-  PartialReduceKernel<T, Op, kSquare><<<blocks, kReduceThreads, 0, stream>>>(
-      x, n, op, identity, partial.data<double>());
+  PartialReduceKernel<T, Op, kSquare>
+      <<<blocks, kReduceThreads, 0, stream>>>(x, n, op, identity, partial.data<double>());
   TESSERA_CUDA_CHECK_LAUNCH();
-  FinishReduceKernel<<<1, kReduceThreads, 0, stream>>>(partial.data<double>(), blocks, op,
-                                                       identity, divide_by, out);
+  FinishReduceKernel<<<1, kReduceThreads, 0, stream>>>(partial.data<double>(), blocks, op, identity,
+                                                       divide_by, out);
   TESSERA_CUDA_CHECK_LAUNCH();
 }
 
@@ -109,9 +109,8 @@ void SumChannels(const Tensor& x, Tensor& out, bool accumulate) {
     chunks = (n + per_chunk - 1) / per_chunk;
     Tensor partial = Tensor::Empty({c, chunks}, DType::kF64, x.device());
     dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(chunks));
-    ChannelPartialKernel<<<grid, RowThreads(s), 0, on.stream()>>>(x.data<scalar_t>(), n, c, s,
-                                                                 per_chunk,
-                                                                 partial.data<double>());
+    ChannelPartialKernel<<<grid, RowThreads(s), 0, on.stream()>>>(
+        x.data<scalar_t>(), n, c, s, per_chunk, partial.data<double>());
     TESSERA_CUDA_CHECK_LAUNCH();
     ChannelFinishKernel<<<BlocksFor(c), kThreads, 0, on.stream()>>>(
         partial.data<double>(), chunks, c, out.data<scalar_t>(), accumulate);

@@ -11,7 +11,9 @@ namespace tessera::cuda {
 namespace {
 
 template <typename T>
-__device__ constexpr T NegInf() { return -std::numeric_limits<T>::infinity(); }
+__device__ constexpr T NegInf() {
+  return -std::numeric_limits<T>::infinity();
+}
 
 // ---- softmax along the last dimension, rows of length d ----
 
@@ -248,8 +250,9 @@ void LayerNormBackward(const Tensor& x, const Tensor& gamma, const Tensor& mean,
         dx.data<scalar_t>());
     TESSERA_CUDA_CHECK_LAUNCH();
     const int dev = x.device().index;
-    ColumnSum(LayerNormGammaGrad<scalar_t>{xp, dyp, mean.data<scalar_t>(), rstd.data<scalar_t>(), d},
-              rows, d, dgamma.data<scalar_t>(), /*accumulate=*/true, dev, on.stream());
+    ColumnSum(
+        LayerNormGammaGrad<scalar_t>{xp, dyp, mean.data<scalar_t>(), rstd.data<scalar_t>(), d},
+        rows, d, dgamma.data<scalar_t>(), /*accumulate=*/true, dev, on.stream());
     ColumnSum(RowMajorValue<scalar_t>{dyp, d}, rows, d, dbeta.data<scalar_t>(),
               /*accumulate=*/true, dev, on.stream());
   });
@@ -267,20 +270,25 @@ void Embedding(const Tensor& weight, const Tensor& ids, Tensor& out) {
     using Bits = decltype(bits);
     using I = decltype(id_type);
     EmbeddingKernel<<<BlocksFor(n * d), kThreads, 0, on.stream()>>>(
-        static_cast<const Bits*>(weight.raw_data()), static_cast<const I*>(ids.raw_data()), rows,
-        d, n, static_cast<Bits*>(out.raw_data()));
+        static_cast<const Bits*>(weight.raw_data()), static_cast<const I*>(ids.raw_data()), rows, d,
+        n, static_cast<Bits*>(out.raw_data()));
     TESSERA_CUDA_CHECK_LAUNCH();
   };
   auto with_bits = [&](auto id_type) {
     switch (SizeOf(weight.dtype())) {
-      case 2: return launch(uint16_t{}, id_type);
-      case 4: return launch(uint32_t{}, id_type);
-      case 8: return launch(uint64_t{}, id_type);
+      case 2:
+        return launch(uint16_t{}, id_type);
+      case 4:
+        return launch(uint32_t{}, id_type);
+      case 8:
+        return launch(uint64_t{}, id_type);
     }
     TESSERA_THROW(ShapeError, "Embedding: unsupported weight dtype ", DTypeName(weight.dtype()));
   };
-  if (ids.dtype() == DType::kI32) with_bits(int32_t{});
-  else with_bits(int64_t{});
+  if (ids.dtype() == DType::kI32)
+    with_bits(int32_t{});
+  else
+    with_bits(int64_t{});
 }
 
 void EmbeddingBackward(const Tensor& ids, const Tensor& dy, Tensor& dweight) {
@@ -319,7 +327,8 @@ void CrossEntropy(const Tensor& logits, const Tensor& labels, Tensor& probs, Ten
   });
 }
 
-void CrossEntropyBackward(const Tensor& probs, const Tensor& labels, double scale, Tensor& dlogits) {
+void CrossEntropyBackward(const Tensor& probs, const Tensor& labels, double scale,
+                          Tensor& dlogits) {
   TESSERA_DISPATCH_FLOAT(probs.dtype(), "CrossEntropyBackward", [&] {
     const int64_t n = probs.dim(0), c = probs.dim(1);
     if (n == 0 || c == 0) return;
