@@ -258,6 +258,24 @@ TEST(OpsGrad, CrossEntropy) {
   CheckGradients(c);
 }
 
+TEST(OpsForward, MaxPoolTiesTakeTheFirstMaximumAndNaNPropagates) {
+  const double nan = std::nan("");
+  // Two 2x2 windows side by side, then the same with a 3x3 window (the general path).
+  Tensor x = Tensor::FromVector({1, 5, 2, 2, 5, 3, 2, -1}, {1, 1, 2, 4}, F64);
+  Tensor idx;
+  EXPECT_EQ(ops::MaxPool2d(x, {2, 2, 2, 2, 0, 0}, &idx).ToVector(), (std::vector<double>{5, 2}));
+  EXPECT_EQ(idx.ToVector(), (std::vector<double>{1, 2}));
+  Tensor wide = Tensor::FromVector({1, 5, 2, 5, 3, 2, 0, 0, 0}, {1, 1, 3, 3}, F64);
+  EXPECT_EQ(ops::MaxPool2d(wide, {3, 3, 1, 1, 0, 0}, &idx).ToVector(), (std::vector<double>{5}));
+  EXPECT_EQ(idx.ToVector(), (std::vector<double>{1}));
+  for (Pool2dParams p : {Pool2dParams{2, 2, 2, 2, 0, 0}, Pool2dParams{2, 2, 1, 1, 0, 0}}) {
+    Tensor n = Tensor::FromVector({1, nan, 2, nan}, {1, 1, 2, 2}, F64);
+    Tensor y = ops::MaxPool2d(n, p, &idx);
+    EXPECT_TRUE(std::isnan(y.ToVector()[0]));
+    EXPECT_EQ(idx.ToVector()[0], 1);
+  }
+}
+
 TEST(OpsForward, CrossEntropyMatchesClosedForm) {
   Tensor logits = Tensor::FromVector({0, 0, 0, 1, 2, 3}, {2, 3}, F64);
   Tensor labels = Tensor::FromVector({1, 2}, {2}, DType::kI32);
