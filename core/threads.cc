@@ -11,8 +11,56 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tessera/config.h"
+
+#if TESSERA_USE_ONEDNN
+#include <omp.h>
+#endif
 
 namespace tessera {
+#if TESSERA_USE_ONEDNN
+// With oneDNN, which runs on OpenMP, ParallelFor runs on OpenMP's threads as well: one pool for
+// tessera's kernels and oneDNN's, instead of two pools spinning against each other.
+namespace {
+std::atomic<int> g_omp_threads{0};
+int OmpThreads() {
+  int n = g_omp_threads.load();
+  if (n == 0) {
+    n = 1;
+    if (const char* env = std::getenv("TESSERA_NUM_THREADS")) n = std::max(1, std::atoi(env));
+    openblas_set_num_threads(1);
+    g_omp_threads = n;
+  }
+  return n;
+}
+}  // namespace
+
+void SetNumThreads(int n) {
+  if (n < 1) TESSERA_THROW(ValueError, "thread count must be at least 1, got ", n);
+  g_omp_threads = n;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(1);
+}
+
+int GetNumThreads() { return OmpThreads(); }
+
+void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  const int threads = OmpThreads();
+  if (threads == 1 || n < 2 * std::max<int64_t>(grain, 1) || omp_in_parallel()) {
+    fn(0, n);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t part = omp_get_thread_num(), parts = omp_get_num_threads();
+    const int64_t begin = n * part / parts, end = n * (part + 1) / parts;
+    if (begin < end) fn(begin, end);
+  }
+}
+
+#else  // the own pool
+
 namespace {
 
 class Pool {
@@ -133,5 +181,7 @@ void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int
   }
   pool.Run(n, fn);
 }
+
+#endif  // TESSERA_USE_ONEDNN
 
 }  // namespace tessera

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   cmake ninja-build g++ pkg-config
-  libopenblas-dev zlib1g-dev
+  libopenblas-dev libdnnl-dev zlib1g-dev
   libopenmpi-dev openmpi-bin
   libhdf5-dev libhdf5-openmpi-dev hdf5-tools
   libprotobuf-dev protobuf-compiler

@@ -103,6 +103,13 @@ Tensor UnaryBackward(UnaryOp op, const Tensor& x, const Tensor& dy) {
   return dx;
 }
 
+void UnaryBackwardInto(UnaryOp op, const Tensor& x, const Tensor& dy, Tensor& dx) {
+  RequireCompatible("UnaryBackward", {{"x", &x}, {"dy", &dy}, {"dx", &dx}});
+  RequireSameShape("UnaryBackward", "x", x, "dy", dy);
+  RequireSameShape("UnaryBackward", "x", x, "dx", dx);
+  K(x).unary_backward(op, x, dy, dx);
+}
+
 Tensor Binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   RequireCompatible("Binary", {{"a", &a}, {"b", &b}});
   RequireSameShape("Binary", "a", a, "b", b);

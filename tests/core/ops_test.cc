@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/ops/cpu/cpu_kernels.h"
 #include "core/ops/ops.h"
 #include "core/random.h"
 #include "core/threads.h"
@@ -219,7 +220,40 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(ConvCase{{2, 3, 5, 5}, {4, 3, 3, 3}, {1, 1, 1, 1}},   // W2-like: 3x3, pad 1
                       ConvCase{{1, 2, 6, 5}, {3, 2, 3, 2}, {2, 1, 0, 1}},   // strides, rect kernel
                       ConvCase{{3, 2, 4, 4}, {2, 2, 1, 1}, {1, 1, 0, 0}},   // pointwise
-                      ConvCase{{1, 1, 7, 7}, {2, 1, 5, 5}, {3, 3, 2, 2}})); // large pad and stride
+                      ConvCase{{1, 1, 7, 7}, {2, 1, 5, 5}, {3, 3, 2, 2}},   // large pad and stride
+                      ConvCase{{4, 1, 28, 28}, {32, 1, 3, 3}, {1, 1, 1, 1}},  // W2's first layer
+                      ConvCase{{2, 32, 14, 14}, {64, 32, 3, 3}, {1, 1, 1, 1}}));  // W2's second
+
+#if TESSERA_USE_ONEDNN
+// f32 convolutions run through oneDNN; the im2col path (checked above against finite differences
+// in f64) is the reference for them.
+TEST_P(ConvGrad, OneDnnMatchesIm2colInF32) {
+  const ConvCase& cc = GetParam();
+  Tensor x = RandomTensor(cc.x, DType::kF32, 40), w = RandomTensor(cc.w, DType::kF32, 41);
+  Tensor b = RandomTensor({cc.w[0]}, DType::kF32, 42);
+  Shape ys = ops::Conv2dOutputShape(cc.x, cc.w, cc.p);
+  Tensor dy = RandomTensor(ys, DType::kF32, 43);
+  auto run = [&](cpu::CpuConvImpl impl) {
+    cpu::SetCpuConvImpl(impl);
+    Tensor y = ops::Conv2d(x, w, b, cc.p);
+    Tensor dx;
+    Tensor dw = RandomTensor(cc.w, DType::kF32, 44), db = RandomTensor({cc.w[0]}, DType::kF32, 45);  // accumulated into
+    ops::Conv2dBackward(x, w, dy, cc.p, &dx, dw, &db);
+    Tensor y_nobias = ops::Conv2d(x, w, Tensor(), cc.p);
+    cpu::SetCpuConvImpl(cpu::CpuConvImpl::kAuto);
+    return std::vector<Tensor>{y, dx, dw, db, y_nobias};
+  };
+  ASSERT_TRUE(cpu::CpuConvUsesOneDnn());
+  std::vector<Tensor> ref = run(cpu::CpuConvImpl::kIm2col), got = run(cpu::CpuConvImpl::kAuto);
+  const char* names[] = {"y", "dx", "dw", "db", "y without bias"};
+  for (size_t i = 0; i < ref.size(); ++i) {
+    std::vector<double> r = ref[i].ToVector(), g = got[i].ToVector();
+    double scale = 1;
+    for (double v : r) scale = std::max(scale, std::fabs(v));
+    for (size_t j = 0; j < r.size(); ++j) ASSERT_NEAR(g[j], r[j], 1e-5 * scale) << names[i] << " element " << j;
+  }
+}
+#endif
 
 TEST(OpsGrad, MaxPool) {
   // Distinct values so the argmax is stable under +-eps.

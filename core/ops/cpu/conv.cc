@@ -5,6 +5,7 @@
 // y [N, K, P*Q] with the bias added on the way. One big GEMM runs far closer to the sgemm peak
 // than N small ones. Backward: dW += dY' @ col^T, dcol = W^T @ dY', dx = col2im(dcol).
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 
@@ -110,9 +111,18 @@ bool IsPointwise(const ConvGeom& g) {
   return g.r == 1 && g.s == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
 }
 
+std::atomic<CpuConvImpl> g_conv_impl{CpuConvImpl::kAuto};
+
 }  // namespace
 
+void SetCpuConvImpl(CpuConvImpl impl) { g_conv_impl = impl; }
+
+bool CpuConvUsesOneDnn() { return TESSERA_USE_ONEDNN && g_conv_impl.load() == CpuConvImpl::kAuto; }
+
 void Conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& prm, Tensor& y) {
+#if TESSERA_USE_ONEDNN
+  if (CpuConvUsesOneDnn() && OneDnnConv2d(x, w, bias, prm, y)) return;
+#endif
   TESSERA_DISPATCH_FLOAT(x.dtype(), "Conv2d", [&] {
     ConvGeom g = Geometry(x, w, prm);
     if (g.n == 0 || g.k == 0 || g.pq() == 0) return;
@@ -154,6 +164,9 @@ void Conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dPa
 
 void Conv2dBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Conv2dParams& prm,
                     Tensor& dx, Tensor& dw, Tensor& db) {
+#if TESSERA_USE_ONEDNN
+  if (CpuConvUsesOneDnn() && OneDnnConv2dBackward(x, w, dy, prm, dx, dw, db)) return;
+#endif
   TESSERA_DISPATCH_FLOAT(x.dtype(), "Conv2dBackward", [&] {
     ConvGeom g = Geometry(x, w, prm);
     const int64_t cols = g.n * g.pq();

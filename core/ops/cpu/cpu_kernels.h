@@ -41,6 +41,19 @@ void AdamStep(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const Ada
 void RmspropStep(Tensor& param, const Tensor& grad, Tensor& sq, Tensor& ga, Tensor& buf,
                  const RmspropStepParams& p);
 
+// Which CPU convolution runs. kAuto: oneDNN for f32 when tessera is built with it (its JIT
+// kernels use the machine's widest vectors), im2col + GEMM otherwise and for f64. Tests pin
+// kIm2col to compare the two.
+enum class CpuConvImpl { kAuto, kIm2col };
+void SetCpuConvImpl(CpuConvImpl impl);
+bool CpuConvUsesOneDnn();
+#if TESSERA_USE_ONEDNN
+// Return false when they do not apply (dtype other than f32, empty tensors).
+bool OneDnnConv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, Tensor& y);
+bool OneDnnConv2dBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Conv2dParams& p, Tensor& dx,
+                          Tensor& dw, Tensor& db);
+#endif
+
 // Elements per task for memory-bound loops.
 constexpr int64_t kElementwiseGrain = 1 << 15;
 // Fixed reduction chunk: partial sums over chunks of this size are combined in chunk order, so
