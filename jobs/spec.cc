@@ -213,7 +213,7 @@ void ValidateData(const JobSpec& s, Validator& v, bool check_files) {
   }
   v.Require(d.batch_size() >= 1, "data.batch_size", "must be >= 1" + Got(d.batch_size()));
   int dp = s.parallel().data();
-  v.Require(dp < 1 || d.batch_size() % dp == 0, "data.batch_size",
+  v.Require(dp < 1 || d.batch_size() < 1 || d.batch_size() % dp == 0, "data.batch_size",
             detail::StrCat("the global batch ", d.batch_size(), " must divide evenly over parallel.data = ", dp, " ranks"));
   v.Require(d.prefetch() >= 1, "data.prefetch", "must be >= 1" + Got(d.prefetch()));
   v.Require(d.eval_batch_size() >= 1, "data.eval_batch_size", "must be >= 1" + Got(d.eval_batch_size()));
@@ -257,14 +257,13 @@ void ValidateRest(const JobSpec& s, Validator& v) {
   v.Require(t.threads() >= 1 && t.threads() <= 1024, "train.threads", "must be in [1, 1024]" + Got(t.threads()));
   v.Require(t.accumulate_steps() >= 1, "train.accumulate_steps", "must be >= 1" + Got(t.accumulate_steps()));
   const ParallelSpec& p = s.parallel();
-  v.Require(p.data() >= 1, "parallel.data", "must be >= 1" + Got(p.data()));
+  v.Require(p.data() >= 0, "parallel.data", "must be >= 0 (0: every launched rank)" + Got(p.data()));
   v.Require(p.zero_stage() >= 0 && p.zero_stage() <= 3, "parallel.zero_stage", "must be 0, 1, 2 or 3" + Got(p.zero_stage()));
   v.Require(p.tensor() >= 1, "parallel.tensor", "must be >= 1" + Got(p.tensor()));
   v.Require(p.pipeline() >= 1, "parallel.pipeline", "must be >= 1" + Got(p.pipeline()));
   v.Require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s", "must be > 0" + Got(p.collective_timeout_s()));
   v.Require(p.bucket_size_mb() > 0, "parallel.bucket_size_mb", "must be > 0" + Got(p.bucket_size_mb()));
   // Accepted by the schema but not implemented by this version: refuse rather than ignore.
-  v.Require(p.data() == 1, "parallel.data", "data parallelism across ranks is not available in this version yet (use 1)");
   v.Require(p.zero_stage() == 0, "parallel.zero_stage", "ZeRO sharding is not available in this version yet (use 0)");
   v.Require(p.tensor() == 1, "parallel.tensor", "tensor parallelism is not available in this version yet (use 1)");
   v.Require(p.pipeline() == 1, "parallel.pipeline", "pipeline parallelism is not available in this version yet (use 1)");

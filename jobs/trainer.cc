@@ -20,6 +20,7 @@
 #include "datasets/dataset.h"
 #include "datasets/loader.h"
 #include "datasets/sampler.h"
+#include "dist/reducer.h"
 #include "jobs/spec.h"
 #include "tessera/config.h"
 
@@ -153,10 +154,11 @@ struct EvalResult {
 };
 
 EvalResult Evaluate(nn::Module& net, datasets::Dataset& data, const datasets::LoaderOptions& norm,
-                    int64_t batch_size, int classes) {
+                    int64_t batch_size, int classes, dist::ProcessGroup* group, double timeout_s) {
   net.SetTraining(false);
   EvalResult r{0, ConfusionMatrix(classes)};
-  std::vector<int64_t> all = datasets::EvalIndices(data.size(), 0, 1);
+  const int rank = group ? group->rank() : 0, world = group ? group->size() : 1;
+  std::vector<int64_t> all = datasets::EvalIndices(data.size(), rank, world);
   Shape ex = data.example_shape();
   double loss_sum = 0;
   nn::CrossEntropyLoss ce;
@@ -172,7 +174,22 @@ EvalResult Evaluate(nn::Module& net, datasets::Dataset& data, const datasets::Lo
     loss_sum += ce.Forward(logits, y).Item() * static_cast<double>(idx.size());
     r.cm.AddLogits(logits, y);
   }
-  r.loss = all.empty() ? 0 : loss_sum / static_cast<double>(all.size());
+  double count = static_cast<double>(all.size());
+  if (world > 1) {  // sum the counts and the loss over ranks: exactly the single-process result
+    dist::CollectiveOptions o;
+    o.timeout_s = timeout_s;
+    Tensor counts = Tensor::Empty({static_cast<int64_t>(r.cm.raw().size())}, DType::kI64);
+    std::copy(r.cm.raw().begin(), r.cm.raw().end(), counts.data<int64_t>());
+    Tensor sums = Tensor::FromVector({loss_sum, count}, {2}, DType::kF64);
+    auto w1 = group->AllReduce(counts, o);
+    auto w2 = group->AllReduce(sums, o);
+    w1->Wait();
+    w2->Wait();
+    std::copy(counts.data<int64_t>(), counts.data<int64_t>() + counts.numel(), r.cm.raw().begin());
+    loss_sum = sums.data<double>()[0];
+    count = sums.data<double>()[1];
+  }
+  r.loss = count > 0 ? loss_sum / count : 0;
   net.SetTraining(true);
   return r;
 }
@@ -190,20 +207,41 @@ json EvalJson(const EvalResult& r) {
 TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   const auto t_start = Clock::now();
   namespace fs = std::filesystem;
+  dist::ProcessGroup* group = opt.group && opt.group->size() > 1 ? opt.group : nullptr;
+  const int rank = group ? group->rank() : 0, world = group ? group->size() : 1;
+  const bool lead = rank == 0;
+  const double timeout_s = spec.parallel().collective_timeout_s();
+  if (spec.parallel().data() != 0 && spec.parallel().data() != world)
+    TESSERA_THROW(ConfigError, "parallel.data is ", spec.parallel().data(), " but ", world, " rank",
+                  world == 1 ? " was" : "s were", " launched; launch ", spec.parallel().data(),
+                  " ranks or set parallel.data to ", world, " (0 means: every launched rank)");
+  if (spec.data().batch_size() % world != 0)
+    TESSERA_THROW(ConfigError, "data.batch_size ", spec.data().batch_size(), " does not divide evenly over the ", world,
+                  " data-parallel ranks");
+
   std::error_code ec;
   fs::create_directories(opt.run_dir, ec);
   if (ec) TESSERA_THROW(IoError, opt.run_dir, ": cannot create the run directory: ", ec.message());
-  {
+  std::ofstream metrics, rank_log;
+  if (lead) {
     std::ofstream out(opt.run_dir + "/job.pbtxt");
     out << "# Resolved job spec: every default written out.\n" << ToText(spec);
     if (!out) TESSERA_THROW(IoError, opt.run_dir, "/job.pbtxt: cannot write");
+    metrics.open(opt.run_dir + "/metrics.jsonl");
+    if (!metrics) TESSERA_THROW(IoError, opt.run_dir, "/metrics.jsonl: cannot write");
   }
-  std::ofstream metrics(opt.run_dir + "/metrics.jsonl");
-  if (!metrics) TESSERA_THROW(IoError, opt.run_dir, "/metrics.jsonl: cannot write");
-  auto emit = [&](const json& j) { metrics << j.dump() << "\n" << std::flush; };
-  const bool tty = opt.progress && isatty(fileno(stdout));
+  if (group) {
+    std::string path = opt.run_dir + "/rank-" + std::to_string(rank) + ".log";
+    rank_log.open(path);
+    if (!rank_log) TESSERA_THROW(IoError, path, ": cannot write");
+  }
+  auto emit = [&](const json& j) {
+    if (lead) metrics << j.dump() << "\n" << std::flush;
+  };
+  const bool progress = opt.progress && lead;
+  const bool tty = progress && isatty(fileno(stdout));
   auto say = [&](const char* fmt, auto... args) {
-    if (!opt.progress) return;
+    if (!progress) return;
     if (tty) std::printf("\r\033[K");
     std::printf(fmt, args...);
     std::fflush(stdout);
@@ -224,37 +262,44 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   nn::FlatParameters params(*net, Device::CPU(), DType::kF32, t.seed());
   int out_classes = static_cast<int>(spec.model().has_mlp() ? spec.model().mlp().out_features()
                                                              : spec.model().cnn().out_features());
+  std::unique_ptr<dist::Reducer> reducer;
+  if (group) {
+    dist::BroadcastParameters(params, *group, 0, timeout_s);
+    reducer = std::make_unique<dist::Reducer>(params, *group, spec.parallel().bucket_size_mb(), timeout_s);
+  }
   std::unique_ptr<optim::Optimizer> optimizer = BuildOptimizer(spec.optimizer(), params);
   datasets::DistributedSampler sampler(train_data->size(), spec.data().batch_size(), t.seed(), spec.data().shuffle(),
-                                       spec.data().drop_last(), /*rank=*/0, /*world=*/1);
+                                       spec.data().drop_last(), rank, world);
   const int64_t steps_per_epoch = sampler.steps_per_epoch();
-  if (steps_per_epoch < 1)
-    TESSERA_THROW(ConfigError, "data.batch_size ", spec.data().batch_size(), " with drop_last leaves no step in an epoch of ",
-                  train_data->size(), " examples");
   const int64_t total_steps = t.steps() > 0 ? t.steps() : steps_per_epoch * t.epochs();
   std::unique_ptr<optim::LrSchedule> schedule = BuildSchedule(spec.optimizer(), total_steps);
   say("model: %lld parameters\n%s\n", static_cast<long long>(params.num_parameters()), net->Summary().c_str());
-  say("train: %lld steps (%lld per epoch), global batch %lld, %d thread%s, seed %llu\n",
+  say("train: %lld steps (%lld per epoch), global batch %lld over %d rank%s, %d thread%s per rank, seed %llu\n",
       static_cast<long long>(total_steps), static_cast<long long>(steps_per_epoch),
-      static_cast<long long>(spec.data().batch_size()), t.threads(), t.threads() == 1 ? "" : "s",
-      static_cast<unsigned long long>(t.seed()));
+      static_cast<long long>(spec.data().batch_size()), world, world == 1 ? "" : "s", t.threads(),
+      t.threads() == 1 ? "" : "s", static_cast<unsigned long long>(t.seed()));
+  if (reducer)
+    say("data parallel: %zu gradient buckets of up to %.3g MB, collective timeout %.0f s\n", reducer->buckets().size(),
+        spec.parallel().bucket_size_mb(), timeout_s);
 
   datasets::Loader loader(*train_data, sampler, LoaderOptionsFor(spec, true));
   const datasets::LoaderOptions eval_norm = LoaderOptionsFor(spec, false);
   nn::CrossEntropyLoss loss_fn;
   const int accumulate = t.accumulate_steps();
   const double clip = spec.optimizer().clip_grad_norm();
+  const int64_t global_batch = spec.data().batch_size();
+  const int64_t dataset_size = train_data->size();
 
   TrainSummary summary;
   summary.name = spec.name();
-  MeanMetric window_loss, last_window;
-  int64_t window_samples = 0, total_samples = 0;
+  double window_loss = 0, last_window_loss = 0;  // sums of per-step global mean losses
+  int64_t window_steps = 0, window_samples = 0, total_samples = 0;  // samples: this rank's
   double train_seconds = 0;  // excludes evaluation
   auto t_window = Clock::now();
   EvalResult last_eval;
   auto run_eval = [&](int64_t step, int epoch) {
     auto t0 = Clock::now();
-    last_eval = Evaluate(*net, *test_data, eval_norm, spec.data().eval_batch_size(), out_classes);
+    last_eval = Evaluate(*net, *test_data, eval_norm, spec.data().eval_batch_size(), out_classes, group, timeout_s);
     json j = EvalJson(last_eval);
     j["event"] = "eval";
     j["step"] = step;
@@ -275,23 +320,30 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     while (step < total_steps && loader.Next(&batch)) {
       const double lr = schedule->At(step);
       const int64_t n = batch.features.dim(0);
+      // The examples of this step over all ranks: each rank scales its loss by its share, so that
+      // the sum of the ranks' gradients is the gradient of the global mean loss.
+      const int64_t in_epoch = (step % steps_per_epoch) * global_batch;
+      const int64_t n_global = std::min<int64_t>(global_batch, dataset_size - in_epoch);
       params.ZeroGrad();
       double step_loss = 0;
       for (int k = 0; k < accumulate; ++k) {
         int64_t lo = n * k / accumulate, hi = n * (k + 1) / accumulate;
+        if (reducer) reducer->set_enabled(k == accumulate - 1);
         if (lo == hi) continue;
         Tensor x = batch.features.Slice0(lo, hi), y = batch.labels.Slice0(lo, hi);
-        const double w = static_cast<double>(hi - lo) / static_cast<double>(n);
+        const double w = static_cast<double>(hi - lo) / static_cast<double>(n_global);
         step_loss += w * loss_fn.Forward(net->Forward(x), y).Item();
         net->Backward(loss_fn.Backward(w));
       }
+      if (reducer) reducer->Finish();
       if (!std::isfinite(step_loss))
-        TESSERA_THROW(Error, "the training loss became ", step_loss, " at step ", step + 1,
+        TESSERA_THROW(Error, "the training loss became ", step_loss, " at step ", step + 1, " on rank ", rank,
                       "; lower optimizer.lr or set optimizer.clip_grad_norm");
-      if (clip > 0) optim::ClipGradNorm(params.grads(), clip);
+      if (clip > 0) optim::ClipGradNorm(params.grads(), clip);  // gradients are global after the reduce
       optimizer->Step(lr);
       ++step;
-      window_loss.Add(step_loss);
+      window_loss += step_loss;
+      ++window_steps;
       window_samples += n;
       total_samples += n;
       const bool end_of_epoch = step % steps_per_epoch == 0;
@@ -299,19 +351,34 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
         auto now = Clock::now();
         double dt = Seconds(t_window, now);
         train_seconds += dt;
-        double sps = dt > 0 ? window_samples / dt : 0;
+        double rank_sps = dt > 0 ? window_samples / dt : 0;
+        double loss = window_loss, job_sps = rank_sps;
+        if (group) {  // the job's loss (sum of the ranks' shares) and throughput (sum of the ranks')
+          Tensor v = Tensor::FromVector({window_loss, rank_sps}, {2}, DType::kF64);
+          dist::CollectiveOptions o;
+          o.timeout_s = timeout_s;
+          group->AllReduce(v, o)->Wait();
+          loss = v.data<double>()[0];
+          job_sps = v.data<double>()[1];
+          rank_log << json{{"event", "train"}, {"step", step}, {"rank", rank}, {"samples_per_sec", rank_sps}}.dump()
+                   << "\n" << std::flush;
+        }
+        loss /= static_cast<double>(window_steps);
         double eta = train_seconds / step * (total_steps - step);
-        emit({{"event", "train"}, {"step", step}, {"epoch", epoch + 1}, {"loss", window_loss.Mean()}, {"lr", lr},
-              {"samples_per_sec", sps}, {"eta_seconds", eta}, {"elapsed_seconds", Seconds(t_start, now)}});
-        if (opt.progress) {
+        json ev = {{"event", "train"}, {"step", step}, {"epoch", epoch + 1}, {"loss", loss}, {"lr", lr},
+                   {"samples_per_sec", job_sps}, {"eta_seconds", eta}, {"elapsed_seconds", Seconds(t_start, now)}};
+        if (group) ev["rank0_samples_per_sec"] = rank_sps;
+        emit(ev);
+        if (progress) {
           if (tty) std::printf("\r\033[K");
           std::printf("step %lld/%lld  epoch %d  loss %.4f  lr %.3g  %.0f samples/s  ETA %s%s",
-                      static_cast<long long>(step), static_cast<long long>(total_steps), epoch + 1,
-                      window_loss.Mean(), lr, sps, FormatDuration(eta).c_str(), tty ? "" : "\n");
+                      static_cast<long long>(step), static_cast<long long>(total_steps), epoch + 1, loss, lr, job_sps,
+                      FormatDuration(eta).c_str(), tty ? "" : "\n");
           std::fflush(stdout);
         }
-        last_window = window_loss;
-        window_loss.Clear();
+        last_window_loss = loss;
+        window_loss = 0;
+        window_steps = 0;
         window_samples = 0;
         t_window = Clock::now();
       }
@@ -329,7 +396,7 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
 
   summary.steps = step;
   summary.epochs_completed = static_cast<int>(step / steps_per_epoch);
-  summary.final_train_loss = last_window.Mean();
+  summary.final_train_loss = last_window_loss;
   summary.test_loss = last_eval.loss;
   summary.test_accuracy = last_eval.cm.Accuracy();
   summary.test_precision = last_eval.cm.MacroPrecision();
@@ -341,8 +408,17 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     summary.confusion_matrix.push_back(row);
   }
   summary.train_seconds = train_seconds;
-  summary.samples_per_sec = train_seconds > 0 ? total_samples / train_seconds : 0;
+  double rank_sps = train_seconds > 0 ? total_samples / train_seconds : 0;
+  summary.samples_per_sec = rank_sps;
+  if (group) {
+    Tensor v = Tensor::FromVector({rank_sps}, {1}, DType::kF64);
+    dist::CollectiveOptions o;
+    o.timeout_s = timeout_s;
+    group->AllReduce(v, o)->Wait();
+    summary.samples_per_sec = v.data<double>()[0];
+  }
   summary.wall_seconds = Seconds(t_start, Clock::now());
+  if (!lead) return summary;
 
   json s = {{"name", summary.name},
             {"steps", summary.steps},
@@ -358,7 +434,7 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
             {"train_seconds", summary.train_seconds},
             {"wall_seconds", summary.wall_seconds},
             {"threads", t.threads()},
-            {"world_size", 1},
+            {"world_size", world},
             {"tessera_version", TESSERA_VERSION}};
   std::string tmp = opt.run_dir + "/summary.json.tmp";
   {

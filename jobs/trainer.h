@@ -6,6 +6,8 @@
 // RUN_DIR/summary.json   at the end: final_train_loss, test_accuracy, test_precision, test_recall,
 //                        test_f1, confusion_matrix, samples_per_sec, steps, wall_seconds, ...
 //
+// RUN_DIR/rank-R.log     under data parallelism: each rank's own throughput lines
+//
 // Progress goes to stdout: a live line on a terminal, plain lines otherwise (files, CI).
 #pragma once
 
@@ -13,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/process_group.h"
 #include "jobs/job.pb.h"
 
 namespace tessera::jobs {
@@ -32,7 +35,11 @@ struct TrainSummary {
 
 struct TrainerOptions {
   std::string run_dir;   // created if missing
-  bool progress = true;  // print progress to stdout
+  bool progress = true;  // print progress to stdout (rank 0 only)
+  // The data-parallel group; null or a group of one for a single process. With N ranks, each
+  // takes an equal slice of every global batch, gradients are all-reduced in buckets during
+  // backward, rank 0 writes the run directory and every rank writes RUN_DIR/rank-R.log.
+  dist::ProcessGroup* group = nullptr;
 };
 
 // Runs `spec` (already validated by LoadJobSpec) to completion.

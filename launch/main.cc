@@ -9,15 +9,28 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/tensor.h"
+#include "dist/process_group.h"
 #include "jobs/spec.h"
 #include "jobs/trainer.h"
+#include "launch/world.h"
 #include "tessera/config.h"
+#if TESSERA_USE_MPI
+#include "dist/mpi/runtime.h"
+#endif
 
 namespace tessera {
 namespace {
 
-std::string DefaultRunDir(const std::string& name) {
+// runs/NAME-YYYYmmdd-HHMMSS; under data parallelism rank 0's clock decides, so all ranks agree.
+std::string DefaultRunDir(const std::string& name, dist::ProcessGroup* group) {
   std::time_t now = std::time(nullptr);
+  if (group) {
+    Tensor t = Tensor::FromVector({0}, {1}, DType::kI64);
+    *t.data<int64_t>() = static_cast<int64_t>(now);
+    group->Broadcast(t, 0)->Wait();
+    now = static_cast<std::time_t>(*t.data<int64_t>());
+  }
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
   return "runs/" + name + "-" + stamp;
@@ -55,6 +68,8 @@ int main(int argc, char** argv) {
   validate->add_flag("--no-file-check", no_file_check, "Do not require the data files to exist");
 
   CLI11_PARSE(app, argc, argv);
+  bool distributed = false;
+  int rank = 0;
   try {
     if (*validate) {
       jobs::JobSpec spec = jobs::LoadJobSpec(job_path, overrides, !no_file_check);
@@ -62,18 +77,47 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*train) {
+      launch::World world = launch::DetectWorld();
+      rank = world.rank;
+      std::unique_ptr<dist::ProcessGroup> group;
+      if (world.distributed()) {
+#if TESSERA_USE_MPI
+        dist::InitMpi(&argc, &argv);
+        group = dist::WorldGroup();
+        distributed = true;
+#else
+        TESSERA_THROW(ConfigError, "launched as rank ", world.rank, " of ", world.size, " by ", world.launcher,
+                      " but this tessera was built without MPI (TESSERA_USE_MPI=OFF)");
+#endif
+      }
       jobs::JobSpec spec = jobs::LoadJobSpec(job_path, overrides);
       jobs::TrainerOptions o;
-      o.run_dir = run_dir.empty() ? DefaultRunDir(spec.name()) : run_dir;
-      std::printf("tessera %s: job '%s', run directory %s\n", TESSERA_VERSION, spec.name().c_str(), o.run_dir.c_str());
+      o.run_dir = run_dir.empty() ? DefaultRunDir(spec.name(), group.get()) : run_dir;
+      o.group = group.get();
+      const bool lead = world.rank == 0;
+      if (lead)
+        std::printf("tessera %s: job '%s', %d rank%s (%s), run directory %s\n", TESSERA_VERSION, spec.name().c_str(),
+                    world.size, world.size == 1 ? "" : "s", world.launcher.c_str(), o.run_dir.c_str());
       jobs::TrainSummary s = jobs::Train(spec, o);
-      std::printf("done: %lld steps in %.1f s (%.0f samples/s); test accuracy %.4f, macro F1 %.4f\n",
-                  static_cast<long long>(s.steps), s.wall_seconds, s.samples_per_sec, s.test_accuracy, s.test_f1);
-      std::printf("summary: %s/summary.json\n", o.run_dir.c_str());
+      if (lead) {
+        std::printf("done: %lld steps in %.1f s (%.0f samples/s); test accuracy %.4f, macro F1 %.4f\n",
+                    static_cast<long long>(s.steps), s.wall_seconds, s.samples_per_sec, s.test_accuracy, s.test_f1);
+        std::printf("summary: %s/summary.json\n", o.run_dir.c_str());
+      }
+      group.reset();
+#if TESSERA_USE_MPI
+      if (distributed) dist::FinalizeMpi();
+#endif
       return 0;
     }
   } catch (const Error& e) {
-    std::fprintf(stderr, "tessera: error: %s\n", e.what());
+    if (distributed) std::fprintf(stderr, "tessera: error on rank %d: %s\n", rank, e.what());
+    else std::fprintf(stderr, "tessera: error: %s\n", e.what());
+#if TESSERA_USE_MPI
+    // The other ranks may be waiting in a collective for this one: take them down now rather
+    // than let them wait for the collective timeout.
+    if (distributed) dist::AbortMpi(1);
+#endif
     return 1;
   }
   return 0;

@@ -1,0 +1,688 @@
+#include "dist/mpi/mpi_process_group.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <numeric>
+#include <sstream>
+#include <vector>
+
+#include "dist/mpi/mpi_check.h"
+#include "dist/mpi/runtime.h"
+
+namespace tessera::dist {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The tag of "arrived at collective k" announcements on the control communicator.
+constexpr int kArrivedTag = 1;
+// Elements per MPI call for allreduce and broadcast (MPI counts are int).
+constexpr int64_t kChunk = int64_t{1} << 28;
+// How long a timed-out Wait() keeps reading announcements before naming the missing ranks.
+constexpr auto kArrivalGrace = std::chrono::milliseconds(200);
+// Longer timeouts are treated as this (keeps deadlines representable).
+constexpr double kMaxTimeoutS = 1e7;
+
+enum class Kind { kAllReduce, kReduceScatter, kAllGather, kBroadcast, kBarrier, kSplit };
+
+const char* KindName(Kind kind) {
+  switch (kind) {
+    case Kind::kAllReduce:
+      return "allreduce";
+    case Kind::kReduceScatter:
+      return "reduce_scatter";
+    case Kind::kAllGather:
+      return "allgather";
+    case Kind::kBroadcast:
+      return "broadcast";
+    case Kind::kBarrier:
+      return "barrier";
+    case Kind::kSplit:
+      return "split";
+  }
+  return "collective";
+}
+
+// One issued collective. The fields from `done` on are guarded by State::mu; the split result is
+// written by the worker before it sets `done`.
+struct Op {
+  Kind kind = Kind::kBarrier;
+  Tensor a;  // allreduce, broadcast: the tensor; reduce_scatter, allgather: the input
+  Tensor b;  // reduce_scatter, allgather: the output
+  ReduceOp reduce = ReduceOp::kSum;
+  int root = 0, color = 0, key = 0;
+  double timeout_s = 0;
+  uint64_t seq = 0;
+  std::string what;  // "allreduce #17 (2048 f32, group of 3)"
+  Clock::time_point deadline;
+
+  bool done = false;
+  std::exception_ptr error;
+  std::string timeout_message;  // set once a Wait() on it timed out
+  MPI_Comm split_data = MPI_COMM_NULL, split_control = MPI_COMM_NULL;
+};
+
+// An "arrived at k" announcement to every peer; `value` must live until the sends complete.
+struct PendingSend {
+  uint64_t value = 0;
+  std::vector<MPI_Request> requests;
+};
+
+MPI_Datatype MpiType(DType t) {
+  switch (t) {
+    case DType::kF32:
+      return MPI_FLOAT;
+    case DType::kF64:
+      return MPI_DOUBLE;
+    case DType::kI32:
+      return MPI_INT32_T;
+    case DType::kI64:
+      return MPI_INT64_T;
+    default:
+      break;
+  }
+  TESSERA_THROW(ShapeError, "MPI process group: dtype ", DTypeName(t), " is not supported");
+}
+
+MPI_Op MpiOp(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kMax:
+      return MPI_MAX;
+    case ReduceOp::kMin:
+      return MPI_MIN;
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:
+      break;
+  }
+  return MPI_SUM;  // kAvg: the sum, divided afterwards
+}
+
+template <typename T>
+void DivideElements(const Tensor& t, int divisor) {
+  T* p = static_cast<T*>(t.raw_data());
+  const T d = static_cast<T>(divisor);
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] /= d;
+}
+
+void DivideBy(const Tensor& t, int divisor) {
+  switch (t.dtype()) {
+    case DType::kF32:
+      return DivideElements<float>(t, divisor);
+    case DType::kF64:
+      return DivideElements<double>(t, divisor);
+    case DType::kI32:
+      return DivideElements<int32_t>(t, divisor);
+    case DType::kI64:
+      return DivideElements<int64_t>(t, divisor);
+    default:
+      break;
+  }
+  TESSERA_THROW(ShapeError, "MPI process group: dtype ", DTypeName(t.dtype()), " is not supported");
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  os << "]";
+  return os.str();
+}
+
+// Rejects what the MPI backend cannot carry; `op` and `role` name the call and the argument.
+void CheckTensor(const char* op, const char* role, const Tensor& t) {
+  if (t.numel() > 0 && !t.device().is_cpu())
+    TESSERA_THROW(DeviceError, op, ": ", role, " ", t.Describe(),
+                  " is not on the CPU; the MPI process group takes CPU tensors (the NCCL group "
+                  "takes CUDA tensors)");
+  switch (t.dtype()) {
+    case DType::kF32:
+    case DType::kF64:
+    case DType::kI32:
+    case DType::kI64:
+      return;
+    default:
+      break;
+  }
+  TESSERA_THROW(ShapeError, op, ": ", role, " ", DTypeName(t.dtype()), t.ShapeStr(),
+                ": the MPI process group supports f32, f64, i32 and i64");
+}
+
+void CheckSameDType(const char* op, const Tensor& input, const Tensor& output) {
+  if (input.dtype() != output.dtype())
+    TESSERA_THROW(ShapeError, op, ": input ", DTypeName(input.dtype()), input.ShapeStr(), " and output ",
+                  DTypeName(output.dtype()), output.ShapeStr(), " have different dtypes");
+}
+
+void CheckCount(const char* op, const char* role, int64_t n) {
+  if (n > INT_MAX)
+    TESSERA_THROW(ValueError, op, ": ", n, " elements per rank in the ", role, " exceed MPI's int count (",
+                  INT_MAX, "); split it into several calls");
+}
+
+std::string Elements(const Tensor& t) {
+  return ::tessera::detail::StrCat(t.numel(), " ", DTypeName(t.dtype()));
+}
+
+}  // namespace
+
+// ---- state shared by the group, its worker thread and its Work handles --------------------------
+
+struct MpiProcessGroup::State {
+  MPI_Comm data = MPI_COMM_NULL;     // collectives
+  MPI_Comm control = MPI_COMM_NULL;  // "arrived at k" announcements
+  int rank = 0;
+  int size = 1;
+  std::vector<int> world_rank;  // group rank -> MPI_COMM_WORLD rank
+  bool same_as_world = true;    // world_rank[r] == r for every r
+
+  std::mutex mu;                    // guards the queue and status below, and Op's result fields
+  std::condition_variable work_cv;  // to the worker: queued work or stop
+  std::condition_variable done_cv;  // to waiters: an op finished, or the group broke
+  std::deque<std::shared_ptr<Op>> queue;
+  std::shared_ptr<Op> running;  // the op the worker is executing, if any
+  uint64_t next_seq = 1;
+  std::string broken;     // why the group is broken; empty while it is healthy
+  bool stop = false;      // the group object is gone; the worker exits when idle
+  bool detached = false;  // ... and the worker then releases the MPI resources
+
+  std::mutex ctrl_mu;  // guards the control-message fields below
+  std::vector<uint64_t> recv_value;
+  std::vector<MPI_Request> recv_request;  // one posted receive per peer
+  std::vector<uint64_t> arrived;          // the highest k each peer announced
+  std::deque<std::unique_ptr<PendingSend>> sends;
+  bool released = false;
+
+  std::string BrokenMessage() const { return "the process group is broken and cannot be used: " + broken; }
+
+  std::string DescribeRanks(const std::vector<int>& ranks) const {
+    std::string s = RankList(ranks);
+    if (!same_as_world && !ranks.empty()) {
+      std::vector<int> world;
+      for (int r : ranks) world.push_back(world_rank[r]);
+      s += " (world ranks " + RankList(world) + ")";
+    }
+    return s;
+  }
+
+  // Completes arrived announcements (re-posting their receives) and finished sends. ctrl_mu held.
+  void PollControl() {
+    if (released) return;
+    for (int p = 0; p < size; ++p) {
+      if (p == rank) continue;
+      for (;;) {
+        int flag = 0;
+        TESSERA_MPI_CHECK(MPI_Test(&recv_request[p], &flag, MPI_STATUS_IGNORE));
+        if (!flag) break;
+        arrived[p] = std::max(arrived[p], recv_value[p]);
+        TESSERA_MPI_CHECK(
+            MPI_Irecv(&recv_value[p], 1, MPI_UINT64_T, p, kArrivedTag, control, &recv_request[p]));
+      }
+    }
+    while (!sends.empty()) {
+      auto& requests = sends.front()->requests;
+      int flag = 0;
+      TESSERA_MPI_CHECK(
+          MPI_Testall(static_cast<int>(requests.size()), requests.data(), &flag, MPI_STATUSES_IGNORE));
+      if (!flag) break;
+      sends.pop_front();
+    }
+  }
+
+  // Tells every peer that this rank is entering collective `seq`.
+  void Announce(uint64_t seq) {
+    if (size == 1) return;
+    std::lock_guard<std::mutex> lock(ctrl_mu);
+    PollControl();
+    auto send = std::make_unique<PendingSend>();
+    send->value = seq;
+    send->requests.assign(static_cast<size_t>(size - 1), MPI_REQUEST_NULL);
+    PendingSend* s = send.get();
+    sends.push_back(std::move(send));
+    size_t i = 0;
+    for (int p = 0; p < size; ++p) {
+      if (p == rank) continue;
+      TESSERA_MPI_CHECK(MPI_Isend(&s->value, 1, MPI_UINT64_T, p, kArrivedTag, control, &s->requests[i++]));
+    }
+  }
+
+  // Peers that have not announced `seq`. ctrl_mu held.
+  std::vector<int> NotArrived(uint64_t seq) const {
+    std::vector<int> missing;
+    for (int p = 0; p < size; ++p)
+      if (p != rank && arrived[p] < seq) missing.push_back(p);
+    return missing;
+  }
+
+  // The CommTimeoutError message for `op`, whose deadline has passed.
+  std::string DiagnoseTimeout(const Op& op) {
+    uint64_t stuck_seq = op.seq;
+    std::string stuck_what;  // set when this rank is still in an earlier collective
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (running && running->seq < op.seq) {
+        stuck_seq = running->seq;
+        stuck_what = running->what;
+      }
+    }
+    std::vector<int> missing;
+    std::string poll_error;
+    const auto grace_end = Clock::now() + kArrivalGrace;
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(ctrl_mu);
+        try {
+          PollControl();
+        } catch (const Error& e) {
+          poll_error = e.what();
+        }
+        missing = NotArrived(stuck_seq);
+      }
+      if (missing.empty() || !poll_error.empty() || Clock::now() >= grace_end) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::ostringstream m;
+    m << op.what << " did not complete within " << op.timeout_s << " s: ";
+    if (!stuck_what.empty()) m << "this rank is still in " << stuck_what << ", where ";
+    m << "ranks that did not arrive: " << DescribeRanks(missing);
+    if (missing.empty())
+      m << " (every rank entered it: one may have died inside it, or the timeout is too short for "
+           "this size)";
+    if (!poll_error.empty()) m << " (arrivals could not be read: " << poll_error << ")";
+    m << "; the job cannot continue (a rank died, hung or was stopped)";
+    return m.str();
+  }
+
+  // Runs `op` with blocking MPI calls. Worker thread only.
+  void Execute(Op& op) {
+    switch (op.kind) {
+      case Kind::kAllReduce: {
+        const int64_t n = op.a.numel();
+        if (n == 0) return;
+        char* p = static_cast<char*>(op.a.raw_data());
+        const size_t bytes = SizeOf(op.a.dtype());
+        for (int64_t off = 0; off < n; off += kChunk) {
+          const int count = static_cast<int>(std::min(kChunk, n - off));
+          TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p + off * bytes, count, MpiType(op.a.dtype()),
+                                          MpiOp(op.reduce), data));
+        }
+        if (op.reduce == ReduceOp::kAvg) DivideBy(op.a, size);
+        return;
+      }
+      case Kind::kReduceScatter: {
+        const int64_t n = op.b.numel();
+        if (n == 0) return;
+        TESSERA_MPI_CHECK(MPI_Reduce_scatter_block(op.a.raw_data(), op.b.raw_data(), static_cast<int>(n),
+                                                   MpiType(op.a.dtype()), MpiOp(op.reduce), data));
+        if (op.reduce == ReduceOp::kAvg) DivideBy(op.b, size);
+        return;
+      }
+      case Kind::kAllGather: {
+        const int64_t n = op.a.numel();
+        if (n == 0) return;
+        const MPI_Datatype type = MpiType(op.a.dtype());
+        TESSERA_MPI_CHECK(MPI_Allgather(op.a.raw_data(), static_cast<int>(n), type, op.b.raw_data(),
+                                        static_cast<int>(n), type, data));
+        return;
+      }
+      case Kind::kBroadcast: {
+        const int64_t n = op.a.numel();
+        if (n == 0) return;
+        char* p = static_cast<char*>(op.a.raw_data());
+        const size_t bytes = SizeOf(op.a.dtype());
+        for (int64_t off = 0; off < n; off += kChunk) {
+          const int count = static_cast<int>(std::min(kChunk, n - off));
+          TESSERA_MPI_CHECK(MPI_Bcast(p + off * bytes, count, MpiType(op.a.dtype()), op.root, data));
+        }
+        return;
+      }
+      case Kind::kBarrier:
+        TESSERA_MPI_CHECK(MPI_Barrier(data));
+        return;
+      case Kind::kSplit: {
+        MPI_Comm split = MPI_COMM_NULL;
+        TESSERA_MPI_CHECK(MPI_Comm_split(data, op.color, op.key, &split));
+        TESSERA_MPI_CHECK(MPI_Comm_dup(split, &op.split_data));
+        TESSERA_MPI_CHECK(MPI_Comm_dup(split, &op.split_control));
+        TESSERA_MPI_CHECK(MPI_Comm_free(&split));
+        return;
+      }
+    }
+  }
+
+  // Cancels the posted receives and frees the communicators. Called once the worker has left
+  // MPI for good; never throws.
+  void ReleaseMpiResources() noexcept {
+    std::lock_guard<std::mutex> lock(ctrl_mu);
+    if (released) return;
+    if (!MpiIsInitialized()) {
+      released = true;
+      return;
+    }
+    try {
+      PollControl();  // consume the announcements that have arrived
+    } catch (const Error&) {
+    }
+    released = true;
+    for (MPI_Request& r : recv_request) {
+      if (r == MPI_REQUEST_NULL) continue;
+      MPI_Cancel(&r);
+      MPI_Wait(&r, MPI_STATUS_IGNORE);  // a cancelled receive completes locally
+    }
+    for (auto& send : sends) {
+      int flag = 0;
+      MPI_Testall(static_cast<int>(send->requests.size()), send->requests.data(), &flag, MPI_STATUSES_IGNORE);
+      if (flag) continue;
+      // Not yet delivered (8-byte sends are eager, so this is rare): let MPI finish it in the
+      // background. Its buffer must outlive it, so it is deliberately leaked.
+      for (MPI_Request& r : send->requests)
+        if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+      send.release();
+    }
+    sends.clear();
+    if (control != MPI_COMM_NULL) MPI_Comm_free(&control);
+    if (data != MPI_COMM_NULL) MPI_Comm_free(&data);
+  }
+};
+
+namespace {
+
+using State = MpiProcessGroup::State;
+
+class MpiWork : public Work {
+ public:
+  MpiWork(std::shared_ptr<State> state, std::shared_ptr<Op> op)
+      : state_(std::move(state)), op_(std::move(op)) {}
+
+  void Wait() override {
+    State& s = *state_;
+    std::unique_lock<std::mutex> lock(s.mu);
+    const auto finished = [&] { return op_->done || !s.broken.empty(); };
+    if (!s.done_cv.wait_until(lock, op_->deadline, finished)) {
+      lock.unlock();
+      std::string message = s.DiagnoseTimeout(*op_);
+      lock.lock();
+      if (!op_->done) {
+        op_->timeout_message = message;
+        if (s.broken.empty()) s.broken = message;
+        s.done_cv.notify_all();
+        throw CommTimeoutError(message);
+      }
+    }
+    if (!op_->timeout_message.empty()) throw CommTimeoutError(op_->timeout_message);
+    if (op_->done) {
+      if (op_->error) std::rethrow_exception(op_->error);
+      return;
+    }
+    throw CommError(op_->what + " cannot complete: " + s.BrokenMessage());
+  }
+
+  bool IsCompleted() override {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    return op_->done;
+  }
+
+  uint64_t sequence() const override { return op_->seq; }
+
+ private:
+  std::shared_ptr<State> state_;
+  std::shared_ptr<Op> op_;
+};
+
+void RunWorker(std::shared_ptr<State> s) {
+  for (;;) {
+    std::shared_ptr<Op> op;
+    {
+      std::unique_lock<std::mutex> lock(s->mu);
+      s->work_cv.wait(lock, [&] { return s->stop || !s->queue.empty(); });
+      if (s->queue.empty()) break;
+      op = std::move(s->queue.front());
+      s->queue.pop_front();
+      if (!s->broken.empty()) {
+        op->error = std::make_exception_ptr(CommError(op->what + " was not run: " + s->BrokenMessage()));
+        op->done = true;
+        s->done_cv.notify_all();
+        continue;
+      }
+      s->running = op;
+    }
+    std::exception_ptr error;
+    std::string reason;
+    try {
+      s->Announce(op->seq);
+      s->Execute(*op);
+    } catch (const std::exception& e) {
+      reason = op->what + " failed: " + e.what();
+      error = std::make_exception_ptr(CommError(reason));
+    }
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      s->running.reset();
+      op->done = true;
+      op->error = error;
+      if (error && s->broken.empty()) s->broken = reason;
+      s->done_cv.notify_all();
+    }
+  }
+  bool release;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    release = s->detached;
+  }
+  if (release) s->ReleaseMpiResources();
+  s.reset();
+  internal::WorkerThreadExited();
+}
+
+std::shared_ptr<Work> Enqueue(State& s, const std::shared_ptr<State>& shared, std::shared_ptr<Op> op,
+                              double timeout_s, const std::string& desc) {
+  const char* name = KindName(op->kind);
+  if (!(timeout_s > 0)) TESSERA_THROW(ValueError, name, ": timeout_s must be > 0, got ", timeout_s);
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (!s.broken.empty()) TESSERA_THROW(CommError, name, ": ", s.BrokenMessage());
+  op->seq = s.next_seq++;
+  op->timeout_s = timeout_s;
+  op->what = ::tessera::detail::StrCat(name, " #", op->seq, " (", desc, "group of ", s.size, ")");
+  op->deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double>(std::min(timeout_s, kMaxTimeoutS)));
+  s.queue.push_back(op);
+  s.work_cv.notify_one();
+  return std::make_shared<MpiWork>(shared, std::move(op));
+}
+
+}  // namespace
+
+// ---- MpiProcessGroup -----------------------------------------------------------------------------
+
+MpiProcessGroup::MpiProcessGroup(MPI_Comm comm) {
+  int provided = MPI_THREAD_SINGLE;
+  TESSERA_MPI_CHECK(MPI_Query_thread(&provided));
+  if (provided < MPI_THREAD_MULTIPLE)
+    TESSERA_THROW(CommError,
+                  "MpiProcessGroup: MPI was initialised without MPI_THREAD_MULTIPLE; "
+                  "initialise it with tessera::dist::InitMpi");
+  MPI_Comm data = MPI_COMM_NULL, control = MPI_COMM_NULL;
+  TESSERA_MPI_CHECK(MPI_Comm_dup(comm, &data));
+  TESSERA_MPI_CHECK(MPI_Comm_dup(comm, &control));
+  state_ = std::make_shared<State>();
+  state_->data = data;
+  state_->control = control;
+  Start();
+}
+
+MpiProcessGroup::MpiProcessGroup(MPI_Comm data, MPI_Comm control) {
+  state_ = std::make_shared<State>();
+  state_->data = data;
+  state_->control = control;
+  Start();
+}
+
+void MpiProcessGroup::Start() {
+  State& s = *state_;
+  try {
+    TESSERA_MPI_CHECK(MPI_Comm_set_errhandler(s.data, MPI_ERRORS_RETURN));
+    TESSERA_MPI_CHECK(MPI_Comm_set_errhandler(s.control, MPI_ERRORS_RETURN));
+    TESSERA_MPI_CHECK(MPI_Comm_rank(s.data, &s.rank));
+    TESSERA_MPI_CHECK(MPI_Comm_size(s.data, &s.size));
+
+    MPI_Group group, world;
+    TESSERA_MPI_CHECK(MPI_Comm_group(s.data, &group));
+    TESSERA_MPI_CHECK(MPI_Comm_group(MPI_COMM_WORLD, &world));
+    std::vector<int> ranks(static_cast<size_t>(s.size));
+    std::iota(ranks.begin(), ranks.end(), 0);
+    s.world_rank.assign(ranks.size(), MPI_UNDEFINED);
+    TESSERA_MPI_CHECK(MPI_Group_translate_ranks(group, s.size, ranks.data(), world, s.world_rank.data()));
+    TESSERA_MPI_CHECK(MPI_Group_free(&group));
+    TESSERA_MPI_CHECK(MPI_Group_free(&world));
+    s.same_as_world = s.world_rank == ranks;
+
+    s.recv_value.assign(ranks.size(), 0);
+    s.recv_request.assign(ranks.size(), MPI_REQUEST_NULL);
+    s.arrived.assign(ranks.size(), 0);
+    for (int p = 0; p < s.size; ++p) {
+      if (p == s.rank) continue;
+      TESSERA_MPI_CHECK(
+          MPI_Irecv(&s.recv_value[p], 1, MPI_UINT64_T, p, kArrivedTag, s.control, &s.recv_request[p]));
+    }
+  } catch (...) {
+    s.ReleaseMpiResources();
+    throw;
+  }
+  internal::WorkerThreadStarted();
+  try {
+    worker_ = std::thread(RunWorker, state_);
+  } catch (...) {
+    internal::WorkerThreadExited();
+    s.ReleaseMpiResources();
+    throw;
+  }
+}
+
+MpiProcessGroup::~MpiProcessGroup() {
+  State& s = *state_;
+  bool join;
+  {
+    std::unique_lock<std::mutex> lock(s.mu);
+    // Drain: each pending collective gets until its deadline.
+    Clock::time_point latest = Clock::now();
+    for (const auto& op : s.queue) latest = std::max(latest, op->deadline);
+    if (s.running) latest = std::max(latest, s.running->deadline);
+    const auto idle = [&] { return (s.queue.empty() && !s.running) || !s.broken.empty(); };
+    if (!s.done_cv.wait_until(lock, latest, idle)) {
+      s.broken = (s.running ? s.running->what : std::string("a collective")) +
+                 " had not completed by its deadline when its process group was destroyed";
+      std::fprintf(stderr, "tessera: rank %d of a group of %d: %s; the job cannot continue\n", s.rank, s.size,
+                   s.broken.c_str());
+      std::fflush(stderr);
+    }
+    s.stop = true;
+    if (!s.broken.empty()) {
+      for (auto& op : s.queue) {
+        op->error = std::make_exception_ptr(CommError(op->what + " was not run: " + s.BrokenMessage()));
+        op->done = true;
+      }
+      s.queue.clear();
+      s.done_cv.notify_all();
+    }
+    // A worker still inside MPI (its collective timed out) cannot be joined.
+    join = !s.running;
+    s.detached = !join;
+  }
+  s.work_cv.notify_all();
+  if (join) {
+    worker_.join();
+    s.ReleaseMpiResources();
+  } else {
+    worker_.detach();
+  }
+}
+
+int MpiProcessGroup::rank() const { return state_->rank; }
+int MpiProcessGroup::size() const { return state_->size; }
+
+std::shared_ptr<Work> MpiProcessGroup::AllReduce(Tensor& t, const CollectiveOptions& o) {
+  CheckTensor("allreduce", "tensor", t);
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kAllReduce;
+  op->a = t;
+  op->reduce = o.op;
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s, Elements(t) + ", ");
+}
+
+std::shared_ptr<Work> MpiProcessGroup::ReduceScatter(const Tensor& input, Tensor& output,
+                                                     const CollectiveOptions& o) {
+  CheckTensor("reduce_scatter", "input", input);
+  CheckTensor("reduce_scatter", "output", output);
+  CheckSameDType("reduce_scatter", input, output);
+  const int64_t n = output.numel();
+  if (input.numel() != n * size())
+    TESSERA_THROW(ShapeError, "reduce_scatter: input numel must equal size() * output numel: input ",
+                  DTypeName(input.dtype()), input.ShapeStr(), " has ", input.numel(), " elements, output ",
+                  DTypeName(output.dtype()), output.ShapeStr(), " has ", n, ", and a group of ", size(),
+                  " needs ", n * size());
+  CheckCount("reduce_scatter", "output", n);
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kReduceScatter;
+  op->a = input;
+  op->b = output;
+  op->reduce = o.op;
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s,
+                 ::tessera::detail::StrCat(Elements(input), " -> ", n, ", "));
+}
+
+std::shared_ptr<Work> MpiProcessGroup::AllGather(const Tensor& input, Tensor& output,
+                                                 const CollectiveOptions& o) {
+  CheckTensor("allgather", "input", input);
+  CheckTensor("allgather", "output", output);
+  CheckSameDType("allgather", input, output);
+  const int64_t n = input.numel();
+  if (output.numel() != n * size())
+    TESSERA_THROW(ShapeError, "allgather: output numel must equal size() * input numel: input ",
+                  DTypeName(input.dtype()), input.ShapeStr(), " has ", n, " elements, output ",
+                  DTypeName(output.dtype()), output.ShapeStr(), " has ", output.numel(), ", and a group of ",
+                  size(), " needs ", n * size());
+  CheckCount("allgather", "input", n);
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kAllGather;
+  op->a = input;
+  op->b = output;
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s,
+                 ::tessera::detail::StrCat(Elements(input), " -> ", output.numel(), ", "));
+}
+
+std::shared_ptr<Work> MpiProcessGroup::Broadcast(Tensor& t, int root, const CollectiveOptions& o) {
+  CheckTensor("broadcast", "tensor", t);
+  if (root < 0 || root >= size())
+    TESSERA_THROW(ValueError, "broadcast: root ", root, " is not a rank of this group of ", size());
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kBroadcast;
+  op->a = t;
+  op->root = root;
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s,
+                 ::tessera::detail::StrCat(Elements(t), " from rank ", root, ", "));
+}
+
+std::shared_ptr<Work> MpiProcessGroup::Barrier(const CollectiveOptions& o) {
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kBarrier;
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s, "");
+}
+
+std::unique_ptr<ProcessGroup> MpiProcessGroup::Split(int color, int key) {
+  if (color < 0) TESSERA_THROW(ValueError, "split: color must be >= 0, got ", color);
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kSplit;
+  op->color = color;
+  op->key = key;
+  auto work = Enqueue(*state_, state_, op, CollectiveOptions{}.timeout_s,
+                      ::tessera::detail::StrCat("color ", color, ", key ", key, ", "));
+  work->Wait();
+  return std::unique_ptr<ProcessGroup>(new MpiProcessGroup(op->split_data, op->split_control));
+}
+
+}  // namespace tessera::dist

@@ -1,0 +1,99 @@
+#include "dist/reducer.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace tessera::dist {
+
+Reducer::Reducer(nn::FlatParameters& params, ProcessGroup& group, double bucket_mb, double timeout_s)
+    : params_(params), group_(group) {
+  if (!(bucket_mb > 0)) TESSERA_THROW(ValueError, "Reducer: bucket size must be > 0 MB, got ", bucket_mb);
+  options_.op = ReduceOp::kSum;
+  options_.timeout_s = timeout_s;
+  const auto& entries = params.entries();
+  const int64_t elem = static_cast<int64_t>(SizeOf(params.grads().dtype()));
+  const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024 * 1024) / elem);
+  bucket_of_param_.assign(entries.size(), -1);
+  // Walk from the last parameter to the first; a bucket spans [offset of its first-laid-out
+  // parameter, end of the previous bucket's start or the buffer end).
+  int64_t end = params.numel();
+  Bucket cur{0, end, {}};
+  for (int i = static_cast<int>(entries.size()) - 1; i >= 0; --i) {
+    cur.params.push_back(i);
+    cur.begin = entries[i].offset;
+    if (cur.end - cur.begin >= cap || i == 0) {
+      if (i == 0) cur.begin = 0;
+      buckets_.push_back(cur);
+      cur = Bucket{0, cur.begin, {}};
+    }
+  }
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    for (int p : buckets_[b].params) bucket_of_param_[p] = static_cast<int>(b);
+  pending_.resize(buckets_.size());
+  for (size_t b = 0; b < buckets_.size(); ++b) pending_[b] = static_cast<int>(buckets_[b].params.size());
+  params.SetGradReadyHook([this](nn::Parameter& p) { OnGradReady(p); });
+}
+
+Reducer::~Reducer() { params_.SetGradReadyHook(nullptr); }
+
+void Reducer::OnGradReady(nn::Parameter& p) {
+  if (!enabled_ || buckets_.empty()) return;
+  // Entries are in offset order: find this parameter's entry by its offset.
+  const auto& entries = params_.entries();
+  auto it = std::lower_bound(entries.begin(), entries.end(), p.offset,
+                             [](const nn::FlatParameters::Entry& e, int64_t off) { return e.offset < off; });
+  TESSERA_CHECK(it != entries.end() && it->param == &p, "gradient hook for a parameter outside the flat buffer");
+  int b = bucket_of_param_[it - entries.begin()];
+  --pending_[b];
+  LaunchReady();
+}
+
+void Reducer::LaunchReady() {
+  while (next_to_launch_ < static_cast<int>(buckets_.size()) && pending_[next_to_launch_] <= 0) {
+    const Bucket& b = buckets_[next_to_launch_];
+    Tensor slice = params_.grads().View(b.begin, {b.end - b.begin});
+    work_.push_back(group_.AllReduce(slice, options_));
+    ++next_to_launch_;
+  }
+}
+
+void Reducer::Finish() {
+  if (enabled_) {
+    for (int& p : pending_) p = 0;  // parameters that got no gradient: reduce their zeros too
+    LaunchReady();
+  }
+  std::vector<std::shared_ptr<Work>> work;
+  work.swap(work_);
+  next_to_launch_ = 0;
+  for (size_t b = 0; b < buckets_.size(); ++b) pending_[b] = static_cast<int>(buckets_[b].params.size());
+  for (auto& w : work) w->Wait();
+}
+
+namespace {
+uint64_t Checksum(const Tensor& t) {
+  const unsigned char* p = static_cast<const unsigned char*>(t.raw_data());
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the bytes
+  for (size_t i = 0; i < t.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+}  // namespace
+
+void BroadcastParameters(nn::FlatParameters& params, ProcessGroup& group, int root, double timeout_s) {
+  CollectiveOptions o;
+  o.timeout_s = timeout_s;
+  group.Broadcast(params.values(), root, o)->Wait();
+  // Verify: the min and the max of every rank's checksum must agree.
+  uint64_t h = Checksum(params.values()) >> 1;  // fits an i64
+  Tensor lo = Tensor::FromVector({0}, {1}, DType::kI64), hi = Tensor::FromVector({0}, {1}, DType::kI64);
+  *lo.data<int64_t>() = static_cast<int64_t>(h);
+  *hi.data<int64_t>() = static_cast<int64_t>(h);
+  o.op = ReduceOp::kMin;
+  group.AllReduce(lo, o)->Wait();
+  o.op = ReduceOp::kMax;
+  group.AllReduce(hi, o)->Wait();
+  if (*lo.data<int64_t>() != *hi.data<int64_t>())
+    TESSERA_THROW(CommError, "initial parameters differ between ranks after the broadcast from rank ", root,
+                  " (checksums ", *lo.data<int64_t>(), " vs ", *hi.data<int64_t>(), ")");
+}
+
+}  // namespace tessera::dist

@@ -1,0 +1,65 @@
+// The data-parallel gradient reducer (compare PyTorch DDP's Reducer, Horovod's tensor fusion).
+//
+// Gradients live in one flat buffer (nn::FlatParameters), laid out in forward order, and backward
+// finishes them from the end of the buffer towards the start. The reducer cuts the buffer into
+// buckets of about `bucket_mb` each, walking parameters from the last to the first, so every
+// bucket is one contiguous slice of the flat buffer: all-reduced in place, no copies. As soon as
+// every parameter of a bucket has reported its gradient final (the FlatParameters hook), that
+// bucket's all-reduce starts, while backward goes on with earlier layers. Buckets start in the same
+// order on every rank (bucket 0, 1, ...), so the collectives match up.
+//
+// Each rank scales its loss so that the sum over ranks is the global mean (see the trainer); the
+// reducer therefore sums. Finish() waits for every bucket and rethrows a communication failure.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/nn/module.h"
+#include "dist/process_group.h"
+
+namespace tessera::dist {
+
+class Reducer {
+ public:
+  struct Bucket {
+    int64_t begin, end;           // element range of the flat gradient buffer
+    std::vector<int> params;      // indices into FlatParameters::entries()
+  };
+
+  // Installs itself as params' gradient-ready hook. `params` and `group` must outlive it.
+  Reducer(nn::FlatParameters& params, ProcessGroup& group, double bucket_mb = 25, double timeout_s = 300);
+  ~Reducer();
+  Reducer(const Reducer&) = delete;
+  Reducer& operator=(const Reducer&) = delete;
+
+  // Whether the next backward's hooks start all-reduces (false on accumulation micro-steps that
+  // are not the last: those only accumulate locally).
+  void set_enabled(bool enabled) { enabled_ = enabled; }
+  // Starts every bucket not yet started (parameters that got no gradient this step) and waits
+  // for all of them. Resets for the next step.
+  void Finish();
+
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+
+ private:
+  void OnGradReady(nn::Parameter& p);
+  void LaunchReady();
+
+  nn::FlatParameters& params_;
+  ProcessGroup& group_;
+  CollectiveOptions options_;
+  bool enabled_ = true;
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_param_;  // by entry index
+  std::vector<int> pending_;          // per bucket: parameters still to report
+  std::vector<int> param_index_by_offset_;
+  int next_to_launch_ = 0;
+  std::vector<std::shared_ptr<Work>> work_;
+};
+
+// Copies rank `root`'s parameters to every rank, then checks that all ranks hold the same bits
+// (a checksum compared with a min/max all-reduce); throws CommError naming the first mismatch.
+void BroadcastParameters(nn::FlatParameters& params, ProcessGroup& group, int root = 0, double timeout_s = 300);
+
+}  // namespace tessera::dist

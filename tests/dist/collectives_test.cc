@@ -1,0 +1,429 @@
+// The MPI process group under mpirun (tests/CMakeLists.txt runs it on 1 to 4 ranks). Every rank
+// runs every test; expected values are in closed form: rank r contributes r + 1 + (i mod 97) at
+// element i, so sums, averages, maxima and minima are exact in f32 even at 4M elements.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dist/mpi/mpi_process_group.h"
+#include "tests/dist/mpi_test_env.h"
+
+namespace tessera::dist {
+namespace {
+
+using ::testing::AssertionFailure;
+using ::testing::AssertionResult;
+using ::testing::AssertionSuccess;
+using Clock = std::chrono::steady_clock;
+
+constexpr int64_t kLarge = int64_t{1} << 22;  // 4M elements
+// Short enough that a test which desynchronises the ranks fails before CTest's 120 s limit.
+constexpr double kTestTimeoutS = 60;
+
+ProcessGroup& World() { return mpi_test::World(); }
+
+CollectiveOptions Opts(ReduceOp op = ReduceOp::kSum) {
+  CollectiveOptions o;
+  o.op = op;
+  o.timeout_s = kTestTimeoutS;
+  return o;
+}
+
+double Mod(int64_t i) { return static_cast<double>(i % 97); }
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+template <typename T, typename F>
+Tensor Make(int64_t n, F value) {
+  Tensor t = Tensor::Empty({n}, DTypeOf<T>::value);
+  if (n > 0) {
+    T* p = t.data<T>();
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(value(i));
+  }
+  return t;
+}
+
+// Compares every element with expected(i); reports how many differ and the first that does.
+template <typename T, typename F>
+AssertionResult ElementsAre(const Tensor& t, int64_t n, F expected) {
+  if (t.numel() != n) return AssertionFailure() << "numel " << t.numel() << ", expected " << n;
+  if (n == 0) return AssertionSuccess();
+  const T* p = t.data<T>();
+  int64_t wrong = 0, first = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (static_cast<double>(p[i]) != expected(i)) {
+      if (first < 0) first = i;
+      ++wrong;
+    }
+  }
+  if (wrong == 0) return AssertionSuccess();
+  return AssertionFailure() << wrong << " of " << n << " elements wrong; first at " << first << ": got "
+                            << static_cast<double>(p[first]) << ", expected " << expected(first);
+}
+
+AssertionResult Contains(const std::string& text, const std::string& part) {
+  if (text.find(part) != std::string::npos) return AssertionSuccess();
+  return AssertionFailure() << "\"" << part << "\" not in: " << text;
+}
+
+// The message of the E that f() throws; a test failure if it throws nothing or something else.
+template <typename E, typename F>
+std::string ThrownMessage(F f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "threw the wrong type: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "threw nothing";
+  return "";
+}
+
+// The reduction over ranks of r + 1 + m, with P ranks.
+double Reduced(ReduceOp op, int P, double m) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return P * (P + 1) / 2.0 + P * m;
+    case ReduceOp::kAvg:
+      return (P + 1) / 2.0 + m;
+    case ReduceOp::kMax:
+      return P + m;
+    case ReduceOp::kMin:
+      return 1 + m;
+  }
+  return 0;
+}
+
+// ---- allreduce -----------------------------------------------------------------------------------
+
+template <typename T>
+void CheckAllReduce(ReduceOp op) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{3} * P + 1, kLarge}) {
+    SCOPED_TRACE(::testing::Message() << "n = " << n);
+    Tensor t = Make<T>(n, [&](int64_t i) { return r + 1 + Mod(i); });
+    auto work = w.AllReduce(t, Opts(op));
+    work->Wait();
+    EXPECT_TRUE(work->IsCompleted());
+    EXPECT_TRUE(ElementsAre<T>(t, n, [&](int64_t i) { return Reduced(op, P, Mod(i)); }));
+  }
+}
+
+TEST(MpiAllReduce, SumF32) { CheckAllReduce<float>(ReduceOp::kSum); }
+TEST(MpiAllReduce, SumF64) { CheckAllReduce<double>(ReduceOp::kSum); }
+TEST(MpiAllReduce, SumI32) { CheckAllReduce<int32_t>(ReduceOp::kSum); }
+TEST(MpiAllReduce, SumI64) { CheckAllReduce<int64_t>(ReduceOp::kSum); }
+TEST(MpiAllReduce, AvgF32) { CheckAllReduce<float>(ReduceOp::kAvg); }
+TEST(MpiAllReduce, AvgF64) { CheckAllReduce<double>(ReduceOp::kAvg); }
+TEST(MpiAllReduce, MaxF32) { CheckAllReduce<float>(ReduceOp::kMax); }
+TEST(MpiAllReduce, MaxF64) { CheckAllReduce<double>(ReduceOp::kMax); }
+TEST(MpiAllReduce, MinF32) { CheckAllReduce<float>(ReduceOp::kMin); }
+TEST(MpiAllReduce, MinF64) { CheckAllReduce<double>(ReduceOp::kMin); }
+
+TEST(MpiAllReduce, ViewIntoALargerBuffer) {
+  // A bucket is a view into a flat buffer: only its elements change.
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  Tensor flat = Make<float>(20, [&](int64_t i) { return r + 1 + Mod(i); });
+  Tensor bucket = flat.View(5, {3, 3});
+  w.AllReduce(bucket, Opts())->Wait();
+  EXPECT_TRUE(ElementsAre<float>(flat, 20, [&](int64_t i) {
+    return i >= 5 && i < 14 ? Reduced(ReduceOp::kSum, P, Mod(i)) : r + 1 + Mod(i);
+  }));
+}
+
+// ---- reduce_scatter ------------------------------------------------------------------------------
+
+template <typename T>
+void CheckReduceScatter(ReduceOp op) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, kLarge / P}) {
+    SCOPED_TRACE(::testing::Message() << "n = " << n);
+    Tensor input = Make<T>(P * n, [&](int64_t i) { return r + 1 + Mod(i); });
+    Tensor output = Make<T>(n, [](int64_t) { return -1; });
+    w.ReduceScatter(input, output, Opts(op))->Wait();
+    EXPECT_TRUE(ElementsAre<T>(output, n, [&](int64_t i) { return Reduced(op, P, Mod(r * n + i)); }));
+  }
+}
+
+TEST(MpiReduceScatter, SumF32) { CheckReduceScatter<float>(ReduceOp::kSum); }
+TEST(MpiReduceScatter, SumF64) { CheckReduceScatter<double>(ReduceOp::kSum); }
+TEST(MpiReduceScatter, AvgF32) { CheckReduceScatter<float>(ReduceOp::kAvg); }
+TEST(MpiReduceScatter, AvgF64) { CheckReduceScatter<double>(ReduceOp::kAvg); }
+TEST(MpiReduceScatter, MaxF32) { CheckReduceScatter<float>(ReduceOp::kMax); }
+
+// ---- allgather -----------------------------------------------------------------------------------
+
+template <typename T>
+void CheckAllGather() {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, kLarge / P}) {
+    SCOPED_TRACE(::testing::Message() << "n = " << n);
+    Tensor input = Make<T>(n, [&](int64_t i) { return (r + 1) * 100 + Mod(i); });
+    Tensor output = Make<T>(P * n, [](int64_t) { return -1; });
+    w.AllGather(input, output, Opts())->Wait();
+    EXPECT_TRUE(ElementsAre<T>(output, P * n, [&](int64_t j) { return (j / n + 1) * 100 + Mod(j % n); }));
+  }
+}
+
+TEST(MpiAllGather, F32) { CheckAllGather<float>(); }
+TEST(MpiAllGather, F64) { CheckAllGather<double>(); }
+TEST(MpiAllGather, I32) { CheckAllGather<int32_t>(); }
+
+// ---- broadcast -----------------------------------------------------------------------------------
+
+template <typename T>
+void CheckBroadcast() {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  for (int root = 0; root < P; ++root) {
+    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{3} * P + 1, kLarge}) {
+      SCOPED_TRACE(::testing::Message() << "root = " << root << ", n = " << n);
+      const auto sent = [&](int64_t i) { return (root + 1) * 1000 + Mod(i); };
+      Tensor t = r == root ? Make<T>(n, sent) : Make<T>(n, [](int64_t) { return -7; });
+      w.Broadcast(t, root, Opts())->Wait();
+      EXPECT_TRUE(ElementsAre<T>(t, n, sent));
+    }
+  }
+}
+
+TEST(MpiBroadcast, F32FromEveryRoot) { CheckBroadcast<float>(); }
+TEST(MpiBroadcast, F64FromEveryRoot) { CheckBroadcast<double>(); }
+
+// ---- barrier -------------------------------------------------------------------------------------
+
+TEST(MpiBarrier, WaitsForTheLastRank) {
+  ProcessGroup& w = World();
+  w.Barrier(Opts())->Wait();
+  const auto start = Clock::now();
+  if (w.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  w.Barrier(Opts())->Wait();
+  // Rank 0 entered 300 ms after the first barrier released everyone.
+  if (w.rank() != 0) {
+    EXPECT_GE(Seconds(start), 0.15);
+  }
+  auto a = w.Barrier(Opts());
+  auto b = w.Barrier(Opts());
+  EXPECT_EQ(b->sequence(), a->sequence() + 1);
+  b->Wait();
+  a->Wait();
+}
+
+// ---- asynchrony and order ------------------------------------------------------------------------
+
+TEST(MpiAsync, TenAllReducesCompleteInIssueOrder) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  std::vector<Tensor> tensors;
+  std::vector<std::shared_ptr<Work>> works;
+  for (int j = 0; j < 10; ++j) {
+    tensors.push_back(Make<float>(1000 + 37 * j, [&](int64_t i) { return r + 1 + Mod(i + j); }));
+    works.push_back(w.AllReduce(tensors.back(), Opts()));
+  }
+  for (int j = 0; j < 10; ++j) EXPECT_EQ(works[j]->sequence(), works[0]->sequence() + j);
+  for (int j = 9; j >= 0; --j) works[j]->Wait();
+  for (int j = 0; j < 10; ++j) {
+    EXPECT_TRUE(works[j]->IsCompleted());
+    EXPECT_TRUE(ElementsAre<float>(tensors[j], 1000 + 37 * j,
+                                   [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i + j)); }))
+        << "allreduce " << j;
+  }
+
+  // Every rank numbered them alike.
+  Tensor mine = Make<int64_t>(1, [&](int64_t) { return static_cast<double>(works[0]->sequence()); });
+  Tensor all = Make<int64_t>(P, [](int64_t) { return -1; });
+  w.AllGather(mine, all, Opts())->Wait();
+  EXPECT_TRUE(
+      ElementsAre<int64_t>(all, P, [&](int64_t) { return static_cast<double>(works[0]->sequence()); }));
+}
+
+TEST(MpiAsync, DependentCollectivesOnOneTensorRunInOrder) {
+  // sum, then sum again, then max, all queued before any wait: only issue order gives P*S.
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  Tensor t = Make<double>(kLarge / 4, [&](int64_t i) { return r + 1 + Mod(i); });
+  auto first = w.AllReduce(t, Opts());
+  auto second = w.AllReduce(t, Opts());
+  auto third = w.AllReduce(t, Opts(ReduceOp::kMax));
+  third->Wait();
+  EXPECT_TRUE(first->IsCompleted());
+  EXPECT_TRUE(second->IsCompleted());
+  EXPECT_TRUE(
+      ElementsAre<double>(t, kLarge / 4, [&](int64_t i) { return P * Reduced(ReduceOp::kSum, P, Mod(i)); }));
+}
+
+// ---- sub-groups ----------------------------------------------------------------------------------
+
+TEST(MpiSplit, ByParity) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank(), parity = r % 2;
+  // Key P - r orders each sub-group by decreasing world rank.
+  auto sub = w.Split(parity, P - r);
+  std::vector<int> members;
+  for (int q = P - 1; q >= 0; --q)
+    if (q % 2 == parity) members.push_back(q);
+  ASSERT_EQ(sub->size(), static_cast<int>(members.size()));
+  EXPECT_EQ(sub->backend(), "mpi");
+  int my_index = 0;
+  while (members[my_index] != r) ++my_index;
+  EXPECT_EQ(sub->rank(), my_index);
+
+  double member_sum = 0;
+  for (int q : members) member_sum += q + 1;
+  const int S = sub->size();
+  for (int64_t n : {int64_t{0}, int64_t{7}, kLarge / 4}) {
+    Tensor t = Make<float>(n, [&](int64_t i) { return r + 1 + Mod(i); });
+    auto work = sub->AllReduce(t, Opts());
+    work->Wait();
+    EXPECT_TRUE(ElementsAre<float>(t, n, [&](int64_t i) { return member_sum + S * Mod(i); })) << "n = " << n;
+  }
+
+  Tensor me = Make<int32_t>(1, [&](int64_t) { return r; });
+  Tensor gathered = Make<int32_t>(S, [](int64_t) { return -1; });
+  sub->AllGather(me, gathered, Opts())->Wait();
+  EXPECT_TRUE(ElementsAre<int32_t>(gathered, S, [&](int64_t j) { return members[j]; }));
+
+  // The world group is still in step after the sub-groups' traffic.
+  w.Barrier(Opts())->Wait();
+}
+
+// ---- bad arguments -------------------------------------------------------------------------------
+
+TEST(MpiErrors, BadArgumentsThrowWithoutTakingASequenceNumber) {
+  ProcessGroup& w = World();
+  const int P = w.size();
+  auto before = w.Barrier(Opts());
+  before->Wait();
+
+  Tensor in = Tensor::Zeros({P * 3 + 1}), out = Tensor::Zeros({3});
+  std::string m = ThrownMessage<ShapeError>([&] { w.ReduceScatter(in, out, Opts()); });
+  EXPECT_TRUE(Contains(m, "reduce_scatter"));
+  EXPECT_TRUE(Contains(m, std::to_string(P * 3 + 1)));
+  EXPECT_TRUE(Contains(m, "needs " + std::to_string(P * 3)));
+
+  Tensor small = Tensor::Zeros({3}), big = Tensor::Zeros({P * 3 + 1});
+  m = ThrownMessage<ShapeError>([&] { w.AllGather(small, big, Opts()); });
+  EXPECT_TRUE(Contains(m, "allgather"));
+  EXPECT_TRUE(Contains(m, std::to_string(P * 3 + 1)));
+
+  Tensor in64 = Tensor::Zeros({P * 3}, DType::kF64);
+  m = ThrownMessage<ShapeError>([&] { w.ReduceScatter(in64, out, Opts()); });
+  EXPECT_TRUE(Contains(m, "dtypes"));
+
+  Tensor half = Tensor::Empty({4}, DType::kBF16);
+  m = ThrownMessage<ShapeError>([&] { w.AllReduce(half, Opts()); });
+  EXPECT_TRUE(Contains(m, "bf16"));
+
+  m = ThrownMessage<ValueError>([&] { w.Broadcast(out, P, Opts()); });
+  EXPECT_TRUE(Contains(m, "root " + std::to_string(P)));
+
+  CollectiveOptions no_time = Opts();
+  no_time.timeout_s = 0;
+  m = ThrownMessage<ValueError>([&] { w.Barrier(no_time); });
+  EXPECT_TRUE(Contains(m, "timeout_s"));
+
+  m = ThrownMessage<ValueError>([&] { w.Split(-1, 0); });
+  EXPECT_TRUE(Contains(m, "color"));
+
+  auto after = w.Barrier(Opts());
+  EXPECT_EQ(after->sequence(), before->sequence() + 1);
+  after->Wait();
+}
+
+// ---- timeouts: keep these tests last; each breaks a dedicated group -----------------------------
+
+TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  if (P < 2) GTEST_SKIP() << "needs a peer to miss a collective (run with -np 2 or more)";
+  const int skipper = P - 1;
+  // A group of its own: it is broken below, and the world group must stay usable.
+  auto g = w.Split(0, r);
+  Tensor warm = Make<float>(5, [&](int64_t) { return r + 1; });
+  g->AllReduce(warm, Opts())->Wait();  // #1
+
+  Tensor t = Make<float>(2048, [&](int64_t i) { return r + 1 + Mod(i); });
+  if (r != skipper) {
+    CollectiveOptions o = Opts();
+    o.timeout_s = 2;
+    const auto start = Clock::now();
+    auto work = g->AllReduce(t, o);  // #2, which the skipper does not issue
+    EXPECT_EQ(work->sequence(), 2u);
+    std::string message = ThrownMessage<CommTimeoutError>([&] { work->Wait(); });
+    const double elapsed = Seconds(start);
+    EXPECT_TRUE(Contains(message, "allreduce #2"));
+    EXPECT_TRUE(Contains(message, "ranks that did not arrive: [" + std::to_string(skipper) + "]"));
+    EXPECT_GE(elapsed, 1.9);
+    EXPECT_LE(elapsed, 4.0);
+    if (r == 0) std::printf("[rank 0] CommTimeoutError after %.2f s: %s\n", elapsed, message.c_str());
+
+    // Waiting again reports the same timeout; the group is broken for every later call.
+    EXPECT_EQ(ThrownMessage<CommTimeoutError>([&] { work->Wait(); }), message);
+    EXPECT_TRUE(Contains(ThrownMessage<CommError>([&] { g->Barrier(Opts()); }), "broken"));
+    EXPECT_TRUE(Contains(ThrownMessage<CommError>([&] { g->AllReduce(warm, Opts()); }), "broken"));
+  }
+  w.Barrier(Opts())->Wait();  // the others have reported their timeout
+  if (r == skipper) {
+    // Issue the missed allreduce late: it releases the others' workers, still inside
+    // MPI_Allreduce, and completes with every rank's contribution.
+    g->AllReduce(t, Opts())->Wait();
+    EXPECT_TRUE(ElementsAre<float>(t, 2048, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
+  }
+  w.Barrier(Opts())->Wait();
+}
+
+TEST(MpiTimeout, WaitingOnALaterCollectiveNamesTheOneThisRankIsStuckIn) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  if (P < 2) GTEST_SKIP() << "needs a peer to miss a collective (run with -np 2 or more)";
+  const int skipper = P - 1;
+  // Key -r reverses the order: the skipper is rank 0 of this group, world rank P - 1.
+  auto g = w.Split(0, -r);
+  ASSERT_EQ(g->rank(), P - 1 - r);
+
+  Tensor t = Make<float>(7, [&](int64_t i) { return r + 1 + Mod(i); });
+  if (r != skipper) {
+    CollectiveOptions patient = Opts(), quick = Opts();
+    patient.timeout_s = 30;
+    quick.timeout_s = 2;
+    auto stuck = g->AllReduce(t, patient);  // #1, which the skipper does not issue (yet)
+    auto later = g->Barrier(quick);         // #2, queued behind it
+    const auto start = Clock::now();
+    std::string message = ThrownMessage<CommTimeoutError>([&] { later->Wait(); });
+    const double elapsed = Seconds(start);
+    EXPECT_TRUE(
+        Contains(message, "barrier #2 (group of " + std::to_string(P) + ") did not complete within 2 s"));
+    EXPECT_TRUE(
+        Contains(message, "this rank is still in allreduce #1 (7 f32, group of " + std::to_string(P) + ")"));
+    EXPECT_TRUE(
+        Contains(message, "ranks that did not arrive: [0] (world ranks [" + std::to_string(skipper) + "])"));
+    EXPECT_GE(elapsed, 1.9);
+    EXPECT_LE(elapsed, 4.0);
+    if (r == 0) std::printf("[rank 0] CommTimeoutError after %.2f s: %s\n", elapsed, message.c_str());
+    // The group broke: the earlier collective's Wait() does not sit out its own 30 s.
+    const auto again = Clock::now();
+    EXPECT_TRUE(Contains(ThrownMessage<CommError>([&] { stuck->Wait(); }), "broken"));
+    EXPECT_LE(Seconds(again), 1.0);
+  }
+  w.Barrier(Opts())->Wait();
+  if (r == skipper) {
+    // Releases the others' workers from allreduce #1; their barrier #2 is never run.
+    g->AllReduce(t, Opts())->Wait();
+    EXPECT_TRUE(ElementsAre<float>(t, 7, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
+  }
+  w.Barrier(Opts())->Wait();
+}
+
+}  // namespace
+}  // namespace tessera::dist

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `tessera train` under mpirun, as users start it: the same job on 1 and 2 ranks gives the same
+# result; rank logs are written; a mismatched parallel.data is an error on every rank.
+set -u
+TESSERA="$1"
+MPIRUN="$2"
+DIR=$(mktemp -d)
+trap 'rm -rf "$DIR"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fail() { echo "FAIL: $*"; exit 1; }
+
+# Three Gaussian blobs in 4-D.
+/usr/bin/python3 - "$DIR" <<'PY'
+import random, sys
+random.seed(1)
+for name, n in (("train.csv", 480), ("test.csv", 240)):
+    with open(f"{sys.argv[1]}/{name}", "w") as f:
+        f.write("a,b,c,d,label\n")
+        for _ in range(n):
+            c = random.randrange(3)
+            v = [(2.0 if k == c else 0.0) + random.gauss(0, 0.5) for k in range(4)]
+            f.write(",".join(f"{x:.6f}" for x in v) + f",{c}\n")
+PY
+cat > "$DIR/job.pbtxt" <<'SPEC'
+name: "blobs"
+model { mlp { in_features: 4 hidden: 32 hidden: 16 out_features: 3 } }
+data { kind: CSV train_path: "train.csv" test_path: "test.csv" batch_size: 32 }
+optimizer { kind: ADAM lr: 0.01 }
+train { epochs: 3 log_every_steps: 5 seed: 7 }
+SPEC
+
+"$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/one" > "$DIR/one.out" 2>&1 || { cat "$DIR/one.out"; fail "1 rank"; }
+"$MPIRUN" -np 2 --oversubscribe "$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/two" > "$DIR/two.out" 2>&1 \
+  || { cat "$DIR/two.out"; fail "2 ranks"; }
+grep -q "2 ranks (mpirun)" "$DIR/two.out" || { cat "$DIR/two.out"; fail "rank 0 does not report 2 ranks"; }
+[ "$(grep -c '^done:' "$DIR/two.out")" = 1 ] || fail "only rank 0 should print the result"
+[ -s "$DIR/two/rank-0.log" ] && [ -s "$DIR/two/rank-1.log" ] || fail "missing rank logs"
+/usr/bin/python3 - "$DIR" <<'PY' || fail "1-rank and 2-rank runs differ"
+import json, sys
+one = json.load(open(f"{sys.argv[1]}/one/summary.json"))
+two = json.load(open(f"{sys.argv[1]}/two/summary.json"))
+assert two["world_size"] == 2, two
+assert one["steps"] == two["steps"], (one["steps"], two["steps"])
+assert abs(one["test_loss"] - two["test_loss"]) < 1e-4 * max(1, abs(one["test_loss"])), (one["test_loss"], two["test_loss"])
+assert abs(one["final_train_loss"] - two["final_train_loss"]) < 1e-4, (one["final_train_loss"], two["final_train_loss"])
+assert sum(map(sum, two["confusion_matrix"])) == 240, two["confusion_matrix"]
+print("1 rank and 2 ranks agree: test loss", one["test_loss"], two["test_loss"])
+PY
+
+# A spec that asks for 3 data-parallel ranks while 2 were launched fails at once, on every rank.
+start=$(date +%s)
+"$MPIRUN" -np 2 --oversubscribe "$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/bad" --set parallel.data=4 \
+  > "$DIR/bad.out" 2>&1 && fail "parallel.data=4 on 2 ranks must fail"
+grep -q "parallel.data is 4 but 2 ranks were launched" "$DIR/bad.out" || { cat "$DIR/bad.out"; fail "message"; }
+[ $(( $(date +%s) - start )) -lt 60 ] || fail "the failure took too long"
+echo "ok"
