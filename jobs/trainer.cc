@@ -234,6 +234,10 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     std::string path = opt.run_dir + "/rank-" + std::to_string(rank) + ".log";
     rank_log.open(path);
     if (!rank_log) TESSERA_THROW(IoError, path, ": cannot write");
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    rank_log << json{{"event", "start"}, {"rank", rank}, {"world_size", world}, {"pid", getpid()}, {"host", host}}.dump()
+             << "\n" << std::flush;
   }
   auto emit = [&](const json& j) {
     if (lead) metrics << j.dump() << "\n" << std::flush;
