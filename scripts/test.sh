@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# OpenMP threads (oneDNN's and tessera's) sleep between parallel regions instead of spinning, so
+# concurrent tests and ranks do not starve each other. The tessera command sets this itself.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600 "$@"
