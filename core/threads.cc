@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -51,12 +52,21 @@ void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int
     fn(0, n);
     return;
   }
+  // An exception must not leave an OpenMP region: the first one is kept and rethrown here.
+  std::exception_ptr error;
+  std::mutex error_mu;
 #pragma omp parallel num_threads(threads)
   {
     const int64_t part = omp_get_thread_num(), parts = omp_get_num_threads();
     const int64_t begin = n * part / parts, end = n * (part + 1) / parts;
-    if (begin < end) fn(begin, end);
+    try {
+      if (begin < end) fn(begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+    }
   }
+  if (error) std::rethrow_exception(error);
 }
 
 #else  // the own pool
@@ -101,8 +111,12 @@ class Pool {
     cv_.notify_all();
     RunPart(0);
     std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    done_cv_.wait(lock, [this] { return pending_ == 0; });  // always: workers use fn's captures
     fn_ = nullptr;
+    std::exception_ptr error = error_;
+    error_ = nullptr;
+    lock.unlock();
+    if (error) std::rethrow_exception(error);
   }
 
   static thread_local bool in_worker;
@@ -113,7 +127,12 @@ class Pool {
     int64_t end = n_ * (part + 1) / parts_;
     if (begin < end) {
       in_worker = true;
-      (*fn_)(begin, end);
+      try {
+        (*fn_)(begin, end);
+      } catch (...) {  // kept for Run() to rethrow once every part has finished
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
       in_worker = false;
     }
   }
@@ -143,6 +162,7 @@ class Pool {
   int parts_ = 1;
   int pending_ = 0;
   uint64_t generation_ = 0;
+  std::exception_ptr error_;
   bool stop_ = false;
   int num_threads_ = 1;
 };

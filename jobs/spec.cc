@@ -31,7 +31,7 @@ std::string FieldPathAt(const std::string& text, int line, int column) {
       c = 0;
       continue;
     }
-    ++c;
+    c = ch == '\t' ? c + 8 - c % 8 : c + 1;  // protobuf's tokenizer counts tabs to multiples of 8
     if (ch == '#') {  // comment to end of line
       while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
       continue;
@@ -59,7 +59,10 @@ std::string FieldPathAt(const std::string& text, int line, int column) {
       stack.push_back(last_ident);
       pending.clear();
     }
-    if ((ch == '}' || ch == '>') && !stack.empty()) stack.pop_back();
+    if (ch == '}' || ch == '>') {
+      if (!stack.empty()) stack.pop_back();
+      pending.clear();
+    }
   }
   std::string path;
   for (const auto& s : stack) path += s + ".";
@@ -71,7 +74,10 @@ class Collector : public pb::io::ErrorCollector {
   explicit Collector(std::string source, const std::string* text = nullptr)
       : source_(std::move(source)), text_(text) {}
   void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
-    std::string field = text_ ? FieldPathAt(*text_, line, column) : "";
+    // Messages about a field name already name it; the scan would point at the field before.
+    const bool names_field = message.find("has no field named") != std::string::npos ||
+                             message.find("specified multiple times") != std::string::npos;
+    std::string field = text_ && !names_field ? FieldPathAt(*text_, line, column) : "";
     errors_.push_back(detail::StrCat(source_, ":", line + 1, ":", column + 1, ": ", field.empty() ? "" : field + ": ",
                                      message));
   }

@@ -299,6 +299,7 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   double window_loss = 0, last_window_loss = 0;  // sums of per-step global mean losses
   int64_t window_steps = 0, window_samples = 0, total_samples = 0;  // samples: this rank's
   double train_seconds = 0;  // excludes evaluation
+  double window_time = 0;    // training time of the current log window before an evaluation
   auto t_window = Clock::now();
   EvalResult last_eval;
   auto run_eval = [&](int64_t step, int epoch) {
@@ -336,12 +337,16 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
         if (lo == hi) continue;
         Tensor x = batch.features.Slice0(lo, hi), y = batch.labels.Slice0(lo, hi);
         const double w = static_cast<double>(hi - lo) / static_cast<double>(n_global);
+        // Dropout masks follow the examples, so they do not depend on the number of ranks.
+        net->SetBatchPosition(static_cast<uint64_t>(step * global_batch + sampler.LocalOffset(step % steps_per_epoch) + lo));
         step_loss += w * loss_fn.Forward(net->Forward(x), y).Item();
         net->Backward(loss_fn.Backward(w));
       }
       if (reducer) reducer->Finish();
-      if (!std::isfinite(step_loss))
-        TESSERA_THROW(Error, "the training loss became ", step_loss, " at step ", step + 1, " on rank ", rank,
+      // After the all-reduce every rank holds the same gradients: checking them (rather than this
+      // rank's share of the loss) makes every rank stop at the same step with the same message.
+      if (!std::isfinite(step_loss) || (reducer && !std::isfinite(ops::SumSquares(params.grads()))))
+        TESSERA_THROW(Error, "the training loss or its gradients became non-finite at step ", step + 1,
                       "; lower optimizer.lr or set optimizer.clip_grad_norm");
       if (clip > 0) optim::ClipGradNorm(params.grads(), clip);  // gradients are global after the reduce
       optimizer->Step(lr);
@@ -353,7 +358,8 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
       const bool end_of_epoch = step % steps_per_epoch == 0;
       if (step % t.log_every_steps() == 0 || step == total_steps) {
         auto now = Clock::now();
-        double dt = Seconds(t_window, now);
+        double dt = window_time + Seconds(t_window, now);
+        window_time = 0;
         train_seconds += dt;
         double rank_sps = dt > 0 ? window_samples / dt : 0;
         double loss = window_loss, job_sps = rank_sps;
@@ -388,14 +394,14 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
       }
       const bool eval_now = t.eval_every_steps() > 0 ? step % t.eval_every_steps() == 0 : end_of_epoch;
       if (eval_now && step < total_steps) {
-        if (window_samples > 0) train_seconds += Seconds(t_window, Clock::now());
+        if (window_samples > 0) window_time += Seconds(t_window, Clock::now());
         if (tty) std::printf("\n");
         run_eval(step, epoch + 1);
       }
     }
   }
   if (tty) std::printf("\n");
-  if (window_samples > 0) train_seconds += Seconds(t_window, Clock::now());
+  if (window_samples > 0) train_seconds += window_time + Seconds(t_window, Clock::now());
   run_eval(step, static_cast<int>((step - 1) / steps_per_epoch) + 1);
 
   summary.steps = step;

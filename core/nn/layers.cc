@@ -133,16 +133,8 @@ Tensor ReLU::Forward(const Tensor& x) {
 
 Tensor ReLU::Backward(const Tensor& dy) {
   RequireSaved(*this, y_);
-  // relu'(x) = [x > 0] = [y > 0]: the output serves as the saved input. When nobody else holds
-  // dy (the usual case inside a Sequential), the gradient is masked in place: one pass over
-  // memory fewer on the largest activations.
-  Tensor dx;
-  if (dy.storage().use_count() == 1 && dy.storage_offset() == 0 && dy.numel() * SizeOf(dy.dtype()) == dy.storage()->bytes()) {
-    dx = dy;
-    ops::UnaryBackwardInto(UnaryOp::kRelu, y_, dy, dx);
-  } else {
-    dx = ops::UnaryBackward(UnaryOp::kRelu, y_, dy);
-  }
+  // relu'(x) = [x > 0] = [y > 0]: the output serves as the saved input.
+  Tensor dx = ops::UnaryBackward(UnaryOp::kRelu, y_, dy);
   y_ = Tensor();
   return dx;
 }
@@ -172,8 +164,14 @@ Tensor Dropout::Forward(const Tensor& x) {
     last_offset_ = ~0ull;
     return x;
   }
-  last_offset_ = offset_;
-  offset_ += (static_cast<uint64_t>(x.numel()) + 3) / 4 * 4;
+  if (has_position_) {
+    const uint64_t row = x.ndim() >= 1 && x.dim(0) > 0 ? static_cast<uint64_t>(x.numel() / x.dim(0)) : 0;
+    last_offset_ = position_ * row;
+    has_position_ = false;  // one position per forward
+  } else {
+    last_offset_ = offset_;
+    offset_ += (static_cast<uint64_t>(x.numel()) + 3) / 4 * 4;
+  }
   saved_ = true;
   return ops::Dropout(x, p_, seed_, last_offset_);
 }

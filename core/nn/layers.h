@@ -77,8 +77,10 @@ class GELU : public Module {
   Tensor x_;
 };
 
-// Inverted dropout; identity in eval mode. The mask of each call is a pure function of the seed
-// (Module::SetSeed) and a counter that advances by the element count of every training forward.
+// Inverted dropout; identity in eval mode. The mask is a pure function of the seed
+// (Module::SetSeed) and a position: with SetBatchPosition(p), element j of row r draws number
+// (p + r) * row_size + j, so each example's mask is the same on any number of ranks; without it,
+// a counter that advances by the element count of every training forward.
 class Dropout : public Module {
  public:
   explicit Dropout(double p = 0.5);
@@ -90,10 +92,16 @@ class Dropout : public Module {
 
  protected:
   void OnSeed(uint64_t seed) override { seed_ = seed; }
+  void OnBatchPosition(uint64_t first_example) override {
+    position_ = first_example;
+    has_position_ = true;
+  }
 
  private:
   double p_;
   uint64_t seed_ = 0, offset_ = 0;
+  uint64_t position_ = 0;
+  bool has_position_ = false;
   uint64_t last_offset_ = 0;
   bool saved_ = false;
 };

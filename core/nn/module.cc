@@ -61,6 +61,11 @@ void Module::SetSeed(uint64_t seed) {
     children_[i].second->SetSeed(seed * 0x9E3779B97F4A7C15ull + i + 1);
 }
 
+void Module::SetBatchPosition(uint64_t first_example) {
+  OnBatchPosition(first_example);
+  for (auto& c : children_) c.second->SetBatchPosition(first_example);
+}
+
 Parameter& Module::AddParameter(const std::string& name, Shape shape, Init init) {
   for (auto& p : params_)
     if (p->name == name) TESSERA_THROW(Error, type_name_, ": parameter '", name, "' declared twice");

@@ -81,6 +81,10 @@ class Module {
 
   // Seeds every random layer below (dropout) deterministically from one seed.
   void SetSeed(uint64_t seed);
+  // Tells random layers which example the next Forward()'s first row is, counted over the whole
+  // run (the trainer passes step * global batch + this rank's offset in it). Their randomness is
+  // then a function of the example, not of the rank or the number of ranks.
+  void SetBatchPosition(uint64_t first_example);
 
  protected:
   Parameter& AddParameter(const std::string& name, Shape shape, Init init);
@@ -94,6 +98,7 @@ class Module {
   // Throws unless p has been laid out in a flat buffer.
   void RequireMaterialized(const Parameter& p) const;
   virtual void OnSeed(uint64_t seed) {}
+  virtual void OnBatchPosition(uint64_t first_example) {}
   virtual void OnTrainingChanged() {}
 
  private:

@@ -103,13 +103,6 @@ Tensor UnaryBackward(UnaryOp op, const Tensor& x, const Tensor& dy) {
   return dx;
 }
 
-void UnaryBackwardInto(UnaryOp op, const Tensor& x, const Tensor& dy, Tensor& dx) {
-  RequireCompatible("UnaryBackward", {{"x", &x}, {"dy", &dy}, {"dx", &dx}});
-  RequireSameShape("UnaryBackward", "x", x, "dy", dy);
-  RequireSameShape("UnaryBackward", "x", x, "dx", dx);
-  K(x).unary_backward(op, x, dy, dx);
-}
-
 Tensor Binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   RequireCompatible("Binary", {{"a", &a}, {"b", &b}});
   RequireSameShape("Binary", "a", a, "b", b);
@@ -215,6 +208,10 @@ Tensor LayerNormBackward(const Tensor& x, const Tensor& gamma, const Tensor& mea
   RequireSameShape("LayerNormBackward", "x", x, "dy", dy);
   RequireSameShape("LayerNormBackward", "gamma", gamma, "dgamma", dgamma);
   RequireSameShape("LayerNormBackward", "gamma", gamma, "dbeta", dbeta);
+  const int64_t rows = x.ndim() >= 1 && x.dim(-1) ? x.numel() / x.dim(-1) : 0;
+  if (mean.numel() != rows || rstd.numel() != rows)
+    TESSERA_THROW(ShapeError, "LayerNormBackward: mean ", D(mean), " and rstd ", D(rstd), " must hold one value per row (",
+                  rows, ") of x ", D(x));
   Tensor dx = Tensor::Empty(x.shape(), x.dtype(), x.device());
   K(x).layernorm_backward(x, gamma, mean, rstd, dy, dx, dgamma, dbeta);
   return dx;
@@ -353,20 +350,24 @@ Tensor MaxPool2dBackward(const Tensor& dy, const Tensor& indices, const Shape& x
   return dx;
 }
 
+// Labels on the scores' device, each in [0, classes) (checked on the host; CUDA kernels clamp).
+static void RequireLabelValues(const char* op, const Tensor& labels, const Tensor& scores) {
+  if (labels.device() != scores.device())
+    TESSERA_THROW(ShapeError, op, ": labels are on ", labels.device().str(), " but the scores on ",
+                  scores.device().str());
+  if (labels.device().is_cpu()) {
+    const int32_t* l = labels.data<int32_t>();
+    for (int64_t i = 0; i < labels.numel(); ++i)
+      if (l[i] < 0 || l[i] >= scores.dim(1))
+        TESSERA_THROW(DataError, op, ": label ", l[i], " in row ", i, " is outside [0, ", scores.dim(1), ")");
+  }
+}
+
 Tensor CrossEntropy(const Tensor& logits, const Tensor& labels, Tensor* probs) {
   RequireDefined("CrossEntropy", "logits", logits);
   RequireNdim("CrossEntropy", "logits", logits, 2);
   RequireLabels("CrossEntropy", labels, logits.dim(0));
-  if (labels.device() != logits.device())
-    TESSERA_THROW(ShapeError, "CrossEntropy: labels are on ", labels.device().str(),
-                  " but logits on ", logits.device().str());
-  if (labels.device().is_cpu()) {
-    const int32_t* l = labels.data<int32_t>();
-    for (int64_t i = 0; i < labels.numel(); ++i)
-      if (l[i] < 0 || l[i] >= logits.dim(1))
-        TESSERA_THROW(DataError, "CrossEntropy: label ", l[i], " in row ", i, " is outside [0, ",
-                      logits.dim(1), ")");
-  }
+  RequireLabelValues("CrossEntropy", labels, logits);
   Tensor pr = Tensor::Empty(logits.shape(), logits.dtype(), logits.device());
   Tensor loss = Scalar(logits);
   K(logits).cross_entropy(logits, labels, pr, loss);
@@ -378,6 +379,7 @@ Tensor CrossEntropyBackward(const Tensor& probs, const Tensor& labels, double sc
   RequireDefined("CrossEntropyBackward", "probs", probs);
   RequireNdim("CrossEntropyBackward", "probs", probs, 2);
   RequireLabels("CrossEntropyBackward", labels, probs.dim(0));
+  RequireLabelValues("CrossEntropyBackward", labels, probs);
   Tensor d = Tensor::Empty(probs.shape(), probs.dtype(), probs.device());
   K(probs).cross_entropy_backward(probs, labels, scale, d);
   return d;

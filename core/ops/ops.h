@@ -22,8 +22,7 @@ Tensor Unary(UnaryOp op, const Tensor& x);
 void UnaryInto(UnaryOp op, const Tensor& x, Tensor& y);
 // dx = dy * f'(x); returns dx.
 Tensor UnaryBackward(UnaryOp op, const Tensor& x, const Tensor& dy);
-// The same, written into dx (which may be dy itself).
-void UnaryBackwardInto(UnaryOp op, const Tensor& x, const Tensor& dy, Tensor& dx);
+
 inline Tensor Relu(const Tensor& x) { return Unary(UnaryOp::kRelu, x); }
 inline Tensor Gelu(const Tensor& x) { return Unary(UnaryOp::kGelu, x); }
 Tensor Binary(BinaryOp op, const Tensor& a, const Tensor& b);

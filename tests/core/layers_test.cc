@@ -89,6 +89,19 @@ TEST(LayerGrad, DropoutWithAFixedCounter) {
   EXPECT_EQ(drop.Forward(x).ToVector(), x.ToVector());
 }
 
+TEST(Dropout, MasksFollowTheExampleNotTheBatchSplit) {
+  nn::Dropout drop(0.5);
+  drop.SetSeed(3);
+  Tensor x = testing::RandomTensor({4, 30}, DType::kF32, 1, 1, 2);
+  drop.SetBatchPosition(100);  // rows are examples 100..103
+  std::vector<double> whole = drop.Forward(x).ToVector();
+  drop.SetBatchPosition(102);  // the second half alone, as rank 1 of 2 would see it
+  std::vector<double> half = drop.Forward(x.Slice0(2, 4)).ToVector();
+  for (size_t i = 0; i < half.size(); ++i) ASSERT_EQ(half[i], whole[60 + i]) << i;
+  drop.SetBatchPosition(104);  // other examples, other masks
+  EXPECT_NE(drop.Forward(x).ToVector(), whole);
+}
+
 TEST(LossGrad, CrossEntropyAndMse) {
   Tensor logits = RandomTensor({4, 5}, F64, 18);
   Tensor labels = Tensor::FromVector({4, 0, 2, 2}, {4}, DType::kI32);

@@ -310,6 +310,12 @@ TEST(OpsForward, MaxPoolTiesTakeTheFirstMaximumAndNaNPropagates) {
   }
 }
 
+TEST(OpsForward, EmptyInnerDimensionGivesZerosEvenOverGarbage) {
+  Tensor c = Tensor::Full({2, 3}, std::nan(""), F64);
+  ops::Gemm(Tensor::Zeros({2, 0}, F64), false, Tensor::Zeros({0, 3}, F64), false, c, 1.0, 0.0);
+  EXPECT_EQ(c.ToVector(), std::vector<double>(6, 0.0));
+}
+
 TEST(OpsForward, CrossEntropyMatchesClosedForm) {
   Tensor logits = Tensor::FromVector({0, 0, 0, 1, 2, 3}, {2, 3}, F64);
   Tensor labels = Tensor::FromVector({1, 2}, {2}, DType::kI32);
@@ -444,6 +450,17 @@ TEST(OpsErrors, ShapeMismatchesNameTheOpAndBothShapes) {
     ops::CrossEntropy(Tensor::Zeros({2, 3}), Tensor::FromVector({1, 3}, {2}, DType::kI32), nullptr);
   });
   EXPECT_NE(msg.find("label 3 in row 1"), std::string::npos) << msg;
+
+  msg = ErrorOf([&] {
+    ops::CrossEntropyBackward(Tensor::Zeros({2, 3}), Tensor::FromVector({-1, 0}, {2}, DType::kI32));
+  });
+  EXPECT_NE(msg.find("CrossEntropyBackward: label -1 in row 0"), std::string::npos) << msg;
+
+  msg = ErrorOf([&] {
+    Tensor x = Tensor::Zeros({4, 3}), g = Tensor::Zeros({3}), dg = Tensor::Zeros({3}), db = Tensor::Zeros({3});
+    ops::LayerNormBackward(x, g, Tensor::Zeros({2}), Tensor::Zeros({4}), x, dg, db);
+  });
+  EXPECT_NE(msg.find("one value per row (4)"), std::string::npos) << msg;
 
   msg = ErrorOf([&] { ops::Embedding(Tensor::Zeros({4, 2}), Tensor::FromVector({0, 9}, {2}, DType::kI32)); });
   EXPECT_NE(msg.find("id 9 at position 1"), std::string::npos) << msg;

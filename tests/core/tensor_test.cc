@@ -1,6 +1,7 @@
 // Tensors, dtypes, views, allocators and the thread setting.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 
 #include "core/allocator.h"
@@ -113,6 +114,20 @@ TEST(Device, CudaUnavailabilityIsExplained) {
       EXPECT_NE(std::string(e.what()).find("cuda:0"), std::string::npos) << e.what();
     }
   }
+}
+
+TEST(Threads, AnExceptionInAPartReachesTheCallerAndThePoolStillWorks) {
+  for (int threads : {1, 2}) {
+    SetNumThreads(threads);
+    EXPECT_THROW(ParallelFor(1000, 1, [](int64_t b, int64_t e) {
+                   if (b == 0) throw ValueError("part 0 failed");
+                 }),
+                 ValueError);
+    std::atomic<int64_t> sum{0};
+    ParallelFor(1000, 1, [&](int64_t b, int64_t e) { sum += e - b; });
+    EXPECT_EQ(sum.load(), 1000);
+  }
+  SetNumThreads(1);
 }
 
 TEST(Threads, SetAndParallelForCoversTheRange) {

@@ -2,9 +2,12 @@
 // runs every test; expected values are in closed form: rank r contributes r + 1 + (i mod 97) at
 // element i, so sums, averages, maxima and minima are exact in f32 even at 4M elements.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -364,6 +367,7 @@ TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) {
     const double elapsed = Seconds(start);
     EXPECT_TRUE(Contains(message, "allreduce #2"));
     EXPECT_TRUE(Contains(message, "ranks that did not arrive: [" + std::to_string(skipper) + "]"));
+    EXPECT_TRUE(Contains(message, "ranks not responding: []"));  // the skipper is alive and beating
     EXPECT_GE(elapsed, 1.9);
     EXPECT_LE(elapsed, 4.0);
     if (r == 0) std::printf("[rank 0] CommTimeoutError after %.2f s: %s\n", elapsed, message.c_str());
@@ -408,6 +412,7 @@ TEST(MpiTimeout, WaitingOnALaterCollectiveNamesTheOneThisRankIsStuckIn) {
         Contains(message, "this rank is still in allreduce #1 (7 f32, group of " + std::to_string(P) + ")"));
     EXPECT_TRUE(
         Contains(message, "ranks that did not arrive: [0] (world ranks [" + std::to_string(skipper) + "])"));
+    EXPECT_TRUE(Contains(message, "ranks not responding: []"));
     EXPECT_GE(elapsed, 1.9);
     EXPECT_LE(elapsed, 4.0);
     if (r == 0) std::printf("[rank 0] CommTimeoutError after %.2f s: %s\n", elapsed, message.c_str());
@@ -422,6 +427,73 @@ TEST(MpiTimeout, WaitingOnALaterCollectiveNamesTheOneThisRankIsStuckIn) {
     g->AllReduce(t, Opts())->Wait();
     EXPECT_TRUE(ElementsAre<float>(t, 7, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
   }
+  w.Barrier(Opts())->Wait();
+}
+
+// A rank that is stopped (SIGSTOP) stops its heartbeats: the others name it as not responding,
+// and once continued it reports its own stall. Rank 0 continues it (SIGCONT) once all the others
+// have reported, so every rank must run on one host.
+TEST(MpiTimeout, AStoppedRankIsNamedAsNotResponding) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  if (P < 2) GTEST_SKIP() << "needs a peer to stop (run with -np 2 or more)";
+  const int skipper = P - 1;
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  const int64_t host_hash = static_cast<int64_t>(std::hash<std::string>{}(host) >> 1);
+  Tensor mine = Make<int64_t>(2, [&](int64_t i) { return i == 0 ? static_cast<int64_t>(getpid()) : host_hash; });
+  Tensor all = Tensor::Empty({2 * P}, DType::kI64);
+  w.AllGather(mine, all, Opts())->Wait();
+  for (int q = 0; q < P; ++q)
+    if (all.data<int64_t>()[2 * q + 1] != all.data<int64_t>()[1])
+      GTEST_SKIP() << "the ranks run on several hosts; rank 0 could not continue a stopped rank";
+  const pid_t skipper_pid = static_cast<pid_t>(all.data<int64_t>()[2 * skipper]);
+
+  auto g = w.Split(0, r);
+  auto others = w.Split(r == skipper ? 1 : 0, r);  // the ranks that are not stopped
+  auto h = w.Split(0, r);                          // for a barrier the skipper enters alone
+  Tensor warm = Make<float>(5, [&](int64_t) { return r + 1; });
+  g->AllReduce(warm, Opts())->Wait();  // #1
+  Tensor t = Make<float>(64, [&](int64_t i) { return r + 1 + Mod(i); });
+  w.Barrier(Opts())->Wait();
+  if (r == skipper) {
+    CollectiveOptions quick = Opts();
+    quick.timeout_s = 1;
+    auto alone = h->Barrier(quick);  // the others enter it at the end
+    raise(SIGSTOP);                  // until rank 0 continues it
+    const std::string own = ThrownMessage<CommTimeoutError>([&] { alone->Wait(); });
+    EXPECT_TRUE(Contains(own, "this rank itself was stalled for "));
+    EXPECT_TRUE(Contains(own, "ranks not responding: []"));
+    g->AllReduce(t, Opts())->Wait();  // #2, late: releases the others' workers
+    EXPECT_TRUE(ElementsAre<float>(t, 64, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
+  } else {
+    struct ContinueSkipper {  // however this block is left
+      pid_t pid;
+      bool on;
+      ~ContinueSkipper() {
+        if (on) kill(pid, SIGCONT);
+      }
+    } continue_skipper{skipper_pid, r == 0};
+    CollectiveOptions o = Opts();
+    o.timeout_s = 3;  // longer than the 2 s of silence that make a rank "not responding"
+    const auto start = Clock::now();
+    auto work = g->AllReduce(t, o);  // #2
+    std::string message = ThrownMessage<CommTimeoutError>([&] { work->Wait(); });
+    const double elapsed = Seconds(start);
+    const std::string s = std::to_string(skipper);
+    EXPECT_TRUE(Contains(message, "allreduce #2"));
+    EXPECT_TRUE(Contains(message, "ranks that did not arrive: [" + s + "]"));
+    EXPECT_TRUE(Contains(message, "ranks not responding (no heartbeat for "));
+    EXPECT_TRUE(Contains(message, " s): [" + s + "]"));
+    EXPECT_FALSE(Contains(message, "this rank itself was stalled"));
+    // The deadline, the arrival grace, then up to 1.5 s for the silent rank to be heard from.
+    EXPECT_GE(elapsed, 2.9);
+    EXPECT_LE(elapsed, 6.5);
+    if (r == 0) std::printf("[rank 0] CommTimeoutError after %.2f s: %s\n", elapsed, message.c_str());
+    others->Barrier(Opts())->Wait();  // every one of them has timed out before the skipper goes on
+  }
+  w.Barrier(Opts())->Wait();
+  if (r != skipper) h->Barrier(Opts())->Wait();  // releases the skipper's worker
   w.Barrier(Opts())->Wait();
 }
 

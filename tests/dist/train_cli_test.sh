@@ -23,7 +23,7 @@ for name, n in (("train.csv", 480), ("test.csv", 240)):
 PY
 cat > "$DIR/job.pbtxt" <<'SPEC'
 name: "blobs"
-model { mlp { in_features: 4 hidden: 32 hidden: 16 out_features: 3 } }
+model { mlp { in_features: 4 hidden: 32 hidden: 16 out_features: 3 dropout: 0.2 } }
 data { kind: CSV train_path: "train.csv" test_path: "test.csv" batch_size: 32 }
 optimizer { kind: ADAM lr: 0.01 }
 train { epochs: 3 log_every_steps: 5 seed: 7 }

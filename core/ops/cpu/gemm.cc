@@ -67,8 +67,9 @@ void Gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double 
   const int k = static_cast<int>(ta ? a.dim(0) : a.dim(1));
   const int lda = static_cast<int>(a.dim(1)), ldb = static_cast<int>(b.dim(1));
   if (m == 0 || n == 0) return;
-  if (k == 0) {  // BLAS leaves c untouched; we define it as beta * c
-    Axpby(0.0, c, beta, c);
+  if (k == 0) {  // an empty sum: c = beta * c (and exactly 0 when beta is 0, whatever c held)
+    if (beta == 0.0) Fill(c, 0.0);
+    else Axpby(0.0, c, beta, c);
     return;
   }
   switch (a.dtype()) {
