@@ -5,8 +5,9 @@
 //  * Collectives on one group run in the order they were issued, on every rank in the same order;
 //    each carries a sequence number (1, 2, ...) that is the same on every rank.
 //  * Every collective has a deadline (options.timeout_s). If it has not completed by then,
-//    Wait() throws CommTimeoutError naming the collective, its sequence number and the ranks that
-//    did not arrive. A group whose collective timed out is broken: every later call throws.
+//    Wait() throws CommTimeoutError naming the collective, its sequence number, the ranks that
+//    did not arrive and, where the backend can tell, the ranks that stopped responding. A group
+//    whose collective timed out is broken: every later call throws.
 //  * Tensors must stay alive and unmodified until Wait() returns. Tensors of the MPI backend are
 //    CPU tensors; those of the NCCL backend CUDA tensors.
 //  * Thread safety: issue collectives from one thread; Wait() may be called from any thread.

@@ -7,11 +7,13 @@
 #include <cstdio>
 #include <deque>
 #include <exception>
+#include <iomanip>
 #include <mutex>
 #include <numeric>
 #include <sstream>
 #include <vector>
 
+#include "dist/mpi/heartbeat.h"
 #include "dist/mpi/mpi_check.h"
 #include "dist/mpi/runtime.h"
 
@@ -26,6 +28,10 @@ constexpr int kArrivedTag = 1;
 constexpr int64_t kChunk = int64_t{1} << 28;
 // How long a timed-out Wait() keeps reading announcements before naming the missing ranks.
 constexpr auto kArrivalGrace = std::chrono::milliseconds(200);
+// A peer not heard from (dist/mpi/heartbeat.h) for this long is "not responding" ...
+constexpr double kSilenceS = 2.0;
+// ... once it has had this long, after the arrival grace, to be heard from.
+constexpr double kHeartbeatDrainS = 1.5;
 // Longer timeouts are treated as this (keeps deadlines representable).
 constexpr double kMaxTimeoutS = 1e7;
 
@@ -60,7 +66,7 @@ struct Op {
   double timeout_s = 0;
   uint64_t seq = 0;
   std::string what;  // "allreduce #17 (2048 f32, group of 3)"
-  Clock::time_point deadline;
+  Clock::time_point issued, deadline;
 
   bool done = false;
   std::exception_ptr error;
@@ -263,11 +269,13 @@ struct MpiProcessGroup::State {
   std::string DiagnoseTimeout(const Op& op) {
     uint64_t stuck_seq = op.seq;
     std::string stuck_what;  // set when this rank is still in an earlier collective
+    Clock::time_point since = op.issued;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (running && running->seq < op.seq) {
         stuck_seq = running->seq;
         stuck_what = running->what;
+        since = std::min(since, running->issued);
       }
     }
     std::vector<int> missing;
@@ -286,14 +294,41 @@ struct MpiProcessGroup::State {
       if (missing.empty() || !poll_error.empty() || Clock::now() >= grace_end) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
+    // Which peers fell silent while this collective was pending: a rank killed or stopped
+    // inside it has arrived too. Whether this rank itself was stalled, too.
+    std::vector<int> silent;
+    std::vector<double> silences;
+    const double window_s = std::chrono::duration<double>(Clock::now() - since).count();
+    const bool have_heartbeats =
+        internal::HeartbeatSilences(world_rank, window_s, kSilenceS, kHeartbeatDrainS, &silences);
+    double silent_for = 0;
+    if (have_heartbeats) {
+      for (int p = 0; p < size; ++p) {
+        if (p == rank || silences[p] <= kSilenceS) continue;
+        silent_for = silent.empty() ? silences[p] : std::min(silent_for, silences[p]);
+        silent.push_back(p);
+      }
+    }
     std::ostringstream m;
     m << op.what << " did not complete within " << op.timeout_s << " s: ";
     if (!stuck_what.empty()) m << "this rank is still in " << stuck_what << ", where ";
     m << "ranks that did not arrive: " << DescribeRanks(missing);
-    if (missing.empty())
+    if (missing.empty() && silent.empty())
       m << " (every rank entered it: one may have died inside it, or the timeout is too short for "
            "this size)";
+    else if (missing.empty())
+      m << " (every rank entered it)";
     if (!poll_error.empty()) m << " (arrivals could not be read: " << poll_error << ")";
+    if (have_heartbeats) {
+      m << "; ranks not responding";
+      if (!silent.empty())
+        m << " (no heartbeat for " << (silent.size() > 1 ? "at least " : "") << std::fixed
+          << std::setprecision(1) << silent_for << " s)";
+      m << ": " << DescribeRanks(silent);
+      if (silences[rank] > kSilenceS)
+        m << "; this rank itself was stalled for " << std::fixed << std::setprecision(1) << silences[rank]
+          << " s (stopped, or starved of CPU) while it waited";
+    }
     m << "; the job cannot continue (a rank died, hung or was stopped)";
     return m.str();
   }
@@ -488,8 +523,9 @@ std::shared_ptr<Work> Enqueue(State& s, const std::shared_ptr<State>& shared, st
   op->seq = s.next_seq++;
   op->timeout_s = timeout_s;
   op->what = ::tessera::detail::StrCat(name, " #", op->seq, " (", desc, "group of ", s.size, ")");
-  op->deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                    std::chrono::duration<double>(std::min(timeout_s, kMaxTimeoutS)));
+  op->issued = Clock::now();
+  op->deadline = op->issued + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(std::min(timeout_s, kMaxTimeoutS)));
   s.queue.push_back(op);
   s.work_cv.notify_one();
   return std::make_shared<MpiWork>(shared, std::move(op));

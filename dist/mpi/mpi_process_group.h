@@ -14,9 +14,14 @@
 //    control communicator. When Wait() passes the deadline (issue time + timeout_s) it reads the
 //    peers' announcements for a short grace period and throws CommTimeoutError naming the
 //    collective, its sequence number and the group ranks that did not arrive (with their world
-//    ranks when they differ). The group is then broken: every later call, and Wait() on every
-//    collective not yet completed, throws CommError. Its worker stays inside MPI until the missing
-//    ranks arrive, if ever; see FinalizeMpi.
+//    ranks when they differ), then the ranks not responding: those that went more than 2 s
+//    without a heartbeat while the collective was pending (dist/mpi/heartbeat.h, started by
+//    InitMpi; a rank currently silent first gets up to 1.5 s more to be heard from). This names a
+//    rank killed or stopped inside the collective, which has arrived; and, when this rank was
+//    itself stopped or starved, says so. Wait() thus throws up to about 1.7 s after the deadline.
+//    The group is then broken: every later call, and Wait() on every collective not yet
+//    completed, throws CommError. Its worker stays inside MPI until the missing ranks arrive, if
+//    ever; see FinalizeMpi.
 //  * An MPI error becomes a CommError naming the collective, its sequence number and the MPI
 //    error text, and also breaks the group.
 //  * Split() runs as a collective of this group: it waits for the collectives issued before it,

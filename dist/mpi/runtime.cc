@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "core/error.h"
+#include "dist/mpi/heartbeat.h"
 #include "dist/mpi/mpi_check.h"
 #include "dist/mpi/mpi_process_group.h"
 
@@ -81,6 +82,7 @@ void InitMpi(int* argc, char*** argv) {
   int world_rank = -1;
   TESSERA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
   g_world_rank = world_rank;
+  internal::StartHeartbeats();  // a no-op after the first call
   if (!g_handler_installed) {
     g_previous_handler = SetFatalHandler(&AbortAllRanks);
     g_handler_installed = true;
@@ -92,12 +94,19 @@ bool MpiIsInitialized() { return Initialized(); }
 void FinalizeMpi() {
   std::unique_lock<std::mutex> lock(g_mu);
   if (!Initialized()) return;
-  if (!g_workers_cv.wait_for(lock, std::chrono::seconds(10), [] { return g_live_workers == 0; }))
+  const bool workers_left =
+      !g_workers_cv.wait_for(lock, std::chrono::seconds(10), [] { return g_live_workers == 0; });
+  const bool heartbeats_stopped = internal::StopHeartbeats();
+  if (workers_left)
     TESSERA_THROW(CommError, "FinalizeMpi: rank ", g_world_rank.load(), ": ", g_live_workers,
                   " process-group worker thread(s) still exist: a group was not destroyed, or one "
                   "timed out and its worker is still inside MPI waiting for the missing ranks. "
                   "MPI_Finalize would hang; exit with an error status instead (mpirun then stops "
                   "the other ranks)");
+  if (!heartbeats_stopped)
+    TESSERA_THROW(CommError, "FinalizeMpi: rank ", g_world_rank.load(),
+                  ": the heartbeat thread did not stop (it is stuck inside MPI). MPI_Finalize "
+                  "would hang; exit with an error status instead");
   if (g_handler_installed) {
     SetFatalHandler(g_previous_handler);
     g_handler_installed = false;

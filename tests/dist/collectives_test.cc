@@ -441,7 +441,8 @@ TEST(MpiTimeout, AStoppedRankIsNamedAsNotResponding) {
   char host[256] = {};
   gethostname(host, sizeof host - 1);
   const int64_t host_hash = static_cast<int64_t>(std::hash<std::string>{}(host) >> 1);
-  Tensor mine = Make<int64_t>(2, [&](int64_t i) { return i == 0 ? static_cast<int64_t>(getpid()) : host_hash; });
+  Tensor mine =
+      Make<int64_t>(2, [&](int64_t i) { return i == 0 ? static_cast<int64_t>(getpid()) : host_hash; });
   Tensor all = Tensor::Empty({2 * P}, DType::kI64);
   w.AllGather(mine, all, Opts())->Wait();
   for (int q = 0; q < P; ++q)
