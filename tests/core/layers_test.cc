@@ -159,6 +159,26 @@ TYPED_TEST(LayerTyped, W2GradientsMatchDoublePrecision) {
 }
 
 // ---- initialisation ----
+TEST(Models, PoolingBeforeReluIsExactlyReluBeforePooling) {
+  // W2's blocks run Conv -> MaxPool -> ReLU; check against Conv -> ReLU -> MaxPool, bitwise.
+  auto make = [](bool relu_first) {
+    auto net = std::make_unique<nn::Sequential>();
+    net->Add(std::make_unique<nn::Conv2d>(2, 3, 3, 1, 1));
+    if (relu_first) net->Add(std::make_unique<nn::ReLU>());
+    net->Add(std::make_unique<nn::MaxPool2d>(2));
+    if (!relu_first) net->Add(std::make_unique<nn::ReLU>());
+    return net;
+  };
+  auto a = make(true), b = make(false);
+  nn::FlatParameters pa(*a, Device::CPU(), DType::kF32, 4), pb(*b, Device::CPU(), DType::kF32, 4);
+  Tensor x = testing::RandomTensor({2, 2, 6, 6}, DType::kF32, 5);
+  Tensor ya = a->Forward(x), yb = b->Forward(x);
+  EXPECT_EQ(ya.ToVector(), yb.ToVector());
+  Tensor dy = testing::RandomTensor(ya.shape(), DType::kF32, 6);
+  EXPECT_EQ(a->Backward(dy).ToVector(), b->Backward(dy).ToVector());
+  EXPECT_EQ(pa.grads().ToVector(), pb.grads().ToVector());
+}
+
 TEST(Init, LinearAndConvFollowPyTorchDefaults) {
   nn::Linear lin(400, 300);
   nn::Conv2d conv(8, 16, 3);

@@ -94,10 +94,10 @@ void Unary(UnaryOp op, const Tensor& x, Tensor& y) {
   TESSERA_DISPATCH_FLOAT(x.dtype(), "Unary", [&] {
     const scalar_t* xp = x.data<scalar_t>();
     scalar_t* yp = y.data<scalar_t>();
-    ParallelFor(x.numel(), kElementwiseGrain, [&](int64_t b, int64_t e) {
+    ParallelFor(x.numel(), kElementwiseGrain, [&, xp, yp](int64_t b, int64_t e) {
       switch (op) {  // hoisted so each loop vectorises
         case UnaryOp::kRelu:
-          for (int64_t i = b; i < e; ++i) yp[i] = xp[i] > scalar_t(0) ? xp[i] : scalar_t(0);
+          _Pragma("GCC ivdep") for (int64_t i = b; i < e; ++i) yp[i] = xp[i] > scalar_t(0) ? xp[i] : scalar_t(0);
           break;
         default:
           for (int64_t i = b; i < e; ++i) yp[i] = fn::ApplyUnary(op, xp[i]);
@@ -111,10 +111,12 @@ void UnaryBackward(UnaryOp op, const Tensor& x, const Tensor& dy, Tensor& dx) {
     const scalar_t* xp = x.data<scalar_t>();
     const scalar_t* dyp = dy.data<scalar_t>();
     scalar_t* dxp = dx.data<scalar_t>();
-    ParallelFor(x.numel(), kElementwiseGrain, [&](int64_t b, int64_t e) {
+    // Pointers are captured by value and the loops marked ivdep (dx may be dy itself, element for
+    // element): otherwise every store could alias the closure and nothing vectorises.
+    ParallelFor(x.numel(), kElementwiseGrain, [&, xp, dyp, dxp](int64_t b, int64_t e) {
       switch (op) {
         case UnaryOp::kRelu:
-          for (int64_t i = b; i < e; ++i) dxp[i] = xp[i] > scalar_t(0) ? dyp[i] : scalar_t(0);
+          _Pragma("GCC ivdep") for (int64_t i = b; i < e; ++i) dxp[i] = xp[i] > scalar_t(0) ? dyp[i] : scalar_t(0);
           break;
         default:
           for (int64_t i = b; i < e; ++i) dxp[i] = fn::ApplyUnaryGrad(op, xp[i], dyp[i]);
@@ -128,8 +130,8 @@ void Binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
     const scalar_t* ap = a.data<scalar_t>();
     const scalar_t* bp = b.data<scalar_t>();
     scalar_t* op_ = out.data<scalar_t>();
-    ParallelFor(a.numel(), kElementwiseGrain, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) op_[i] = fn::ApplyBinary(op, ap[i], bp[i]);
+    ParallelFor(a.numel(), kElementwiseGrain, [&, ap, bp, op_](int64_t s, int64_t e) {
+      _Pragma("GCC ivdep") for (int64_t i = s; i < e; ++i) op_[i] = fn::ApplyBinary(op, ap[i], bp[i]);
     });
   });
 }
@@ -139,7 +141,7 @@ void Axpby(double alpha, const Tensor& x, double beta, Tensor& y) {
     const scalar_t* xp = x.data<scalar_t>();
     scalar_t* yp = y.data<scalar_t>();
     scalar_t a = static_cast<scalar_t>(alpha), bt = static_cast<scalar_t>(beta);
-    ParallelFor(x.numel(), kElementwiseGrain, [&](int64_t s, int64_t e) {
+    ParallelFor(x.numel(), kElementwiseGrain, [&, xp, yp, a, bt](int64_t s, int64_t e) {
       if (alpha == 0.0) {
         for (int64_t i = s; i < e; ++i) yp[i] = bt * yp[i];
       } else if (beta == 0.0) {
