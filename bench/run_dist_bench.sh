@@ -23,7 +23,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
 mpi = subprocess.run(["sh", "-c", "mpirun --version | head -1"], capture_output=True, text=True).stdout.strip()
 md = ["# All-reduce: tessera's MPI process group against raw MPI_Allreduce (W3)", "",
-      f"- machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; {mpi}",
+      f"- machine: {cpu}, {subprocess.run(['nproc', '--all'], capture_output=True, text=True).stdout.strip()} cores; {mpi}",
       f"- date: {datetime.datetime.utcnow().isoformat(timespec='seconds')}Z; load average before {sys.argv[3]}, after {sys.argv[4]}",
       "- method: `bench/run_dist_bench.sh`: f32 sum in place, warm-up then 200 / 20 / 5 iterations (<= 1 MiB / <= 16 MiB / larger);",
       "  time = the slowest rank's mean; algbw = bytes / time; busbw = algbw * 2(n-1)/n (nccl-tests). 4 ranks oversubscribe the 2 cores.",

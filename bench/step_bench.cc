@@ -1,8 +1,9 @@
 // step_bench: training-step throughput of W1 and W2 (see shared BENCHMARKS.md) and the sgemm
-// ceiling of W4, measured in one process so the ratios in bench/results/ share a machine state.
+// ceilings of W4 (OpenBLAS, and oneDNN where tessera is built with it), so that the driver
+// (bench/run_core_bench.sh) measures throughput and ceilings on the same machine state.
 //
 //   step_bench --model w1|w2 [--threads N] [--warmup 20] [--steps 200] [--repeats 3]
-//              [--breakdown] [--skip-first-dx]
+//              [--breakdown]
 //   step_bench --sgemm-peak [--threads N]
 //
 // Each measurement prints one JSON line on stdout; --breakdown adds a per-phase, per-layer line
@@ -34,6 +35,11 @@
 #include "core/random.h"
 #include "core/tensor.h"
 #include "core/threads.h"
+#include "tessera/config.h"
+
+#if TESSERA_USE_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#endif
 
 namespace tessera::bench {
 namespace {
@@ -53,7 +59,6 @@ struct Options {
   int batch = 128;
   bool sgemm_peak = false;
   bool breakdown = false;
-  bool skip_first_dx = false;
 };
 
 int ParseInt(const char* flag, const char* value, int min) {
@@ -80,11 +85,10 @@ Options Parse(int argc, char** argv) {
     else if (a == "--batch") o.batch = ParseInt("--batch", value(), 1);
     else if (a == "--sgemm-peak") o.sgemm_peak = true;
     else if (a == "--breakdown") o.breakdown = true;
-    else if (a == "--skip-first-dx") o.skip_first_dx = true;
     else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: step_bench --model w1|w2 [--threads N] [--warmup 20] [--steps 200] [--repeats 3]\n"
-          "                  [--batch 128] [--breakdown] [--skip-first-dx]\n"
+          "                  [--batch 128] [--breakdown]\n"
           "       step_bench --sgemm-peak [--threads N]\n");
       std::exit(0);
     } else {
@@ -104,30 +108,47 @@ double Median(std::vector<double> v) {
 
 // ---- sgemm ceiling ------------------------------------------------------------------------------
 
+// Times `call` (one n x n x n sgemm) after one warm-up call; prints best and median GFLOP/s.
+template <typename Call>
+void TimeSgemm(const char* impl, int threads, int n, Call call) {
+  call();  // warm-up: thread start, page faults, packing buffers, JIT
+  const int reps = n <= 1024 ? 10 : 5;
+  std::vector<double> gflops;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    call();
+    auto t1 = Clock::now();
+    gflops.push_back(2.0 * n * double(n) * n / Seconds(t0, t1) / 1e9);
+  }
+  std::printf(
+      "{\"kind\": \"sgemm\", \"impl\": \"%s\", \"threads\": %d, \"n\": %d, \"reps\": %d, "
+      "\"gflops_best\": %.2f, \"gflops_median\": %.2f}\n",
+      impl, threads, n, reps, *std::max_element(gflops.begin(), gflops.end()), Median(gflops));
+  std::fflush(stdout);
+}
+
+// The machine's ceilings at `threads` threads: OpenBLAS with that many threads of its own (tessera
+// keeps OpenBLAS on one thread and splits GEMMs over its pool, so OpenBLAS's count is set here for
+// the measurement and restored after it), and oneDNN's sgemm on tessera's thread count.
 void SgemmPeak(int threads) {
   for (int n : {1024, 2048}) {
     std::vector<float> a(size_t(n) * n), b(size_t(n) * n), c(size_t(n) * n, 0.f);
     PhiloxGenerator gen(7, n);
     for (auto& e : a) e = static_cast<float>(gen.Uniform(-1, 1));
     for (auto& e : b) e = static_cast<float>(gen.Uniform(-1, 1));
-    auto call = [&] {
+    const int saved = openblas_get_num_threads();
+    openblas_set_num_threads(threads);
+    TimeSgemm("openblas", threads, n, [&] {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
                   0.0f, c.data(), n);
-    };
-    call();  // warm-up: thread start, page faults, packing buffers
-    const int reps = n <= 1024 ? 10 : 5;
-    std::vector<double> gflops;
-    for (int r = 0; r < reps; ++r) {
-      auto t0 = Clock::now();
-      call();
-      auto t1 = Clock::now();
-      gflops.push_back(2.0 * n * double(n) * n / Seconds(t0, t1) / 1e9);
-    }
-    std::printf(
-        "{\"kind\": \"sgemm\", \"impl\": \"openblas\", \"threads\": %d, \"n\": %d, \"reps\": %d, "
-        "\"gflops_best\": %.2f, \"gflops_median\": %.2f}\n",
-        threads, n, reps, *std::max_element(gflops.begin(), gflops.end()), Median(gflops));
-    std::fflush(stdout);
+    });
+    openblas_set_num_threads(saved);
+#if TESSERA_USE_ONEDNN
+    TimeSgemm("onednn", threads, n, [&] {
+      if (dnnl_sgemm('N', 'N', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n) != dnnl_success)
+        TESSERA_THROW(Error, "dnnl_sgemm failed for n=", n);
+    });
+#endif
   }
 }
 
@@ -174,10 +195,11 @@ std::vector<LayerCost> CountFlops(nn::Sequential& model, const Tensor& x) {
   return costs;
 }
 
-nn::Module* FirstParametricLayer(nn::Sequential& model) {
+// Index of the first Linear or Conv2d (model.size() if none).
+size_t FirstParametricLayer(nn::Sequential& model) {
   for (size_t i = 0; i < model.size(); ++i)
-    if (dynamic_cast<nn::Linear*>(&model[i]) || dynamic_cast<nn::Conv2d*>(&model[i])) return &model[i];
-  return nullptr;
+    if (dynamic_cast<nn::Linear*>(&model[i]) || dynamic_cast<nn::Conv2d*>(&model[i])) return i;
+  return model.size();
 }
 
 struct Bench {
@@ -197,8 +219,10 @@ struct Bench {
   }
 };
 
-// Same step as Bench::Step, with a clock read between phases and around every layer.
+// Same step as Bench::Step, with a clock read between phases and around every layer. Like
+// Sequential::Backward without an input gradient, backward stops at the first parametric layer.
 struct Breakdown {
+  size_t stop = 0;
   double zero = 0, loss = 0, optim = 0;
   std::vector<double> fwd, bwd;  // per child
   int steps = 0;
@@ -223,7 +247,7 @@ struct Breakdown {
     b.last_loss = b.loss.Forward(h, b.labels).Item();
     Tensor g = b.loss.Backward();
     loss += lap();
-    for (size_t i = m.size(); i-- > 0;) {
+    for (size_t i = m.size(); i-- > stop;) {
       g = m[i].Backward(g);
       bwd[i] += lap();
     }
@@ -239,9 +263,9 @@ void Run(const Options& o) {
   b.params = std::make_unique<nn::FlatParameters>(*b.model, Device::CPU(), DType::kF32, /*seed=*/0);
   b.params->ZeroGrad();
   b.model->set_needs_input_grad(false);
-  nn::Module* first = FirstParametricLayer(*b.model);
-  TESSERA_CHECK(first != nullptr);
-  if (o.skip_first_dx) first->set_needs_input_grad(false);
+  const size_t first_index = FirstParametricLayer(*b.model);
+  TESSERA_CHECK(first_index < b.model->size());
+  nn::Module* first = &(*b.model)[first_index];
   // Whether tessera actually skips the first layer's input gradient with the API as used above.
   const bool first_dx_skipped = !first->needs_input_grad();
   b.adam = std::make_unique<optim::Adam>(b.params->values(), b.params->grads());
@@ -281,17 +305,17 @@ void Run(const Options& o) {
       "{\"kind\": \"step\", \"impl\": \"tessera\", \"model\": \"%s\", \"threads\": %d, \"batch\": %d, "
       "\"warmup\": %d, \"steps\": %d, \"repeats\": %d, \"samples_per_sec\": %.1f, "
       "\"samples_per_sec_min\": %.1f, \"samples_per_sec_max\": %.1f, \"ms_per_step\": %.3f, "
-      "\"flops_per_step\": %.0f, \"gflops\": %.2f, \"variant\": \"%s\", \"first_dx_skipped\": %s, "
+      "\"flops_per_step\": %.0f, \"gflops\": %.2f, \"first_dx_skipped\": %s, "
       "\"flops_executed_per_step\": %.0f, \"final_loss\": %.4f, \"runs\": [%s]}\n",
       o.model.c_str(), o.threads, o.batch, o.warmup, o.steps, o.repeats, med,
       *std::min_element(sps.begin(), sps.end()), *std::max_element(sps.begin(), sps.end()),
-      1e3 / steps_per_s, flops, flops * steps_per_s / 1e9,
-      o.skip_first_dx ? "first_dx_skipped_by_hand" : "as_documented", first_dx_skipped ? "true" : "false",
+      1e3 / steps_per_s, flops, flops * steps_per_s / 1e9, first_dx_skipped ? "true" : "false",
       executed, b.last_loss, runs.c_str());
   std::fflush(stdout);
 
   if (!o.breakdown) return;
   Breakdown bd;
+  bd.stop = first_index;
   for (int i = 0; i < o.steps; ++i) bd.Step(b);
   const double per = 1e3 / bd.steps;  // seconds total -> ms per step
   double fwd = 0, bwd = 0;
