@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -243,7 +244,11 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     if (lead) metrics << j.dump() << "\n" << std::flush;
   };
   const bool progress = opt.progress && lead;
-  const bool tty = progress && isatty(fileno(stdout));
+  // mpirun and srun hand each rank a pseudo-terminal whatever their own output is, so under a
+  // launcher progress is written as plain lines.
+  const bool launched = std::getenv("OMPI_COMM_WORLD_RANK") != nullptr || std::getenv("SLURM_PROCID") != nullptr ||
+                        std::getenv("PMI_RANK") != nullptr;
+  const bool tty = progress && !launched && isatty(fileno(stdout));
   auto say = [&](const char* fmt, auto... args) {
     if (!progress) return;
     if (tty) std::printf("\r\033[K");
