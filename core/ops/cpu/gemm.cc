@@ -11,6 +11,11 @@
 
 #include "core/ops/cpu/cpu_kernels.h"
 #include "core/threads.h"
+#include "tessera/config.h"
+
+#if TESSERA_USE_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#endif
 
 namespace tessera::cpu {
 namespace {
@@ -18,9 +23,9 @@ namespace {
 template <typename T>
 void BlasGemm(CBLAS_TRANSPOSE opa, CBLAS_TRANSPOSE opb, int m, int n, int k, T alpha, const T* a,
               int lda, const T* b, int ldb, T beta, T* c, int ldc) {
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
     cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  else
+  } else
     cblas_dgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
@@ -34,6 +39,19 @@ void ParallelGemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, in
                   int ldb, T beta, T* c) {
   auto opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
   int threads = GetNumThreads();
+#if TESSERA_USE_ONEDNN
+  // On one thread, f32 goes through oneDNN's sgemm: it uses the machine's widest vectors, where
+  // OpenBLAS may be pinned to AVX2 (OPENBLAS_CORETYPE); here 260 against 134 GFLOP/s. On more
+  // threads the OpenBLAS blocks below measured faster for these shapes (W1 2 threads: 87k
+  // against 81k samples/s; bench/step_bench), so they stay.
+  if constexpr (std::is_same_v<T, float>) {
+    if (threads == 1) {
+      dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, n);
+      if (st != dnnl_success) TESSERA_THROW(Error, "Gemm: dnnl_sgemm failed with status ", static_cast<int>(st));
+      return;
+    }
+  }
+#endif
   int64_t work = int64_t(m) * n * k;
   bool split_cols = n >= m;
   int64_t extent = split_cols ? n : m;
