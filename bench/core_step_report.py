@@ -91,7 +91,7 @@ def main(path):
       + (f"{len(noisy)} of {len(dist)} kept processes were still disturbed (marked †n: n processes)."
          if noisy else f"All {len(dist)} kept processes were undisturbed."))
     p(f"- tessera: `{env('TESSERA_VERSION')}`, git {env('GIT_REV')}; build: {env('BUILD_CONFIG')}. "
-      f"Linear GEMMs call OpenBLAS (one thread per call, split over tessera's pool); convolutions go "
+      f"f32 GEMMs call oneDNN's sgemm at 1 thread and OpenBLAS blocks split over tessera's pool at more (ops/cpu/gemm.cc); convolutions go "
       f"through oneDNN when `TESSERA_USE_ONEDNN=1`, else im2col + OpenBLAS")
     p(f"- PyTorch: {env('TORCH_VERSION')} (Debian python3-torch {env('TORCH_PKG')}), eager, "
       f"Adam foreach=None (the 1.13 CPU default), `zero_grad(set_to_none=True)`")
