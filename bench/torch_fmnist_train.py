@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from torch_models import build  # bench/torch_models.py
+
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_EPOCHS = {"w1": 5, "w2": 3}
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -73,19 +75,6 @@ def load_split(data_dir, prefix):
     return x, y
 
 
-def build(workload):
-    if workload == "w1":
-        return nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(784, 512), nn.ReLU(),
-            nn.Linear(512, 256), nn.ReLU(),
-            nn.Linear(256, 10))
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(3136, 128), nn.ReLU(),
-        nn.Linear(128, 10))
 
 
 @torch.no_grad()

@@ -22,22 +22,11 @@ import time
 import torch
 from torch import nn
 
+from torch_models import build  # bench/torch_models.py
+
 BATCH_DEFAULT = 128
 
 
-def build(model):
-    if model == "w1":
-        return nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(784, 512), nn.ReLU(),
-            nn.Linear(512, 256), nn.ReLU(),
-            nn.Linear(256, 10))
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(3136, 128), nn.ReLU(),
-        nn.Linear(128, 10))
 
 
 def count_flops(net, x):
