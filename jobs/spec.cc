@@ -277,8 +277,6 @@ void ValidateRest(const JobSpec& s, Validator& v) {
   v.Require(c.every_steps() >= 0, "checkpoint.every_steps", "must be >= 0" + Got(c.every_steps()));
   v.Require(c.every_minutes() >= 0, "checkpoint.every_minutes", "must be >= 0" + Got(c.every_minutes()));
   v.Require(c.keep_last() >= 1, "checkpoint.keep_last", "must be >= 1" + Got(c.keep_last()));
-  v.Require(c.every_steps() == 0 && c.every_minutes() == 0, "checkpoint.every_steps",
-            "checkpoints are not written by this version yet (leave every_steps and every_minutes at 0)");
   v.Require(s.publish().store().empty(), "publish.store", "publishing to a model store is not available in this version yet");
 }
 

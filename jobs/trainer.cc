@@ -22,6 +22,7 @@
 #include "datasets/loader.h"
 #include "datasets/sampler.h"
 #include "dist/reducer.h"
+#include "jobs/checkpoint.h"
 #include "jobs/spec.h"
 #include "tessera/config.h"
 
@@ -223,12 +224,22 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   std::error_code ec;
   fs::create_directories(opt.run_dir, ec);
   if (ec) TESSERA_THROW(IoError, opt.run_dir, ": cannot create the run directory: ", ec.message());
+  // Checkpoints: where they go, and whether this run continues from one.
+  const CheckpointSpec& cs = spec.checkpoint();
+  const std::string ckpt_dir = cs.dir().empty() ? opt.run_dir + "/checkpoints" : cs.dir();
+  if (lead) RemovePartialCheckpoints(ckpt_dir);
+  std::string resume_path;
+  if (!opt.resume_from.empty()) resume_path = ResolveCheckpoint(opt.resume_from);
+  else if (opt.resume != TrainerOptions::Resume::kNever) resume_path = FindLatestCheckpoint(ckpt_dir);
+  if (resume_path.empty() && opt.resume == TrainerOptions::Resume::kRequire)
+    TESSERA_THROW(ConfigError, "--resume: no committed checkpoint in ", ckpt_dir, " to continue from");
+
   std::ofstream metrics, rank_log;
   if (lead) {
     std::ofstream out(opt.run_dir + "/job.pbtxt");
     out << "# Resolved job spec: every default written out.\n" << ToText(spec);
     if (!out) TESSERA_THROW(IoError, opt.run_dir, "/job.pbtxt: cannot write");
-    metrics.open(opt.run_dir + "/metrics.jsonl");
+    metrics.open(opt.run_dir + "/metrics.jsonl", resume_path.empty() ? std::ios::trunc : std::ios::app);
     if (!metrics) TESSERA_THROW(IoError, opt.run_dir, "/metrics.jsonl: cannot write");
   }
   if (group) {
@@ -271,16 +282,59 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   nn::FlatParameters params(*net, Device::CPU(), DType::kF32, t.seed());
   int out_classes = static_cast<int>(spec.model().has_mlp() ? spec.model().mlp().out_features()
                                                              : spec.model().cnn().out_features());
-  std::unique_ptr<dist::Reducer> reducer;
-  if (group) {
-    dist::BroadcastParameters(params, *group, 0, timeout_s);
-    reducer = std::make_unique<dist::Reducer>(params, *group, spec.parallel().bucket_size_mb(), timeout_s);
-  }
   std::unique_ptr<optim::Optimizer> optimizer = BuildOptimizer(spec.optimizer(), params);
   datasets::DistributedSampler sampler(train_data->size(), spec.data().batch_size(), t.seed(), spec.data().shuffle(),
                                        spec.data().drop_last(), rank, world);
   const int64_t steps_per_epoch = sampler.steps_per_epoch();
   const int64_t total_steps = t.steps() > 0 ? t.steps() : steps_per_epoch * t.epochs();
+  const int64_t global_batch = spec.data().batch_size();
+  const int64_t dataset_size = train_data->size();
+
+  // Every rank reads the checkpoint; they must all have found the same one.
+  const CheckpointLayout layout = MakeCheckpointLayout(params, optimizer.get());
+  int64_t step = 0;
+  TrainSummary summary;
+  if (!resume_path.empty()) {
+    CheckpointInfo info = LoadCheckpoint(resume_path, layout);
+    optimizer->set_step_count(info.meta.optimizer_step);
+    step = info.meta.step;
+    summary.resumed_from_step = step;
+    say("resume: %s (step %lld, epoch %lld, written by %d rank%s)\n", resume_path.c_str(),
+        static_cast<long long>(step), static_cast<long long>(info.meta.epoch), info.meta.world_size,
+        info.meta.world_size == 1 ? "" : "s");
+    if (info.meta.global_batch != global_batch || info.meta.seed != t.seed() ||
+        info.meta.steps_per_epoch != steps_per_epoch)
+      say("warning: the checkpoint was written with data.batch_size %lld, train.seed %llu and %lld steps per epoch; "
+          "this job has %lld, %llu and %lld: the data order from here on differs from the original run's\n",
+          static_cast<long long>(info.meta.global_batch), static_cast<unsigned long long>(info.meta.seed),
+          static_cast<long long>(info.meta.steps_per_epoch), static_cast<long long>(global_batch),
+          static_cast<unsigned long long>(t.seed()), static_cast<long long>(steps_per_epoch));
+  }
+  std::unique_ptr<dist::Reducer> reducer;
+  std::unique_ptr<dist::ProcessGroup> ckpt_group;  // the checkpoint writer's own collectives
+  if (group) {
+    Tensor v = Tensor::FromVector({static_cast<double>(step), -static_cast<double>(step)}, {2}, DType::kF64);
+    dist::CollectiveOptions o;
+    o.timeout_s = timeout_s;
+    o.op = dist::ReduceOp::kMax;
+    group->AllReduce(v, o)->Wait();
+    if (v.data<double>()[0] != -v.data<double>()[1])
+      TESSERA_THROW(IoError, "the ranks found different checkpoints to resume from (steps ", -v.data<double>()[1],
+                    " to ", v.data<double>()[0], "); is ", ckpt_dir, " on a file system all ranks share?");
+    dist::BroadcastParameters(params, *group, 0, timeout_s);
+    reducer = std::make_unique<dist::Reducer>(params, *group, spec.parallel().bucket_size_mb(), timeout_s);
+    ckpt_group = group->Split(0, rank);
+  }
+  const bool checkpointing = cs.every_steps() > 0 || cs.every_minutes() > 0 || cs.save_final();
+  std::unique_ptr<CheckpointWriter> writer;
+  if (checkpointing) {
+    CheckpointWriterOptions wo;
+    wo.dir = ckpt_dir;
+    wo.keep_last = cs.keep_last();
+    wo.group = ckpt_group.get();
+    wo.timeout_s = std::max(timeout_s, 300.0);
+    writer = std::make_unique<CheckpointWriter>(wo);
+  }
   std::unique_ptr<optim::LrSchedule> schedule = BuildSchedule(spec.optimizer(), total_steps);
   say("model: %lld parameters\n%s\n", static_cast<long long>(params.num_parameters()), net->Summary().c_str());
   say("train: %lld steps (%lld per epoch), global batch %lld over %d rank%s, %d thread%s per rank, seed %llu\n",
@@ -296,10 +350,7 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   nn::CrossEntropyLoss loss_fn;
   const int accumulate = t.accumulate_steps();
   const double clip = spec.optimizer().clip_grad_norm();
-  const int64_t global_batch = spec.data().batch_size();
-  const int64_t dataset_size = train_data->size();
 
-  TrainSummary summary;
   summary.name = spec.name();
   double window_loss = 0, last_window_loss = 0;  // sums of per-step global mean losses
   int64_t window_steps = 0, window_samples = 0, total_samples = 0;  // samples: this rank's
@@ -321,7 +372,60 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     t_window = Clock::now();  // evaluation time does not count towards throughput
   };
 
-  int64_t step = 0;
+  // The checkpoint of the state after `step` steps (lr: the rate of the last step).
+  const int64_t start_step = step;
+  auto checkpoint_meta = [&](int64_t at, double lr) {
+    CheckpointMeta m;
+    m.tessera_version = TESSERA_VERSION;
+    m.step = at;
+    m.epoch = at / steps_per_epoch;
+    m.step_in_epoch = at % steps_per_epoch;
+    m.steps_per_epoch = steps_per_epoch;
+    m.global_batch = global_batch;
+    const int64_t per_epoch = spec.data().drop_last() ? steps_per_epoch * global_batch : dataset_size;
+    m.samples_seen = m.epoch * per_epoch + std::min(m.step_in_epoch * global_batch, per_epoch);
+    m.seed = t.seed();
+    const int64_t len = std::min<int64_t>(global_batch, dataset_size - m.step_in_epoch * global_batch);
+    for (int r = 0; r < world; ++r) m.rank_next_example.push_back(at * global_batch + len * r / world);
+    m.world_size = world;
+    m.data_parallel = world;
+    m.zero_stage = spec.parallel().zero_stage();
+    m.tensor_parallel = std::max(1, spec.parallel().tensor());
+    m.pipeline_parallel = std::max(1, spec.parallel().pipeline());
+    m.optimizer = optimizer->name();
+    m.optimizer_step = optimizer->step_count();
+    m.lr_schedule = "lr=" + std::to_string(spec.optimizer().lr()) + " " + spec.optimizer().schedule().ShortDebugString();
+    m.lr = lr;
+    m.job_spec = ToText(spec);
+    m.dtype = "float32";
+    return m;
+  };
+  auto report_checkpoints = [&]() {
+    if (!writer) return;
+    writer->ThrowIfFailed();
+    for (const CheckpointSaveReport& r : writer->TakeReports()) {
+      if (!lead) continue;
+      summary.checkpoint = r.path;
+      double mbs = r.write_seconds > 0 ? r.bytes / r.write_seconds / 1e6 : 0;
+      emit({{"event", "checkpoint"}, {"step", r.step}, {"path", r.path}, {"bytes", r.bytes},
+            {"write_seconds", r.write_seconds}, {"mb_per_sec", mbs}});
+      if (tty) std::printf("\r\033[K");
+      say("checkpoint: step %lld -> %s (%.1f MB in %.2f s, in the background)\n", static_cast<long long>(r.step),
+          r.path.c_str(), r.bytes / 1e6, r.write_seconds);
+    }
+  };
+  auto last_save = Clock::now();
+  int64_t last_saved_step = -1;
+  auto save = [&](double lr) {
+    if (step == last_saved_step) return;
+    last_saved_step = step;
+    double stall = writer->Save(layout, checkpoint_meta(step, lr));
+    last_save = Clock::now();
+    emit({{"event", "checkpoint_started"}, {"step", step}, {"stall_seconds", stall}});
+  };
+  if (!resume_path.empty())
+    emit({{"event", "resume"}, {"step", step}, {"checkpoint", resume_path}, {"world_size", world}});
+
   int epoch = 0;
   datasets::Batch batch;
   while (step < total_steps) {
@@ -368,18 +472,21 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
         train_seconds += dt;
         double rank_sps = dt > 0 ? window_samples / dt : 0;
         double loss = window_loss, job_sps = rank_sps;
+        // A time-based checkpoint is due by rank 0's clock (so that every rank agrees).
+        double due = writer && cs.every_minutes() > 0 && lead && Seconds(last_save, now) >= cs.every_minutes() * 60;
         if (group) {  // the job's loss (sum of the ranks' shares) and throughput (sum of the ranks')
-          Tensor v = Tensor::FromVector({window_loss, rank_sps}, {2}, DType::kF64);
+          Tensor v = Tensor::FromVector({window_loss, rank_sps, due}, {3}, DType::kF64);
           dist::CollectiveOptions o;
           o.timeout_s = timeout_s;
           group->AllReduce(v, o)->Wait();
           loss = v.data<double>()[0];
           job_sps = v.data<double>()[1];
+          due = v.data<double>()[2];
           rank_log << json{{"event", "train"}, {"step", step}, {"rank", rank}, {"samples_per_sec", rank_sps}}.dump()
                    << "\n" << std::flush;
         }
         loss /= static_cast<double>(window_steps);
-        double eta = train_seconds / step * (total_steps - step);
+        double eta = train_seconds / static_cast<double>(step - start_step) * static_cast<double>(total_steps - step);
         json ev = {{"event", "train"}, {"step", step}, {"epoch", epoch + 1}, {"loss", loss}, {"lr", lr},
                    {"samples_per_sec", job_sps}, {"eta_seconds", eta}, {"elapsed_seconds", Seconds(t_start, now)}};
         if (group) ev["rank0_samples_per_sec"] = rank_sps;
@@ -396,6 +503,12 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
         window_steps = 0;
         window_samples = 0;
         t_window = Clock::now();
+        if (due > 0 && step < total_steps) save(lr);
+      }
+      if (writer) {
+        if (cs.every_steps() > 0 && step % cs.every_steps() == 0) save(lr);
+        if (step == total_steps && cs.save_final()) save(lr);
+        report_checkpoints();
       }
       const bool eval_now = t.eval_every_steps() > 0 ? step % t.eval_every_steps() == 0 : end_of_epoch;
       if (eval_now && step < total_steps) {
@@ -407,7 +520,13 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   }
   if (tty) std::printf("\n");
   if (window_samples > 0) train_seconds += window_time + Seconds(t_window, Clock::now());
-  run_eval(step, static_cast<int>((step - 1) / steps_per_epoch) + 1);
+  if (writer && cs.save_final() && step == start_step && start_step > 0 && FindLatestCheckpoint(ckpt_dir).empty())
+    save(schedule->At(step - 1));  // resumed from elsewhere with nothing left to do: keep the state here too
+  run_eval(step, static_cast<int>(std::max<int64_t>(step - 1, 0) / steps_per_epoch) + 1);
+  if (writer) {
+    writer->Wait();
+    report_checkpoints();
+  }
 
   summary.steps = step;
   summary.epochs_completed = static_cast<int>(step / steps_per_epoch);
@@ -450,6 +569,8 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
             {"wall_seconds", summary.wall_seconds},
             {"threads", t.threads()},
             {"world_size", world},
+            {"resumed_from_step", summary.resumed_from_step},
+            {"checkpoint", summary.checkpoint},
             {"tessera_version", TESSERA_VERSION}};
   std::string tmp = opt.run_dir + "/summary.json.tmp";
   {

@@ -7,6 +7,9 @@
 //                        test_f1, confusion_matrix, samples_per_sec, steps, wall_seconds, ...
 //
 // RUN_DIR/rank-R.log     under data parallelism: each rank's own throughput lines
+// RUN_DIR/checkpoints/   HDF5 checkpoints (jobs/checkpoint.h), by checkpoint.every_steps,
+//                        checkpoint.every_minutes and at the end; a run directory that holds one
+//                        is resumed from it (metrics.jsonl is then appended to)
 //
 // Progress goes to stdout: a live line on a terminal, plain lines otherwise (files, CI).
 #pragma once
@@ -31,6 +34,8 @@ struct TrainSummary {
   double samples_per_sec = 0;  // training samples per second, evaluation excluded
   double wall_seconds = 0;
   double train_seconds = 0;
+  int64_t resumed_from_step = -1;  // -1: started from scratch
+  std::string checkpoint;          // the last committed checkpoint ("" if none was written)
 };
 
 struct TrainerOptions {
@@ -40,6 +45,12 @@ struct TrainerOptions {
   // takes an equal slice of every global batch, gradients are all-reduced in buckets during
   // backward, rank 0 writes the run directory and every rank writes RUN_DIR/rank-R.log.
   dist::ProcessGroup* group = nullptr;
+  // kAuto: continue from the newest checkpoint in the checkpoint directory when there is one.
+  // kRequire: the same, but fail when there is none (`tessera train --resume`).
+  // kNever: start from scratch whatever the directory holds.
+  enum class Resume { kAuto, kRequire, kNever };
+  Resume resume = Resume::kAuto;
+  std::string resume_from;  // a specific checkpoint (file or directory) to continue from
 };
 
 // Runs `spec` (already validated by LoadJobSpec) to completion.

@@ -1,7 +1,8 @@
 // The `tessera` command.
 //
-//   tessera train JOB [--run-dir DIR] [--set FIELD=VALUE]...   run a job spec
+//   tessera train JOB [--run-dir DIR] [--set FIELD=VALUE]... [--resume | --resume-from CKPT | --no-resume]
 //   tessera validate JOB [--set FIELD=VALUE]...                check a job spec, run nothing
+//   tessera ckpt inspect|verify PATH, tessera ckpt export PATH OUT.h5
 //   tessera --version
 #include <CLI/CLI.hpp>
 #include <ctime>
@@ -13,6 +14,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "dist/process_group.h"
+#include "jobs/checkpoint.h"
 #include "jobs/spec.h"
 #include "jobs/trainer.h"
 #include "launch/world.h"
@@ -64,6 +66,8 @@ int main(int argc, char** argv) {
       "  tessera train jobs/examples/fmnist_cnn.pbtxt\n"
       "  tessera train jobs/examples/fmnist_mlp.pbtxt --set train.epochs=1 --run-dir runs/quick\n"
       "  tessera validate my_job.pbtxt --set optimizer.lr=0.01\n"
+      "  tessera train jobs/examples/fmnist_cnn.pbtxt --run-dir runs/a --resume   (after a crash or preemption)\n"
+      "  tessera ckpt inspect runs/a    tessera ckpt verify runs/a    tessera ckpt export runs/a model.h5\n"
       "Every field of a job spec, with its default: docs/job-spec.md");
 
   std::string job_path, run_dir;
@@ -74,11 +78,41 @@ int main(int argc, char** argv) {
                     "Where job.pbtxt, metrics.jsonl and summary.json go (default: runs/NAME-YYYYmmdd-HHMMSS)");
   train->add_option("--set", overrides, "Override a field of the spec: --set train.epochs=1 --set optimizer.lr=0.01")
       ->type_name("FIELD=VALUE");
+  bool resume = false, no_resume = false;
+  std::string resume_from;
+  CLI::Option* resume_opt = train->add_flag(
+      "--resume", resume,
+      "Continue from the newest checkpoint in the run directory, and fail if there is none (a run directory "
+      "that holds a checkpoint is resumed without this flag too)");
+  CLI::Option* resume_from_opt = train->add_option(
+      "--resume-from", resume_from,
+      "Continue from this checkpoint (a checkpoint file, a step directory, or another run's directory); the "
+      "world size may differ from the one that wrote it");
+  CLI::Option* no_resume_opt =
+      train->add_flag("--no-resume", no_resume, "Start from scratch even if the run directory holds checkpoints");
+  resume_opt->excludes(resume_from_opt)->excludes(no_resume_opt);
+  resume_from_opt->excludes(no_resume_opt);
   bool no_file_check = false;
   CLI::App* validate = app.add_subcommand("validate", "Check a job spec (and overrides) without running it");
   validate->add_option("job", job_path, "Job spec file")->required();
   validate->add_option("--set", overrides, "Override a field of the spec, as for train")->type_name("FIELD=VALUE");
   validate->add_flag("--no-file-check", no_file_check, "Do not require the data files to exist");
+
+  CLI::App* ckpt = app.add_subcommand("ckpt", "Inspect, verify or export checkpoints (HDF5; see docs/checkpoint-format.md)");
+  ckpt->require_subcommand(1);
+  std::string ckpt_path, export_out;
+  bool as_json = false;
+  CLI::App* inspect = ckpt->add_subcommand("inspect", "Print a checkpoint's step, parallel layout and tensors");
+  inspect->add_option("path", ckpt_path,
+                      "A checkpoint file, a step directory, a checkpoints directory or a run directory (its latest)")
+      ->required();
+  inspect->add_flag("--json", as_json, "Print JSON instead of text");
+  CLI::App* verify = ckpt->add_subcommand("verify", "Check every tensor's CRC-32 and the manifest; exit 1 on a problem");
+  verify->add_option("path", ckpt_path, "As for inspect")->required();
+  CLI::App* exp = ckpt->add_subcommand(
+      "export", "Write the model's tensors into one self-contained HDF5 file (what a model store publishes)");
+  exp->add_option("path", ckpt_path, "As for inspect")->required();
+  exp->add_option("out", export_out, "The file to write, e.g. model.h5")->required();
 
   CLI11_PARSE(app, argc, argv);
   bool distributed = false;
@@ -87,6 +121,34 @@ int main(int argc, char** argv) {
     if (*validate) {
       jobs::JobSpec spec = jobs::LoadJobSpec(job_path, overrides, !no_file_check);
       std::printf("%s: valid\n%s", job_path.c_str(), jobs::ToText(spec).c_str());
+      return 0;
+    }
+    if (*ckpt) {
+      std::string path = jobs::ResolveCheckpoint(ckpt_path);
+      if (*inspect) {
+        jobs::CheckpointInfo info = jobs::ReadCheckpointInfo(path);
+        if (!as_json) {
+          std::printf("%s", jobs::DescribeCheckpoint(info).c_str());
+          return 0;
+        }
+        std::printf("%s\n", jobs::CheckpointInfoJson(info).c_str());
+        return 0;
+      }
+      if (*verify) {
+        std::vector<std::string> problems = jobs::VerifyCheckpoint(path);
+        for (const std::string& p : problems) std::fprintf(stderr, "tessera: %s\n", p.c_str());
+        if (!problems.empty()) {
+          std::fprintf(stderr, "tessera: %s: FAILED verification (%zu problem%s)\n", path.c_str(), problems.size(),
+                       problems.size() == 1 ? "" : "s");
+          return 1;
+        }
+        jobs::CheckpointInfo info = jobs::ReadCheckpointInfo(path);
+        std::printf("%s: OK (step %lld, %zu tensors, every CRC-32 matches)\n", path.c_str(),
+                    static_cast<long long>(info.meta.step), info.tensors.size());
+        return 0;
+      }
+      jobs::ExportModel(path, export_out);
+      std::printf("%s: exported the model of %s\n", export_out.c_str(), path.c_str());
       return 0;
     }
     if (*train) {
@@ -103,10 +165,16 @@ int main(int argc, char** argv) {
                       " but this tessera was built without MPI (TESSERA_USE_MPI=OFF)");
 #endif
       }
+      if (resume && run_dir.empty())
+        TESSERA_THROW(ConfigError, "--resume continues a run directory: name it with --run-dir DIR (or give a "
+                      "checkpoint with --resume-from)");
       jobs::JobSpec spec = jobs::LoadJobSpec(job_path, overrides);
       jobs::TrainerOptions o;
       o.run_dir = run_dir.empty() ? DefaultRunDir(spec.name(), group.get()) : run_dir;
       o.group = group.get();
+      if (resume) o.resume = jobs::TrainerOptions::Resume::kRequire;
+      if (no_resume) o.resume = jobs::TrainerOptions::Resume::kNever;
+      o.resume_from = resume_from;
       const bool lead = world.rank == 0;
       if (lead)
         std::printf("tessera %s: job '%s', %d rank%s (%s), run directory %s\n", TESSERA_VERSION, spec.name().c_str(),

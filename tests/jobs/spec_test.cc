@@ -161,7 +161,14 @@ TEST_F(SpecTest, BadOverridesAreClearErrors) {
 TEST_F(SpecTest, UnimplementedFeaturesAreRefusedNotIgnored) {
   std::string msg = ErrorOf(Valid("parallel { zero_stage: 2 }\ncheckpoint { every_steps: 100 }\n"));
   EXPECT_NE(msg.find("parallel.zero_stage"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("checkpoint.every_steps"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("checkpoint.every_steps"), std::string::npos) << msg;  // checkpoints are implemented
+}
+
+TEST_F(SpecTest, CheckpointPolicyIsValidated) {
+  std::string msg = ErrorOf(Valid("checkpoint { every_steps: -1 every_minutes: -2 keep_last: 0 }\n"));
+  EXPECT_NE(msg.find("checkpoint.every_steps: must be >= 0"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("checkpoint.every_minutes: must be >= 0"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("checkpoint.keep_last: must be >= 1"), std::string::npos) << msg;
 }
 
 }  // namespace

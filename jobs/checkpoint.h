@@ -1,0 +1,213 @@
+// Checkpoints: one HDF5 file per checkpoint, every tensor at its logical name, shape and dtype.
+//
+//   RUN_DIR/checkpoints/step-00000400/checkpoint.h5   a committed checkpoint
+//   RUN_DIR/checkpoints/latest -> step-00000400/checkpoint.h5
+//   RUN_DIR/checkpoints/.step-00000500.partial/       being written (never read; removed at start)
+//
+// Inside the file (docs/checkpoint-format.md has every attribute):
+//   /model/<param>             e.g. /model/0.weight, float32 at the parameter's shape
+//   /optim/<param>/<state>     e.g. /optim/0.weight/exp_avg (PyTorch's state names)
+//   /rng/rank_state            per rank: (seed, next example position) -- every random stream is a
+//                              function of (seed, epoch, example), so this is all of it
+//   /manifest                  JSON: every tensor's path, shape, dtype, bytes and CRC-32
+//   root attributes            step, epoch, sampler position, optimizer step, resolved job spec,
+//                              world size, parallel layout, format and tessera versions
+// Each tensor dataset carries a `crc32` attribute: zlib's CRC-32 of its bytes in row-major order,
+// so `zlib.crc32(f["/model/0.weight"][()].tobytes())` checks it with no tessera code.
+//
+// Writing. Each rank owns a contiguous slice of the flat buffers (1/N of them: the ZeRO-style
+// partition, so the I/O is shared even when the state is replicated). Save() copies the rank's
+// slice to host memory and returns; a background thread then does the I/O:
+//   1. rank 0 creates the file under the temporary name with every dataset allocated
+//      (contiguous, no fill) and broadcasts each dataset's byte offset in the file;
+//   2. every rank pwrite()s the bytes it owns at those offsets and fdatasync()s;
+//   3. the ranks' per-piece CRCs are gathered; rank 0 combines them, writes the crc32
+//      attributes and the manifest, fsyncs, reads every tensor back through HDF5 and checks it;
+//   4. rank 0 renames the directory into place, fsyncs the parent, points `latest` at it (a
+//      symlink replaced by rename) and deletes all but the newest keep_last checkpoints.
+// A crash at any point leaves the previous checkpoint committed and the partial one invisible.
+// Coordination uses the process group's collectives with their timeouts, so a dead rank is an
+// error, never a hang; HDF5 itself is only ever called by one process at a time.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "dist/process_group.h"
+
+namespace tessera::nn {
+class FlatParameters;
+}
+namespace tessera::optim {
+class Optimizer;
+}
+
+namespace tessera::jobs {
+
+// The newest format this build writes and reads.
+constexpr int kCheckpointFormatVersion = 1;
+
+// Everything in a checkpoint besides the tensors.
+struct CheckpointMeta {
+  int format_version = kCheckpointFormatVersion;
+  std::string tessera_version;
+  std::string created;  // UTC, ISO 8601
+  int64_t step = 0;           // optimizer steps completed
+  int64_t epoch = 0;          // epoch of the next step
+  int64_t step_in_epoch = 0;  // the next step's index in its epoch: the sampler position
+  int64_t steps_per_epoch = 0;
+  int64_t global_batch = 0;
+  int64_t samples_seen = 0;  // training examples consumed over all ranks
+  uint64_t seed = 0;
+  std::vector<int64_t> rank_next_example;  // per rank: the position its next batch starts at
+  int world_size = 1;
+  int data_parallel = 1, zero_stage = 0, tensor_parallel = 1, pipeline_parallel = 1;
+  std::string optimizer;  // "adam", "adamw", "sgd", "rmsprop"
+  int64_t optimizer_step = 0;
+  std::string lr_schedule;  // e.g. "cosine(lr=0.001, warmup=100, total=1000, min_lr=0)"
+  double lr = 0;            // the rate of the last step taken
+  std::string job_spec;     // the resolved spec, protobuf text
+  std::string dtype;        // of the model parameters: "f32"
+};
+
+// A tensor as a checkpoint records it.
+struct CheckpointTensor {
+  std::string path;  // "/model/0.weight", "/optim/0.weight/exp_avg"
+  Shape shape;
+  DType dtype = DType::kF32;
+  int64_t bytes = 0;
+  uint32_t crc32 = 0;
+  bool has_crc = false;
+  int64_t file_offset = -1;  // byte offset of the data in the file (contiguous layout), -1 if none
+};
+
+// Where the live state is: the logical tensors and the flat buffers that hold them.
+struct CheckpointLayout {
+  struct Buffer {
+    Tensor data;       // 1-D
+    int64_t base = 0;  // flat position of data[0] in the logical flat layout
+  };
+  struct Entry {
+    std::string path;
+    Shape shape;
+    int buffer = 0;      // index into buffers
+    int64_t offset = 0;  // flat position of element 0 in the logical flat layout
+  };
+  std::vector<Buffer> buffers;
+  std::vector<Entry> entries;
+  int64_t flat_size = 0;  // length of the logical flat layout (padding included)
+};
+
+// /model/<param> for every parameter of `params`; /optim/<param>/<state> for every state tensor of
+// `optimizer` (may be null), whose slice starts at flat position `optimizer_base`.
+CheckpointLayout MakeCheckpointLayout(nn::FlatParameters& params, const optim::Optimizer* optimizer,
+                                      int64_t optimizer_base = 0);
+
+struct CheckpointWriterOptions {
+  std::string dir;  // RUN_DIR/checkpoints; created if missing
+  int keep_last = 3;
+  // The ranks that save together (a group used by nothing else: the writer's collectives run on
+  // its own thread), or null for one process.
+  dist::ProcessGroup* group = nullptr;
+  double timeout_s = 300;  // for each of the writer's collectives
+};
+
+// What one finished save did (rank 0 reports the commit; other ranks their part).
+struct CheckpointSaveReport {
+  int64_t step = 0;
+  std::string path;         // the committed file (rank 0)
+  int64_t bytes = 0;        // tensor bytes in the checkpoint (all ranks)
+  int64_t rank_bytes = 0;   // bytes this rank wrote
+  double write_seconds = 0; // from the start of the background work to the commit
+};
+
+class CheckpointWriter {
+ public:
+  explicit CheckpointWriter(CheckpointWriterOptions options);
+  // Waits for a save in flight; its error, if any, is printed to stderr (call Wait() to get it).
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // Every rank of the group calls this with the same step. Waits for the previous save (and
+  // rethrows its failure), copies this rank's slice of every buffer to host memory, starts the
+  // background write and returns. Returns the seconds this call blocked.
+  double Save(const CheckpointLayout& layout, const CheckpointMeta& meta);
+  // Blocks until the save in flight (if any) has finished; rethrows its failure.
+  void Wait();
+  // Rethrows the failure of a finished background save, if any; never blocks.
+  void ThrowIfFailed();
+  // Reports of the saves finished since the last call.
+  std::vector<CheckpointSaveReport> TakeReports();
+  bool busy() const;
+
+ private:
+  struct Job;
+  void Run(std::shared_ptr<Job> job);
+  void WriteJob(Job& job);
+
+  CheckpointWriterOptions o_;
+  std::vector<Tensor> host_;  // reused host copies of this rank's slices, one per buffer
+  std::thread thread_;
+  mutable std::mutex mu_;
+  bool running_ = false;
+  std::exception_ptr error_;
+  std::vector<CheckpointSaveReport> reports_;
+};
+
+// Finds the checkpoint file named by `path`: the file itself, a step directory, a checkpoints
+// directory (its `latest`) or a run directory (its checkpoints/latest). Throws IoError naming
+// the path when there is none.
+std::string ResolveCheckpoint(const std::string& path);
+// The newest committed checkpoint under `checkpoints_dir` (`latest`, else the highest
+// step-* directory), or "" when there is none.
+std::string FindLatestCheckpoint(const std::string& checkpoints_dir);
+// Removes partial checkpoints left by a crash (.step-*.partial) in `checkpoints_dir`.
+void RemovePartialCheckpoints(const std::string& checkpoints_dir);
+
+// Metadata and tensor list (no tensor data). Throws IoError for a missing, truncated or non-HDF5
+// file, FormatError for a file that is not a tessera checkpoint or comes from a newer format.
+struct CheckpointInfo {
+  std::string path;
+  std::string kind;  // "checkpoint" or "model" (an export)
+  CheckpointMeta meta;
+  std::vector<CheckpointTensor> tensors;
+};
+CheckpointInfo ReadCheckpointInfo(const std::string& path);
+
+// A checkpoint written by a newer tessera, or a file that is not a checkpoint.
+class CheckpointFormatError : public IoError {
+  using IoError::IoError;
+};
+
+// Loads every entry of `layout` from `path` into the buffers (the parts of each tensor that the
+// buffers hold), checking each tensor's CRC as it is read. Throws ShapeError naming the tensor
+// and both shapes when the model differs, IoError naming the file and tensor for a missing
+// tensor, a CRC mismatch or a read failure. A /model tensor in the file that the layout lacks is
+// an error too (a different model). Returns the checkpoint's metadata.
+CheckpointInfo LoadCheckpoint(const std::string& path, const CheckpointLayout& layout);
+
+// Checks the structure, the manifest and every tensor's CRC. Returns one line per problem
+// ("checkpoint.h5: /model/0.weight: CRC-32 mismatch: stored 0x..., computed 0x..."); empty when
+// the checkpoint is sound. Throws like ReadCheckpointInfo when the file cannot be opened at all.
+std::vector<std::string> VerifyCheckpoint(const std::string& path);
+
+// Writes the model tensors of a checkpoint (verified on the way) into one self-contained HDF5
+// file with the same /model layout, CRCs and a manifest: what a model store publishes and a
+// server loads. Written under a temporary name, fsynced and renamed.
+void ExportModel(const std::string& checkpoint_path, const std::string& out_path);
+
+// A human-readable summary: step, layout, tensors with shapes and dtypes.
+std::string DescribeCheckpoint(const CheckpointInfo& info);
+// The same as one JSON object (metadata and the tensor list).
+std::string CheckpointInfoJson(const CheckpointInfo& info);
+
+}  // namespace tessera::jobs
