@@ -104,6 +104,12 @@ void RemoveAll(const fs::path& p) {
 
 // ---- HDF5 helpers (call with the HDF5 lock held) --------------------------------------------
 
+// Checkpoints hold f32 and f64 tensors. (No HDF5 call: usable without the lock.)
+void RequireStorableDType(DType t, const std::string& what) {
+  if (t != DType::kF32 && t != DType::kF64)
+    TESSERA_THROW(ValueError, what, ": checkpoints hold f32 and f64 tensors, not ", DTypeName(t));
+}
+
 hid_t FileType(DType t, const std::string& what) {
   switch (t) {
     case DType::kF32: return H5T_IEEE_F32LE;
@@ -329,6 +335,17 @@ CheckpointInfo ReadInfoLocked(hid_t file, const std::string& path) {
     m.lr = ReadNumberAttr<double>(file, "lr", H5T_NATIVE_DOUBLE, path);
   }
   info.tensors = ReadManifest(file, path);
+  if (info.kind == "checkpoint" && H5C(H5Lexists(file, "rng", H5P_DEFAULT), path) > 0 &&
+      H5C(H5Lexists(file, "rng/rank_state", H5P_DEFAULT), path) > 0) {
+    Hdf5Handle d(H5C(H5Dopen2(file, "rng/rank_state", H5P_DEFAULT), path + ": /rng/rank_state"), H5Dclose);
+    Shape shape = DatasetShape(d.get(), path + ": /rng/rank_state");
+    if (shape.size() == 2 && shape[1] == 2) {
+      std::vector<uint64_t> rs(static_cast<size_t>(shape[0] * 2));
+      if (!rs.empty())
+        H5C(H5Dread(d.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, rs.data()), path + ": /rng/rank_state");
+      for (int64_t r = 0; r < shape[0]; ++r) m.rank_next_example.push_back(static_cast<int64_t>(rs[2 * r + 1]));
+    }
+  }
   return info;
 }
 
@@ -481,7 +498,7 @@ double CheckpointWriter::Save(const CheckpointLayout& layout, const CheckpointMe
     if (job->lo < buf.base || job->hi > buf.base + buf.data.numel())
       TESSERA_THROW(ValueError, "checkpoint buffer ", b, " holds flat positions [", buf.base, ", ",
                     buf.base + buf.data.numel(), ") but rank ", job->rank, " must write [", job->lo, ", ", job->hi, ")");
-    FileType(buf.data.dtype(), "checkpoint buffer");
+    RequireStorableDType(buf.data.dtype(), "checkpoint buffer");
     Tensor& h = host_[b];
     if (!h.defined() || h.numel() != n || h.dtype() != buf.data.dtype()) h = Tensor::Empty({n}, buf.data.dtype());
     if (n > 0) h.CopyFrom(buf.data.Slice0(job->lo - buf.base, job->hi - buf.base));
@@ -782,7 +799,6 @@ void CheckpointWriter::WriteJob(Job& job) {
     }
     fs::rename(tmp_dir, final_dir, ec);
     if (ec) TESSERA_THROW(IoError, tmp_dir.string(), ": cannot rename to ", final_dir.string(), ": ", ec.message());
-    RemoveAll(old_dir);
     // One directory fsync makes both renames durable; until then a crash may undo either, which
     // leaves the previous state: the new checkpoint absent, or present but not yet `latest`.
     fs::path link_tmp = dir / ".latest.tmp";
@@ -792,6 +808,7 @@ void CheckpointWriter::WriteJob(Job& job) {
     fs::rename(link_tmp, dir / "latest", ec);
     if (ec) TESSERA_THROW(IoError, (dir / "latest").string(), ": cannot replace: ", ec.message());
     FsyncPath(dir.string(), true);
+    RemoveAll(old_dir);  // only once the new one is durable
 
     std::vector<std::pair<int64_t, std::string>> committed;
     for (const auto& entry : fs::directory_iterator(dir, ec)) {

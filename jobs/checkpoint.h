@@ -192,7 +192,8 @@ class CheckpointFormatError : public IoError {
 // buffers hold), checking each tensor's CRC as it is read. Throws ShapeError naming the tensor
 // and both shapes when the model differs, IoError naming the file and tensor for a missing
 // tensor, a CRC mismatch or a read failure. A /model tensor in the file that the layout lacks is
-// an error too (a different model). Returns the checkpoint's metadata.
+// an error too (a different model). Returns the checkpoint's metadata. After an error the
+// buffers may hold part of the checkpoint: do not train on them.
 CheckpointInfo LoadCheckpoint(const std::string& path, const CheckpointLayout& layout);
 
 // Checks the structure, the manifest and every tensor's CRC. Returns one line per problem

@@ -302,6 +302,9 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     say("resume: %s (step %lld, epoch %lld, written by %d rank%s)\n", resume_path.c_str(),
         static_cast<long long>(step), static_cast<long long>(info.meta.epoch), info.meta.world_size,
         info.meta.world_size == 1 ? "" : "s");
+    if (info.meta.optimizer != optimizer->name())
+      say("warning: the checkpoint's optimizer is %s but this job uses %s: state it does not use is dropped\n",
+          info.meta.optimizer.c_str(), optimizer->name().c_str());
     if (info.meta.global_batch != global_batch || info.meta.seed != t.seed() ||
         info.meta.steps_per_epoch != steps_per_epoch)
       say("warning: the checkpoint was written with data.batch_size %lld, train.seed %llu and %lld steps per epoch; "
