@@ -840,6 +840,15 @@ void CheckpointWriter::WriteJob(Job& job) {
 void RemovePartialCheckpoints(const std::string& checkpoints_dir) {
   std::error_code ec;
   if (!fs::is_directory(checkpoints_dir, ec)) return;
+  // A committed checkpoint moved aside to be replaced by a new save of the same step, when the
+  // crash came before the new one took its place: put it back.
+  static const std::regex replaced(R"(\.(step-[0-9]+)\.replaced)");
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
+    std::smatch m;
+    std::string name = entry.path().filename().string();
+    if (std::regex_match(name, m, replaced) && !fs::exists(entry.path().parent_path() / m[1].str()))
+      fs::rename(entry.path(), entry.path().parent_path() / m[1].str(), ec);
+  }
   static const std::regex re(R"(\.step-[0-9]+\.(partial|replaced|deleting)|\.latest\.tmp)");
   for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec))
     if (std::regex_match(entry.path().filename().string(), re)) RemoveAll(entry.path());

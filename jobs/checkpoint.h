@@ -170,7 +170,9 @@ std::string ResolveCheckpoint(const std::string& path);
 // The newest committed checkpoint under `checkpoints_dir` (`latest`, else the highest
 // step-* directory), or "" when there is none.
 std::string FindLatestCheckpoint(const std::string& checkpoints_dir);
-// Removes partial checkpoints left by a crash (.step-*.partial) in `checkpoints_dir`.
+// Cleans up after a crash in `checkpoints_dir`: removes partial saves (.step-N.partial), half-done
+// deletions and symlink updates, and puts back a committed checkpoint that was moved aside
+// (.step-N.replaced) for a new save of the same step that never took its place.
 void RemovePartialCheckpoints(const std::string& checkpoints_dir);
 
 // Metadata and tensor list (no tensor data). Throws IoError for a missing, truncated or non-HDF5

@@ -244,15 +244,16 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   }
   if (group) {
     std::string path = opt.run_dir + "/rank-" + std::to_string(rank) + ".log";
-    rank_log.open(path);
+    rank_log.open(path, resume_path.empty() ? std::ios::trunc : std::ios::app);
     if (!rank_log) TESSERA_THROW(IoError, path, ": cannot write");
     char host[256] = "?";
     gethostname(host, sizeof host - 1);
     rank_log << json{{"event", "start"}, {"rank", rank}, {"world_size", world}, {"pid", getpid()}, {"host", host}}.dump()
              << "\n" << std::flush;
   }
+  bool quiet_metrics = false;  // set when a finished run is only evaluated again
   auto emit = [&](const json& j) {
-    if (lead) metrics << j.dump() << "\n" << std::flush;
+    if (lead && !quiet_metrics) metrics << j.dump() << "\n" << std::flush;
   };
   const bool progress = opt.progress && lead;
   // mpirun and srun hand each rank a pseudo-terminal whatever their own output is, so under a
@@ -299,6 +300,7 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     optimizer->set_step_count(info.meta.optimizer_step);
     step = info.meta.step;
     summary.resumed_from_step = step;
+    summary.checkpoint = resume_path;
     say("resume: %s (step %lld, epoch %lld, written by %d rank%s)\n", resume_path.c_str(),
         static_cast<long long>(step), static_cast<long long>(info.meta.epoch), info.meta.world_size,
         info.meta.world_size == 1 ? "" : "s");
@@ -426,7 +428,12 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     last_save = Clock::now();
     emit({{"event", "checkpoint_started"}, {"step", step}, {"stall_seconds", stall}});
   };
-  if (!resume_path.empty())
+  // A run directory whose checkpoint is already at the last step: report it, change nothing.
+  const bool already_complete = !resume_path.empty() && step >= total_steps;
+  if (already_complete)
+    say("the run is complete: its checkpoint is at step %lld of %lld; evaluating it (the run directory is left as "
+        "it is)\n", static_cast<long long>(step), static_cast<long long>(total_steps));
+  else if (!resume_path.empty())
     emit({{"event", "resume"}, {"step", step}, {"checkpoint", resume_path}, {"world_size", world}});
 
   int epoch = 0;
@@ -525,7 +532,7 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   if (window_samples > 0) train_seconds += window_time + Seconds(t_window, Clock::now());
   if (writer && cs.save_final() && step == start_step && start_step > 0 && FindLatestCheckpoint(ckpt_dir).empty())
     save(schedule->At(step - 1));  // resumed from elsewhere with nothing left to do: keep the state here too
-  run_eval(step, static_cast<int>(std::max<int64_t>(step - 1, 0) / steps_per_epoch) + 1);
+  quiet_metrics = already_complete;  run_eval(step, static_cast<int>(std::max<int64_t>(step - 1, 0) / steps_per_epoch) + 1);
   if (writer) {
     writer->Wait();
     report_checkpoints();
@@ -556,6 +563,7 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   }
   summary.wall_seconds = Seconds(t_start, Clock::now());
   if (!lead) return summary;
+  if (already_complete && fs::exists(opt.run_dir + "/summary.json")) return summary;
 
   json s = {{"name", summary.name},
             {"steps", summary.steps},
