@@ -27,4 +27,17 @@ check validate-bad-field 1 "no field 'epochz' in train" -- \
   "$TESSERA" validate "$SRC/jobs/examples/fmnist_mlp.pbtxt" --no-file-check --set train.epochz=1
 check train-missing-file 1 'cannot open the job spec' -- "$TESSERA" train /nonexistent/job.pbtxt
 check no-subcommand 106 'subcommand' -- "$TESSERA"
+check train-help-resume 0 '--resume-from' -- "$TESSERA" train --help
+check ckpt-help 0 'inspect.*verify.*export|export' -- "$TESSERA" ckpt --help
+check resume-needs-run-dir 1 '--resume continues a run directory: name it with --run-dir' -- \
+  "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --resume
+check resume-and-no-resume 108 'excludes' -- \
+  "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --resume --no-resume
+check ckpt-missing 1 '/nonexistent/ckpt: no such file or directory' -- "$TESSERA" ckpt inspect /nonexistent/ckpt
+check ckpt-not-hdf5 1 'not an HDF5 file' -- "$TESSERA" ckpt verify "$SRC/jobs/examples/fmnist_mlp.pbtxt"
+EMPTY=$(mktemp -d)
+check ckpt-empty-dir 1 'no checkpoint there' -- "$TESSERA" ckpt verify "$EMPTY"
+check resume-nothing 1 '--resume: no committed checkpoint in' -- \
+  "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --run-dir "$EMPTY" --resume
+rm -rf "$EMPTY"
 exit $fail
