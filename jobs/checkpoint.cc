@@ -854,6 +854,29 @@ void RemovePartialCheckpoints(const std::string& checkpoints_dir) {
     if (std::regex_match(entry.path().filename().string(), re)) RemoveAll(entry.path());
 }
 
+std::string SetAsideCheckpoints(const std::string& checkpoints_dir) {
+  fs::path dir(checkpoints_dir);
+  std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "earlier-%Y%m%d-%H%M%S", std::gmtime(&now));
+  fs::path aside = dir / stamp;
+  for (int k = 2; fs::exists(aside); ++k) aside = dir / (std::string(stamp) + "-" + std::to_string(k));
+  std::error_code ec;
+  fs::create_directory(aside, ec);
+  if (ec) TESSERA_THROW(IoError, aside.string(), ": cannot create: ", ec.message());
+  std::vector<fs::path> moving;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    std::string name = entry.path().filename().string();
+    if (name == "latest" || ParseStepName(name) >= 0) moving.push_back(entry.path());
+  }
+  for (const fs::path& p : moving) {
+    fs::rename(p, aside / p.filename(), ec);
+    if (ec) TESSERA_THROW(IoError, p.string(), ": cannot move to ", aside.string(), ": ", ec.message());
+  }
+  FsyncPath(dir.string(), true);
+  return aside.string();
+}
+
 std::string FindLatestCheckpoint(const std::string& checkpoints_dir) {
   std::error_code ec;
   fs::path dir(checkpoints_dir);

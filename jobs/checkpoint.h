@@ -174,6 +174,10 @@ std::string FindLatestCheckpoint(const std::string& checkpoints_dir);
 // deletions and symlink updates, and puts back a committed checkpoint that was moved aside
 // (.step-N.replaced) for a new save of the same step that never took its place.
 void RemovePartialCheckpoints(const std::string& checkpoints_dir);
+// Moves every committed checkpoint and `latest` into checkpoints_dir/earlier-YYYYmmdd-HHMMSS/
+// (for a run that starts over in the same directory: nothing is deleted, and nothing there is
+// found by FindLatestCheckpoint any more). Returns that directory.
+std::string SetAsideCheckpoints(const std::string& checkpoints_dir);
 
 // Metadata and tensor list (no tensor data). Throws IoError for a missing, truncated or non-HDF5
 // file, FormatError for a file that is not a tessera checkpoint or comes from a newer format.

@@ -228,6 +228,10 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   const CheckpointSpec& cs = spec.checkpoint();
   const std::string ckpt_dir = cs.dir().empty() ? opt.run_dir + "/checkpoints" : cs.dir();
   if (lead) RemovePartialCheckpoints(ckpt_dir);
+  std::string set_aside;  // --no-resume in a directory with checkpoints: where they were moved
+  if (lead && opt.resume == TrainerOptions::Resume::kNever && opt.resume_from.empty() &&
+      !FindLatestCheckpoint(ckpt_dir).empty())
+    set_aside = SetAsideCheckpoints(ckpt_dir);
   std::string resume_path;
   if (!opt.resume_from.empty()) resume_path = ResolveCheckpoint(opt.resume_from);
   else if (opt.resume != TrainerOptions::Resume::kNever) resume_path = FindLatestCheckpoint(ckpt_dir);
@@ -341,6 +345,8 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     writer = std::make_unique<CheckpointWriter>(wo);
   }
   std::unique_ptr<optim::LrSchedule> schedule = BuildSchedule(spec.optimizer(), total_steps);
+  if (!set_aside.empty())
+    say("--no-resume: the checkpoints already in %s were moved to %s\n", ckpt_dir.c_str(), set_aside.c_str());
   say("model: %lld parameters\n%s\n", static_cast<long long>(params.num_parameters()), net->Summary().c_str());
   say("train: %lld steps (%lld per epoch), global batch %lld over %d rank%s, %d thread%s per rank, seed %llu\n",
       static_cast<long long>(total_steps), static_cast<long long>(steps_per_epoch),

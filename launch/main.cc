@@ -89,7 +89,9 @@ int main(int argc, char** argv) {
       "Continue from this checkpoint (a checkpoint file, a step directory, or another run's directory); the "
       "world size may differ from the one that wrote it");
   CLI::Option* no_resume_opt =
-      train->add_flag("--no-resume", no_resume, "Start from scratch even if the run directory holds checkpoints");
+      train->add_flag("--no-resume", no_resume,
+                      "Start from scratch even if the run directory holds checkpoints (they are moved to "
+                      "checkpoints/earlier-TIME/)");
   resume_opt->excludes(resume_from_opt)->excludes(no_resume_opt);
   resume_from_opt->excludes(no_resume_opt);
   bool no_file_check = false;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/random.h"
+#include "jobs/checkpoint.h"
 #include "jobs/spec.h"
 #include "jobs/trainer.h"
 
@@ -103,6 +104,75 @@ TEST(Trainer, ModelAndDataShapeMismatchIsAClearError) {
     EXPECT_NE(std::string(e.what()).find("model.mlp.in_features is 5"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("[4]"), std::string::npos) << e.what();
   }
+  fs::remove_all(dir);
+}
+
+// The checkpoint policy: every_steps, every_minutes (checked at log lines) and the final step; a
+// run resumed from a mid-run checkpoint ends with bitwise the same state as the uninterrupted run.
+TEST(Trainer, CheckpointPolicyAndExactResumeFromAMidRunCheckpoint) {
+  fs::path dir = fs::temp_directory_path() / ("tessera_trainer_ckpt_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  WriteBlobs(dir / "train.csv", 600, 1);
+  WriteBlobs(dir / "test.csv", 300, 2);
+  std::ofstream(dir / "job.pbtxt")
+      << "name: \"blobs\"\n"
+         "model { mlp { in_features: 4 hidden: 16 out_features: 3 dropout: 0.2 } }\n"
+         "data { kind: CSV train_path: \"train.csv\" test_path: \"test.csv\" batch_size: 32 shuffle: true }\n"
+         "optimizer { kind: ADAMW lr: 0.01 schedule { kind: COSINE warmup_steps: 10 } }\n"
+         "train { steps: 100 log_every_steps: 25 seed: 3 }\n"
+         // every_minutes this small is due at every log line
+         "checkpoint { every_steps: 30 every_minutes: 1e-9 keep_last: 10 }\n";
+  JobSpec spec = LoadJobSpec((dir / "job.pbtxt").string());
+  TrainerOptions o;
+  o.run_dir = (dir / "a").string();
+  o.progress = false;
+  TrainSummary a = Train(spec, o);
+  EXPECT_EQ(a.checkpoint, (dir / "a" / "checkpoints" / "step-00000100" / "checkpoint.h5").string());
+  std::vector<int64_t> committed;
+  for (const json& e : ReadJsonLines(dir / "a" / "metrics.jsonl"))
+    if (e["event"] == "checkpoint") committed.push_back(e["step"].get<int64_t>());
+  EXPECT_EQ(committed, (std::vector<int64_t>{25, 30, 50, 60, 75, 90, 100}));
+  for (int64_t step : committed) {
+    char name[32];
+    std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
+    EXPECT_TRUE(fs::exists(dir / "a" / "checkpoints" / name / "checkpoint.h5")) << name;
+  }
+
+  // From step 50 in a new run directory: the same final state, bit for bit.
+  o.run_dir = (dir / "b").string();
+  o.resume_from = (dir / "a" / "checkpoints" / "step-00000050").string();
+  TrainSummary b = Train(spec, o);
+  EXPECT_EQ(b.resumed_from_step, 50);
+  EXPECT_EQ(b.steps, 100);
+  EXPECT_EQ(b.test_loss, a.test_loss);
+  for (const std::string& path : {a.checkpoint, b.checkpoint}) EXPECT_TRUE(VerifyCheckpoint(path).empty()) << path;
+  CheckpointInfo ia = ReadCheckpointInfo(a.checkpoint), ib = ReadCheckpointInfo(b.checkpoint);
+  ASSERT_EQ(ia.tensors.size(), ib.tensors.size());
+  for (size_t i = 0; i < ia.tensors.size(); ++i) {
+    EXPECT_EQ(ia.tensors[i].path, ib.tensors[i].path);
+    EXPECT_EQ(ia.tensors[i].crc32, ib.tensors[i].crc32) << ia.tensors[i].path << " differs after the resume";
+  }
+  EXPECT_EQ(ib.meta.optimizer_step, 100);
+
+  // --resume with nothing to resume is an error; kNever starts over in a directory that has some.
+  o.resume_from.clear();
+  o.run_dir = (dir / "c").string();
+  o.resume = TrainerOptions::Resume::kRequire;
+  EXPECT_THROW(Train(spec, o), ConfigError);
+  o.run_dir = (dir / "a").string();
+  o.resume = TrainerOptions::Resume::kNever;
+  TrainSummary again = Train(spec, o);
+  EXPECT_EQ(again.resumed_from_step, -1);
+  EXPECT_EQ(again.test_loss, a.test_loss);
+  // The earlier run's checkpoints were moved aside, not mixed with the new run's or deleted.
+  int aside = 0;
+  for (const auto& e : fs::directory_iterator(dir / "a" / "checkpoints"))
+    if (e.path().filename().string().rfind("earlier-", 0) == 0) {
+      ++aside;
+      EXPECT_TRUE(fs::exists(e.path() / "step-00000100" / "checkpoint.h5"));
+      EXPECT_TRUE(fs::is_symlink(e.path() / "latest"));
+    }
+  EXPECT_EQ(aside, 1);
   fs::remove_all(dir);
 }
 
