@@ -69,7 +69,9 @@ uint32_t Crc(uint32_t crc, const void* data, size_t n) {
 std::string UtcNow() {
   std::time_t now = std::time(nullptr);
   char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
 }
 
@@ -102,6 +104,30 @@ void RemoveAll(const fs::path& p) {
   fs::remove_all(p, ec);
 }
 
+// The entries of a directory (none if it cannot be read); never throws.
+std::vector<fs::path> ListDir(const fs::path& dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) out.push_back(it->path());
+  return out;
+}
+
+bool Exists(const fs::path& p) {
+  std::error_code ec;
+  return fs::exists(p, ec);
+}
+
+// Creates `dir` (and parents) if missing; when it creates it, makes the new entry durable.
+void CreateDurableDirectory(const fs::path& dir) {
+  if (Exists(dir)) return;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) TESSERA_THROW(IoError, dir.string(), ": cannot create the checkpoint directory: ", ec.message());
+  fs::path parent = fs::absolute(dir, ec).parent_path();
+  if (!ec) FsyncPath(parent.string(), true);
+}
+
 // ---- HDF5 helpers (call with the HDF5 lock held) --------------------------------------------
 
 // Checkpoints hold f32 and f64 tensors. (No HDF5 call: usable without the lock.)
@@ -121,6 +147,17 @@ hid_t FileType(DType t, const std::string& what) {
 hid_t MemType(DType t) { return t == DType::kF64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT; }
 
 #define H5C(call, where) TESSERA_H5_CHECK(IoError, call, where)
+
+// File access for checkpoint files. HDF5's own file locking is off: tessera never has two
+// processes open a file it is writing (the hidden temporary name and the rename see to that), and
+// flock() fails on file systems mounted without it (Lustre without -o flock, NFS without lockd).
+Hdf5Handle FileAccess(const std::string& where) {
+  Hdf5Handle fapl(H5C(H5Pcreate(H5P_FILE_ACCESS), where), H5Pclose);
+#if H5_VERSION_GE(1, 10, 7)
+  H5C(H5Pset_file_locking(fapl.get(), false, true), where);
+#endif
+  return fapl;
+}
 
 Hdf5Handle Space(const Shape& shape, const std::string& where) {
   if (shape.empty()) return Hdf5Handle(H5C(H5Screate(H5S_SCALAR), where), H5Sclose);
@@ -232,6 +269,31 @@ DType ParseDType(const std::string& s, const std::string& where) {
   TESSERA_THROW(CheckpointFormatError, where, ": unknown dtype '", s, "' in the manifest");
 }
 
+// The root attributes that carry meaning, as JSON: stored again in the manifest, so that the
+// manifest's CRC covers them, and printed by `tessera ckpt inspect --json`.
+json MetaJson(const CheckpointMeta& m, const std::string& kind) {
+  json j = {{"format_version", m.format_version}, {"tessera_version", m.tessera_version}, {"created", m.created},
+            {"step", m.step}, {"job_spec", m.job_spec}, {"dtype", m.dtype}};
+  if (kind == "checkpoint") {
+    j["epoch"] = m.epoch;
+    j["step_in_epoch"] = m.step_in_epoch;
+    j["steps_per_epoch"] = m.steps_per_epoch;
+    j["global_batch"] = m.global_batch;
+    j["samples_seen"] = m.samples_seen;
+    j["seed"] = m.seed;
+    j["world_size"] = m.world_size;
+    j["data_parallel"] = m.data_parallel;
+    j["zero_stage"] = m.zero_stage;
+    j["tensor_parallel"] = m.tensor_parallel;
+    j["pipeline_parallel"] = m.pipeline_parallel;
+    j["optimizer"] = m.optimizer;
+    j["optimizer_step"] = m.optimizer_step;
+    j["lr_schedule"] = m.lr_schedule;
+    j["lr"] = m.lr;
+  }
+  return j;
+}
+
 json ManifestJson(const std::vector<CheckpointTensor>& tensors) {
   json list = json::array();
   for (const CheckpointTensor& t : tensors)
@@ -240,8 +302,12 @@ json ManifestJson(const std::vector<CheckpointTensor>& tensors) {
   return {{"format_version", kCheckpointFormatVersion}, {"tensors", list}};
 }
 
-void WriteManifest(hid_t file, const std::vector<CheckpointTensor>& tensors, const std::string& where) {
-  std::string text = ManifestJson(tensors).dump(1);
+// /manifest: the tensor list and the root attributes, with a crc32 attribute of its own text.
+void WriteManifest(hid_t file, const std::vector<CheckpointTensor>& tensors, const json& attributes,
+                   const std::string& where) {
+  json j = ManifestJson(tensors);
+  j["attributes"] = attributes;
+  std::string text = j.dump(1);
   Hdf5Handle type = VlenString(where);
   Hdf5Handle space(H5C(H5Screate(H5S_SCALAR), where), H5Sclose);
   Hdf5Handle d(H5C(H5Dcreate2(file, "manifest", type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
@@ -249,9 +315,17 @@ void WriteManifest(hid_t file, const std::vector<CheckpointTensor>& tensors, con
                H5Dclose);
   const char* p = text.c_str();
   H5C(H5Dwrite(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &p), where + ": /manifest");
+  WriteAttrU32(d.get(), "crc32", Crc(0, text.data(), text.size()), where + ": /manifest");
 }
 
-std::vector<CheckpointTensor> ReadManifest(hid_t file, const std::string& where) {
+struct Manifest {
+  std::vector<CheckpointTensor> tensors;
+  json attributes;  // null when absent
+  bool has_crc = false;
+  uint32_t stored_crc = 0, computed_crc = 0;
+};
+
+Manifest ReadManifest(hid_t file, const std::string& where) {
   if (H5C(H5Lexists(file, "manifest", H5P_DEFAULT), where) <= 0)
     TESSERA_THROW(CheckpointFormatError, where, ": /manifest is missing (not a complete tessera checkpoint)");
   Hdf5Handle d(H5C(H5Dopen2(file, "manifest", H5P_DEFAULT), where + ": /manifest"), H5Dclose);
@@ -261,9 +335,14 @@ std::vector<CheckpointTensor> ReadManifest(hid_t file, const std::string& where)
   H5C(H5Dread(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &p), where + ": /manifest");
   std::string text = p ? p : "";
   H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, &p);
-  std::vector<CheckpointTensor> out;
+  Manifest man;
+  man.computed_crc = Crc(0, text.data(), text.size());
+  man.has_crc = HasAttr(d.get(), "crc32", where);
+  if (man.has_crc) man.stored_crc = ReadNumberAttr<uint32_t>(d.get(), "crc32", H5T_NATIVE_UINT32, where + ": /manifest");
+  std::vector<CheckpointTensor>& out = man.tensors;
   try {
     json j = json::parse(text);
+    if (j.contains("attributes")) man.attributes = j["attributes"];
     for (const json& t : j.at("tensors")) {
       CheckpointTensor c;
       c.path = t.at("path").get<std::string>();
@@ -277,7 +356,7 @@ std::vector<CheckpointTensor> ReadManifest(hid_t file, const std::string& where)
   } catch (const json::exception& e) {
     TESSERA_THROW(CheckpointFormatError, where, ": /manifest is not valid: ", e.what());
   }
-  return out;
+  return man;
 }
 
 // Opens `path` read-only with the lock held, turning each way it can fail into a clear message.
@@ -288,7 +367,8 @@ Hdf5Handle OpenForRead(const std::string& path) {
   htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
   if (is_hdf5 == 0)
     TESSERA_THROW(CheckpointFormatError, path, ": not an HDF5 file (no HDF5 signature; empty or overwritten?)");
-  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  Hdf5Handle fapl = FileAccess(path);
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get());
   if (is_hdf5 < 0 || f < 0) {
     std::string why = datasets::Hdf5ErrorMessage();
     TESSERA_THROW(IoError, path, ": cannot be opened as HDF5 (truncated or damaged?): ", why);
@@ -334,12 +414,12 @@ CheckpointInfo ReadInfoLocked(hid_t file, const std::string& path) {
     m.lr_schedule = ReadStringAttr(file, "lr_schedule", path);
     m.lr = ReadNumberAttr<double>(file, "lr", H5T_NATIVE_DOUBLE, path);
   }
-  info.tensors = ReadManifest(file, path);
+  info.tensors = ReadManifest(file, path).tensors;
   if (info.kind == "checkpoint" && H5C(H5Lexists(file, "rng", H5P_DEFAULT), path) > 0 &&
       H5C(H5Lexists(file, "rng/rank_state", H5P_DEFAULT), path) > 0) {
     Hdf5Handle d(H5C(H5Dopen2(file, "rng/rank_state", H5P_DEFAULT), path + ": /rng/rank_state"), H5Dclose);
     Shape shape = DatasetShape(d.get(), path + ": /rng/rank_state");
-    if (shape.size() == 2 && shape[1] == 2) {
+    if (shape.size() == 2 && shape[1] == 2 && shape[0] <= std::max(m.world_size, 1)) {
       std::vector<uint64_t> rs(static_cast<size_t>(shape[0] * 2));
       if (!rs.empty())
         H5C(H5Dread(d.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, rs.data()), path + ": /rng/rank_state");
@@ -539,6 +619,10 @@ void CheckpointWriter::WriteJob(Job& job) {
   };
   const bool lead = job.rank == 0;
   const int64_t step = job.meta.step;
+  job.meta.format_version = kCheckpointFormatVersion;
+  job.meta.tessera_version = TESSERA_VERSION;
+  job.meta.created = UtcNow();
+  job.meta.world_size = job.world;
   const std::string name = StepName(step);
   const fs::path dir(o_.dir);
   const fs::path tmp_dir = dir / ("." + name + ".partial");
@@ -555,19 +639,19 @@ void CheckpointWriter::WriteJob(Job& job) {
   if (lead) {
     try {
       std::error_code ec;
-      fs::create_directories(dir, ec);
-      if (ec) TESSERA_THROW(IoError, o_.dir, ": cannot create the checkpoint directory: ", ec.message());
+      CreateDurableDirectory(dir);
       RemoveAll(tmp_dir);
       fs::create_directory(tmp_dir, ec);
       if (ec) TESSERA_THROW(IoError, tmp_dir.string(), ": cannot create: ", ec.message());
       Hdf5Lock lock;
-      Hdf5Handle file(H5C(H5Fcreate(tmp_file.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT), tmp_file), H5Fclose);
+      Hdf5Handle fapl = FileAccess(tmp_file);
+      Hdf5Handle file(H5C(H5Fcreate(tmp_file.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), tmp_file), H5Fclose);
       const CheckpointMeta& m = job.meta;
       hid_t f = file.get();
       WriteAttr(f, "format", std::string(kCheckpointFormat), tmp_file);
       WriteAttr(f, "format_version", int64_t{m.format_version}, tmp_file);
-      WriteAttr(f, "tessera_version", std::string(TESSERA_VERSION), tmp_file);
-      WriteAttr(f, "created", UtcNow(), tmp_file);
+      WriteAttr(f, "tessera_version", m.tessera_version, tmp_file);
+      WriteAttr(f, "created", m.created, tmp_file);
       WriteAttr(f, "step", m.step, tmp_file);
       WriteAttr(f, "epoch", m.epoch, tmp_file);
       WriteAttr(f, "step_in_epoch", m.step_in_epoch, tmp_file);
@@ -575,7 +659,7 @@ void CheckpointWriter::WriteJob(Job& job) {
       WriteAttr(f, "global_batch", m.global_batch, tmp_file);
       WriteAttr(f, "samples_seen", m.samples_seen, tmp_file);
       WriteAttr(f, "seed", static_cast<int64_t>(m.seed), tmp_file);
-      WriteAttr(f, "world_size", int64_t{job.world}, tmp_file);
+      WriteAttr(f, "world_size", int64_t{m.world_size}, tmp_file);
       WriteAttr(f, "data_parallel", int64_t{m.data_parallel}, tmp_file);
       WriteAttr(f, "zero_stage", int64_t{m.zero_stage}, tmp_file);
       WriteAttr(f, "tensor_parallel", int64_t{m.tensor_parallel}, tmp_file);
@@ -629,6 +713,7 @@ void CheckpointWriter::WriteJob(Job& job) {
                          tmp_file + ": /rng/rank_state"),
                      H5Dclose);
       H5C(H5Dwrite(rds.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, rs.data()), tmp_file);
+      WriteAttrU32(rds.get(), "crc32", Crc(0, rs.data(), rs.size() * sizeof(uint64_t)), tmp_file + ": /rng/rank_state");
       rds.Reset();
       H5C(file.Close(), tmp_file);
     } catch (...) {
@@ -718,7 +803,16 @@ void CheckpointWriter::WriteJob(Job& job) {
   }
   int64_t total_bytes = 0;
   for (size_t d = 0; d < D; ++d) total_bytes += NumElements(job.entries[d].shape) * esize(d);
+  // Rank 0 tells every rank how the commit went, so that all of them report the same outcome.
+  auto share_outcome = [&](bool ok) {
+    if (!o_.group) return true;
+    Tensor status = Tensor::FromVector({ok ? 0.0 : 1.0}, {1}, DType::kF64);
+    o_.group->Broadcast(status, 0, co)->Wait();
+    return status.data<double>()[0] == 0;
+  };
   if (!lead) {
+    if (!share_outcome(true))
+      TESSERA_THROW(IoError, "checkpoint at step ", step, ": rank 0 could not commit it (rank 0 reports why)");
     CheckpointSaveReport rep{step, "", total_bytes, rank_bytes, Seconds(t0, Clock::now())};
     std::lock_guard<std::mutex> lk(mu_);
     reports_.push_back(rep);
@@ -746,19 +840,20 @@ void CheckpointWriter::WriteJob(Job& job) {
         int64_t a = std::max(lo, e.offset), b = std::min(hi, e.offset + NumElements(e.shape));
         if (a >= b) continue;
         uint32_t piece = static_cast<uint32_t>(g[r * (D + 1) + d]);
-        crc = first ? piece : static_cast<uint32_t>(crc32_combine(crc, piece, static_cast<z_off_t>((b - a) * esize(d))));
+        crc = first ? piece : static_cast<uint32_t>(crc32_combine64(crc, piece, static_cast<z_off64_t>((b - a) * esize(d))));
         first = false;
       }
       t.crc32 = crc;
     }
     {
       Hdf5Lock lock;
-      Hdf5Handle file(H5C(H5Fopen(tmp_file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), tmp_file), H5Fclose);
+      Hdf5Handle fapl = FileAccess(tmp_file);
+      Hdf5Handle file(H5C(H5Fopen(tmp_file.c_str(), H5F_ACC_RDWR, fapl.get()), tmp_file), H5Fclose);
       for (const CheckpointTensor& t : tensors) {
         Hdf5Handle ds(H5C(H5Dopen2(file.get(), t.path.c_str(), H5P_DEFAULT), tmp_file + ": " + t.path), H5Dclose);
         WriteAttrU32(ds.get(), "crc32", t.crc32, tmp_file + ": " + t.path);
       }
-      WriteManifest(file.get(), tensors, tmp_file);
+      WriteManifest(file.get(), tensors, MetaJson(job.meta, "checkpoint"), tmp_file);
       H5C(file.Close(), tmp_file);
     }
     phase("3 attributes + manifest");
@@ -769,7 +864,8 @@ void CheckpointWriter::WriteJob(Job& job) {
     // data back here would only read the page cache; `tessera ckpt verify` reads and checks it.)
     {
       Hdf5Lock lock;
-      Hdf5Handle file(H5C(H5Fopen(tmp_file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), tmp_file), H5Fclose);
+      Hdf5Handle fapl = FileAccess(tmp_file);
+      Hdf5Handle file(H5C(H5Fopen(tmp_file.c_str(), H5F_ACC_RDONLY, fapl.get()), tmp_file), H5Fclose);
       CheckpointInfo info = ReadInfoLocked(file.get(), tmp_file);
       if (info.tensors.size() != D || info.meta.step != step)
         TESSERA_THROW(IoError, tmp_file, ": verification: the manifest lists ", info.tensors.size(), " tensors at step ",
@@ -791,14 +887,25 @@ void CheckpointWriter::WriteJob(Job& job) {
     phase("3 verify + fsync dir");
     // 4. Commit: rename into place, make the rename durable, move `latest`, apply retention.
     std::error_code ec;
-    fs::path old_dir = dir / ("." + name + ".replaced");
-    if (fs::exists(final_dir, ec)) {  // the same step saved again (a resume from an older checkpoint)
-      RemoveAll(old_dir);
-      fs::rename(final_dir, old_dir, ec);
-      if (ec) TESSERA_THROW(IoError, final_dir.string(), ": cannot move the older checkpoint aside: ", ec.message());
+    fs::path old_dir;  // the previous checkpoint of this step, out of sight, deleted once the commit is durable
+    if (Exists(final_dir)) {
+      // The same step saved again (a run resumed from an older checkpoint). Swap the two
+      // directories in one step where the file system can (Linux renameat2), so that step-N is
+      // never missing; elsewhere move the old one aside first (a crash in between is repaired by
+      // RemovePartialCheckpoints, which puts it back).
+      if (renameat2(AT_FDCWD, tmp_dir.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+        old_dir = tmp_dir;
+      } else {
+        old_dir = dir / ("." + name + ".replaced");
+        RemoveAll(old_dir);
+        fs::rename(final_dir, old_dir, ec);
+        if (ec) TESSERA_THROW(IoError, final_dir.string(), ": cannot move the older checkpoint aside: ", ec.message());
+      }
     }
-    fs::rename(tmp_dir, final_dir, ec);
-    if (ec) TESSERA_THROW(IoError, tmp_dir.string(), ": cannot rename to ", final_dir.string(), ": ", ec.message());
+    if (old_dir != tmp_dir) {
+      fs::rename(tmp_dir, final_dir, ec);
+      if (ec) TESSERA_THROW(IoError, tmp_dir.string(), ": cannot rename to ", final_dir.string(), ": ", ec.message());
+    }
     // One directory fsync makes both renames durable; until then a crash may undo either, which
     // leaves the previous state: the new checkpoint absent, or present but not yet `latest`.
     fs::path link_tmp = dir / ".latest.tmp";
@@ -808,12 +915,12 @@ void CheckpointWriter::WriteJob(Job& job) {
     fs::rename(link_tmp, dir / "latest", ec);
     if (ec) TESSERA_THROW(IoError, (dir / "latest").string(), ": cannot replace: ", ec.message());
     FsyncPath(dir.string(), true);
-    RemoveAll(old_dir);  // only once the new one is durable
+    if (!old_dir.empty()) RemoveAll(old_dir);  // only once the new one is durable
 
     std::vector<std::pair<int64_t, std::string>> committed;
-    for (const auto& entry : fs::directory_iterator(dir, ec)) {
-      int64_t s = ParseStepName(entry.path().filename().string());
-      if (s >= 0 && entry.is_directory()) committed.emplace_back(s, entry.path().filename().string());
+    for (const fs::path& entry : ListDir(dir)) {
+      int64_t s = ParseStepName(entry.filename().string());
+      if (s >= 0 && fs::is_directory(entry, ec)) committed.emplace_back(s, entry.filename().string());
     }
     std::sort(committed.begin(), committed.end());
     const int keep = std::max(1, o_.keep_last);
@@ -826,13 +933,19 @@ void CheckpointWriter::WriteJob(Job& job) {
       if (!ec) RemoveAll(doomed);
     }
     phase("4 commit + retention");
-    CheckpointSaveReport rep{step, (final_dir / kFileName).string(), total_bytes, rank_bytes, Seconds(t0, Clock::now())};
-    std::lock_guard<std::mutex> lk(mu_);
-    reports_.push_back(rep);
   } catch (...) {
     RemoveAll(tmp_dir);
-    throw;
+    std::exception_ptr e = std::current_exception();
+    try {
+      share_outcome(false);
+    } catch (...) {  // a broken group: the commit's own failure is still the one to report
+    }
+    std::rethrow_exception(e);
   }
+  share_outcome(true);
+  CheckpointSaveReport rep{step, (final_dir / kFileName).string(), total_bytes, rank_bytes, Seconds(t0, Clock::now())};
+  std::lock_guard<std::mutex> lk(mu_);
+  reports_.push_back(rep);
 }
 
 // ---- finding checkpoints --------------------------------------------------------------------
@@ -843,37 +956,48 @@ void RemovePartialCheckpoints(const std::string& checkpoints_dir) {
   // A committed checkpoint moved aside to be replaced by a new save of the same step, when the
   // crash came before the new one took its place: put it back.
   static const std::regex replaced(R"(\.(step-[0-9]+)\.replaced)");
-  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
+  for (const fs::path& entry : ListDir(checkpoints_dir)) {
     std::smatch m;
-    std::string name = entry.path().filename().string();
-    if (std::regex_match(name, m, replaced) && !fs::exists(entry.path().parent_path() / m[1].str()))
-      fs::rename(entry.path(), entry.path().parent_path() / m[1].str(), ec);
+    std::string name = entry.filename().string();
+    if (!std::regex_match(name, m, replaced)) continue;
+    fs::path committed = entry.parent_path() / m[1].str();
+    if (fs::is_regular_file(committed / kFileName, ec)) {
+      RemoveAll(entry);  // the new save took its place: the old one is garbage
+    } else if (fs::is_regular_file(entry / kFileName, ec)) {
+      RemoveAll(committed);  // at most an empty or half-made directory
+      fs::rename(entry, committed, ec);
+      if (ec)
+        std::fprintf(stderr, "tessera: warning: cannot put %s back as %s: %s\n", entry.c_str(), committed.c_str(),
+                     ec.message().c_str());
+    }
+    // anything else (no checkpoint.h5: a deletion cut short) is left for the loop below
   }
-  static const std::regex re(R"(\.step-[0-9]+\.(partial|replaced|deleting)|\.latest\.tmp)");
-  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec))
-    if (std::regex_match(entry.path().filename().string(), re)) RemoveAll(entry.path());
+  static const std::regex re(R"(\.step-[0-9]+\.(partial|deleting)|\.latest\.tmp)");
+  static const std::regex half_deleted(R"(\.step-[0-9]+\.replaced)");
+  for (const fs::path& entry : ListDir(checkpoints_dir)) {
+    std::string name = entry.filename().string();
+    if (std::regex_match(name, re)) RemoveAll(entry);
+    // A .replaced that still holds a checkpoint was not put back (the rename failed): keep it.
+    else if (std::regex_match(name, half_deleted) && !fs::is_regular_file(entry / kFileName, ec)) RemoveAll(entry);
+  }
 }
 
 std::string SetAsideCheckpoints(const std::string& checkpoints_dir) {
-  fs::path dir(checkpoints_dir);
+  fs::path dir = fs::path(checkpoints_dir).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // "a/checkpoints/" -> "a/checkpoints"
   std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
   char stamp[32];
-  std::strftime(stamp, sizeof stamp, "earlier-%Y%m%d-%H%M%S", std::gmtime(&now));
-  fs::path aside = dir / stamp;
-  for (int k = 2; fs::exists(aside); ++k) aside = dir / (std::string(stamp) + "-" + std::to_string(k));
+  std::strftime(stamp, sizeof stamp, ".earlier-%Y%m%d-%H%M%S", &tm);
+  fs::path aside = dir.string() + stamp;
+  for (int k = 2; Exists(aside); ++k) aside = dir.string() + stamp + "-" + std::to_string(k);
+  // One rename: a crash leaves either the old directory whole or nothing of it in the way.
   std::error_code ec;
-  fs::create_directory(aside, ec);
-  if (ec) TESSERA_THROW(IoError, aside.string(), ": cannot create: ", ec.message());
-  std::vector<fs::path> moving;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    std::string name = entry.path().filename().string();
-    if (name == "latest" || ParseStepName(name) >= 0) moving.push_back(entry.path());
-  }
-  for (const fs::path& p : moving) {
-    fs::rename(p, aside / p.filename(), ec);
-    if (ec) TESSERA_THROW(IoError, p.string(), ": cannot move to ", aside.string(), ": ", ec.message());
-  }
-  FsyncPath(dir.string(), true);
+  fs::rename(dir, aside, ec);
+  if (ec) TESSERA_THROW(IoError, dir.string(), ": cannot move to ", aside.string(), ": ", ec.message());
+  fs::path parent = fs::absolute(dir, ec).parent_path();
+  if (!ec) FsyncPath(parent.string(), true);
   return aside.string();
 }
 
@@ -889,16 +1013,22 @@ std::string FindLatestCheckpoint(const std::string& checkpoints_dir) {
       if (fs::is_regular_file(file, ec)) return file.lexically_normal().string();
     }
   }
-  int64_t best = -1;
-  fs::path best_file;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    int64_t s = ParseStepName(entry.path().filename().string());
-    if (s > best && fs::is_regular_file(entry.path() / kFileName, ec)) {
-      best = s;
-      best_file = entry.path() / kFileName;
-    }
+  std::vector<std::string> all = ListCheckpoints(checkpoints_dir);
+  return all.empty() ? "" : all.front();
+}
+
+std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir) {
+  std::error_code ec;
+  std::vector<std::pair<int64_t, std::string>> found;
+  for (const fs::path& entry : ListDir(checkpoints_dir)) {
+    int64_t s = ParseStepName(entry.filename().string());
+    if (s >= 0 && fs::is_regular_file(entry / kFileName, ec))
+      found.emplace_back(s, (entry / kFileName).lexically_normal().string());
   }
-  return best >= 0 ? best_file.lexically_normal().string() : "";
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<std::string> out;
+  for (auto& f : found) out.push_back(std::move(f.second));
+  return out;
 }
 
 std::string ResolveCheckpoint(const std::string& path) {
@@ -1024,6 +1154,43 @@ std::vector<std::string> VerifyCheckpoint(const std::string& path) {
   for (const std::string& p : DatasetPaths(file.get(), path))
     if ((p.rfind("/model/", 0) == 0 || p.rfind("/optim/", 0) == 0) && !listed.count(p))
       problems.push_back(path + ": " + p + ": not listed in the manifest");
+  // The manifest's own CRC, and the root attributes against the copy the manifest holds.
+  Manifest man = ReadManifest(file.get(), path);
+  if (!man.has_crc)
+    problems.push_back(path + ": /manifest: the crc32 attribute is missing");
+  else if (man.stored_crc != man.computed_crc)
+    problems.push_back(detail::StrCat(path, ": /manifest: CRC-32 mismatch (stored ", Hex(man.stored_crc), ", computed ",
+                                      Hex(man.computed_crc), "): the manifest is corrupt"));
+  if (man.attributes.is_null()) {
+    problems.push_back(path + ": /manifest: holds no copy of the root attributes");
+  } else {
+    json now = MetaJson(info.meta, info.kind);
+    for (auto it = now.begin(); it != now.end(); ++it)
+      if (!man.attributes.contains(it.key()) || man.attributes[it.key()] != it.value())
+        problems.push_back(path + ": root attribute '" + it.key() + "' is " + it.value().dump() +
+                           " but the manifest recorded " +
+                           (man.attributes.contains(it.key()) ? man.attributes[it.key()].dump() : "nothing"));
+  }
+  if (info.kind == "checkpoint") {
+    std::string where = path + ": /rng/rank_state";
+    try {
+      if (H5C(H5Lexists(file.get(), "rng", H5P_DEFAULT), where) <= 0 ||
+          H5C(H5Lexists(file.get(), "rng/rank_state", H5P_DEFAULT), where) <= 0)
+        TESSERA_THROW(IoError, where, ": missing");
+      Hdf5Handle d(H5C(H5Dopen2(file.get(), "rng/rank_state", H5P_DEFAULT), where), H5Dclose);
+      Shape shape = DatasetShape(d.get(), where);
+      if (shape != Shape{info.meta.world_size, 2})
+        TESSERA_THROW(IoError, where, ": has shape ", ShapeString(shape), ", expected [", info.meta.world_size, ", 2]");
+      std::vector<uint64_t> rs(static_cast<size_t>(info.meta.world_size) * 2);
+      H5C(H5Dread(d.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, rs.data()), where);
+      uint32_t crc = Crc(0, rs.data(), rs.size() * sizeof(uint64_t));
+      uint32_t stored = ReadNumberAttr<uint32_t>(d.get(), "crc32", H5T_NATIVE_UINT32, where);
+      if (crc != stored)
+        TESSERA_THROW(IoError, where, ": CRC-32 mismatch (stored ", Hex(stored), ", computed ", Hex(crc), ")");
+    } catch (const Error& e) {
+      problems.push_back(e.what());
+    }
+  }
   return problems;
 }
 
@@ -1047,16 +1214,23 @@ void ExportModel(const std::string& checkpoint_path, const std::string& out_path
   std::string tmps = tmp.string();
   try {
     Hdf5Lock lock;
-    Hdf5Handle file(H5C(H5Fcreate(tmps.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmps), H5Fclose);
+    Hdf5Handle fapl = FileAccess(tmps);
+    Hdf5Handle file(H5C(H5Fcreate(tmps.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), tmps), H5Fclose);
     hid_t f = file.get();
+    CheckpointMeta em;
+    em.tessera_version = TESSERA_VERSION;
+    em.created = UtcNow();
+    em.step = info.meta.step;
+    em.job_spec = info.meta.job_spec;
+    em.dtype = info.meta.dtype;
     WriteAttr(f, "format", std::string(kModelFormat), tmps);
-    WriteAttr(f, "format_version", int64_t{kCheckpointFormatVersion}, tmps);
-    WriteAttr(f, "tessera_version", std::string(TESSERA_VERSION), tmps);
-    WriteAttr(f, "created", UtcNow(), tmps);
-    WriteAttr(f, "step", info.meta.step, tmps);
+    WriteAttr(f, "format_version", int64_t{em.format_version}, tmps);
+    WriteAttr(f, "tessera_version", em.tessera_version, tmps);
+    WriteAttr(f, "created", em.created, tmps);
+    WriteAttr(f, "step", em.step, tmps);
     WriteAttr(f, "source_checkpoint", fs::absolute(checkpoint_path).lexically_normal().string(), tmps);
-    WriteAttr(f, "job_spec", info.meta.job_spec, tmps);
-    WriteAttr(f, "dtype", info.meta.dtype, tmps);
+    WriteAttr(f, "job_spec", em.job_spec, tmps);
+    WriteAttr(f, "dtype", em.dtype, tmps);
     Hdf5Handle lcpl(H5C(H5Pcreate(H5P_LINK_CREATE), tmps), H5Pclose);
     H5C(H5Pset_create_intermediate_group(lcpl.get(), 1), tmps);
     for (size_t i = 0; i < model.size(); ++i) {
@@ -1070,7 +1244,7 @@ void ExportModel(const std::string& checkpoint_path, const std::string& out_path
         H5C(H5Dwrite(ds.get(), MemType(model[i].dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, data[i].raw_data()), where);
       WriteAttrU32(ds.get(), "crc32", model[i].crc32, where);
     }
-    WriteManifest(f, model, tmps);
+    WriteManifest(f, model, MetaJson(em, "model"), tmps);
     H5C(file.Close(), tmps);
   } catch (...) {
     RemoveAll(tmp);
@@ -1121,31 +1295,11 @@ std::string DescribeCheckpoint(const CheckpointInfo& info) {
 }
 
 std::string CheckpointInfoJson(const CheckpointInfo& info) {
-  const CheckpointMeta& m = info.meta;
-  json j = ManifestJson(info.tensors);
+  json j = MetaJson(info.meta, info.kind);
+  j.erase("job_spec");  // long; `h5dump -a job_spec` or the run directory's job.pbtxt has it
   j["path"] = info.path;
   j["kind"] = info.kind;
-  j["format_version"] = m.format_version;
-  j["tessera_version"] = m.tessera_version;
-  j["created"] = m.created;
-  j["step"] = m.step;
-  if (info.kind == "checkpoint") {
-    j["epoch"] = m.epoch;
-    j["step_in_epoch"] = m.step_in_epoch;
-    j["steps_per_epoch"] = m.steps_per_epoch;
-    j["global_batch"] = m.global_batch;
-    j["samples_seen"] = m.samples_seen;
-    j["seed"] = m.seed;
-    j["world_size"] = m.world_size;
-    j["data_parallel"] = m.data_parallel;
-    j["zero_stage"] = m.zero_stage;
-    j["tensor_parallel"] = m.tensor_parallel;
-    j["pipeline_parallel"] = m.pipeline_parallel;
-    j["optimizer"] = m.optimizer;
-    j["optimizer_step"] = m.optimizer_step;
-    j["lr_schedule"] = m.lr_schedule;
-    j["lr"] = m.lr;
-  }
+  j["tensors"] = ManifestJson(info.tensors)["tensors"];
   return j.dump(2);
 }
 

@@ -22,9 +22,12 @@
 //      (contiguous, no fill) and broadcasts each dataset's byte offset in the file;
 //   2. every rank pwrite()s the bytes it owns at those offsets and fdatasync()s;
 //   3. the ranks' per-piece CRCs are gathered; rank 0 combines them, writes the crc32
-//      attributes and the manifest, fsyncs, reads every tensor back through HDF5 and checks it;
-//   4. rank 0 renames the directory into place, fsyncs the parent, points `latest` at it (a
-//      symlink replaced by rename) and deletes all but the newest keep_last checkpoints.
+//      attributes and the manifest, fsyncs, and reopens the file as a reader would to check that
+//      every tensor has its shape, dtype and CRC and sits where its bytes were written (the data
+//      itself is read back and checked by every load and by `tessera ckpt verify`);
+//   4. rank 0 renames the directory into place, points `latest` at it (a symlink replaced by
+//      rename), fsyncs the parent, deletes all but the newest keep_last checkpoints and tells
+//      every rank that the save is committed (or why it failed).
 // A crash at any point leaves the previous checkpoint committed and the partial one invisible.
 // Coordination uses the process group's collectives with their timeouts, so a dead rank is an
 // error, never a hang; HDF5 itself is only ever called by one process at a time.
@@ -72,7 +75,7 @@ struct CheckpointMeta {
   int data_parallel = 1, zero_stage = 0, tensor_parallel = 1, pipeline_parallel = 1;
   std::string optimizer;  // "adam", "adamw", "sgd", "rmsprop"
   int64_t optimizer_step = 0;
-  std::string lr_schedule;  // e.g. "cosine(lr=0.001, warmup=100, total=1000, min_lr=0)"
+  std::string lr_schedule;  // e.g. "cosine(lr=0.001, warmup_steps=100, total_steps=1407, min_lr=0)"
   double lr = 0;            // the rate of the last step taken
   std::string job_spec;     // the resolved spec, protobuf text
   std::string dtype;        // of the model parameters: "f32"
@@ -170,13 +173,14 @@ std::string ResolveCheckpoint(const std::string& path);
 // The newest committed checkpoint under `checkpoints_dir` (`latest`, else the highest
 // step-* directory), or "" when there is none.
 std::string FindLatestCheckpoint(const std::string& checkpoints_dir);
+// Every committed checkpoint file under `checkpoints_dir`, highest step first.
+std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir);
 // Cleans up after a crash in `checkpoints_dir`: removes partial saves (.step-N.partial), half-done
 // deletions and symlink updates, and puts back a committed checkpoint that was moved aside
 // (.step-N.replaced) for a new save of the same step that never took its place.
 void RemovePartialCheckpoints(const std::string& checkpoints_dir);
-// Moves every committed checkpoint and `latest` into checkpoints_dir/earlier-YYYYmmdd-HHMMSS/
-// (for a run that starts over in the same directory: nothing is deleted, and nothing there is
-// found by FindLatestCheckpoint any more). Returns that directory.
+// Renames the whole checkpoints directory to CHECKPOINTS_DIR.earlier-YYYYmmdd-HHMMSS (one
+// rename: for a run that starts over in the same directory; nothing is deleted). Returns the new name.
 std::string SetAsideCheckpoints(const std::string& checkpoints_dir);
 
 // Metadata and tensor list (no tensor data). Throws IoError for a missing, truncated or non-HDF5

@@ -136,6 +136,25 @@ std::unique_ptr<optim::LrSchedule> BuildSchedule(const OptimizerSpec& o, int64_t
   TESSERA_THROW(ConfigError, "optimizer.schedule.kind: unknown kind");
 }
 
+// "cosine(lr=0.001, warmup_steps=100, total_steps=1407, min_lr=0)": what the rate at any step follows.
+std::string ScheduleDescription(const OptimizerSpec& o, int64_t total_steps) {
+  const ScheduleSpec& s = o.schedule();
+  char buf[256];
+  switch (s.kind()) {
+    case ScheduleSpec::STEP:
+      std::snprintf(buf, sizeof buf, "step(lr=%.9g, step_size=%lld, gamma=%.9g)", o.lr(),
+                    static_cast<long long>(s.step_size()), s.gamma());
+      break;
+    case ScheduleSpec::COSINE:
+      std::snprintf(buf, sizeof buf, "cosine(lr=%.9g, warmup_steps=%lld, total_steps=%lld, min_lr=%.9g)", o.lr(),
+                    static_cast<long long>(s.warmup_steps()), static_cast<long long>(total_steps), s.min_lr());
+      break;
+    default:
+      std::snprintf(buf, sizeof buf, "constant(lr=%.9g)", o.lr());
+  }
+  return buf;
+}
+
 datasets::LoaderOptions LoaderOptionsFor(const JobSpec& spec, bool train) {
   const DataSpec& d = spec.data();
   datasets::LoaderOptions o;
@@ -227,15 +246,32 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   // Checkpoints: where they go, and whether this run continues from one.
   const CheckpointSpec& cs = spec.checkpoint();
   const std::string ckpt_dir = cs.dir().empty() ? opt.run_dir + "/checkpoints" : cs.dir();
-  if (lead) RemovePartialCheckpoints(ckpt_dir);
   std::string set_aside;  // --no-resume in a directory with checkpoints: where they were moved
-  if (lead && opt.resume == TrainerOptions::Resume::kNever && opt.resume_from.empty() &&
-      !FindLatestCheckpoint(ckpt_dir).empty())
-    set_aside = SetAsideCheckpoints(ckpt_dir);
-  std::string resume_path;
-  if (!opt.resume_from.empty()) resume_path = ResolveCheckpoint(opt.resume_from);
-  else if (opt.resume != TrainerOptions::Resume::kNever) resume_path = FindLatestCheckpoint(ckpt_dir);
-  if (resume_path.empty() && opt.resume == TrainerOptions::Resume::kRequire)
+  if (lead) {
+    RemovePartialCheckpoints(ckpt_dir);
+    if (opt.resume == TrainerOptions::Resume::kNever && !FindLatestCheckpoint(ckpt_dir).empty())
+      set_aside = SetAsideCheckpoints(ckpt_dir);
+  }
+  if (group) {  // every rank looks for checkpoints only once rank 0 has tidied the directory
+    dist::CollectiveOptions o;
+    o.timeout_s = timeout_s;
+    group->Barrier(o)->Wait();
+  }
+  // Where to continue from, best first. The run directory's own checkpoints come before
+  // --resume-from: a requeued job started with --resume-from continues from its own progress.
+  std::vector<std::string> candidates;
+  bool own_checkpoints = false;
+  if (opt.resume != TrainerOptions::Resume::kNever) {
+    std::string latest = FindLatestCheckpoint(ckpt_dir);
+    if (!latest.empty()) {
+      own_checkpoints = true;
+      candidates.push_back(latest);
+      for (const std::string& c : ListCheckpoints(ckpt_dir))
+        if (c != latest) candidates.push_back(c);
+    }
+  }
+  if (candidates.empty() && !opt.resume_from.empty()) candidates.push_back(ResolveCheckpoint(opt.resume_from));
+  if (candidates.empty() && opt.resume == TrainerOptions::Resume::kRequire)
     TESSERA_THROW(ConfigError, "--resume: no committed checkpoint in ", ckpt_dir, " to continue from");
 
   std::ofstream metrics, rank_log;
@@ -243,12 +279,12 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     std::ofstream out(opt.run_dir + "/job.pbtxt");
     out << "# Resolved job spec: every default written out.\n" << ToText(spec);
     if (!out) TESSERA_THROW(IoError, opt.run_dir, "/job.pbtxt: cannot write");
-    metrics.open(opt.run_dir + "/metrics.jsonl", resume_path.empty() ? std::ios::trunc : std::ios::app);
+    metrics.open(opt.run_dir + "/metrics.jsonl", candidates.empty() ? std::ios::trunc : std::ios::app);
     if (!metrics) TESSERA_THROW(IoError, opt.run_dir, "/metrics.jsonl: cannot write");
   }
   if (group) {
     std::string path = opt.run_dir + "/rank-" + std::to_string(rank) + ".log";
-    rank_log.open(path, resume_path.empty() ? std::ios::trunc : std::ios::app);
+    rank_log.open(path, candidates.empty() ? std::ios::trunc : std::ios::app);
     if (!rank_log) TESSERA_THROW(IoError, path, ": cannot write");
     char host[256] = "?";
     gethostname(host, sizeof host - 1);
@@ -299,9 +335,32 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   const CheckpointLayout layout = MakeCheckpointLayout(params, optimizer.get());
   int64_t step = 0;
   TrainSummary summary;
-  if (!resume_path.empty()) {
-    CheckpointInfo info = LoadCheckpoint(resume_path, layout);
+  std::string resume_path;
+  double resumed_lr = 0;
+  if (!candidates.empty()) {
+    if (own_checkpoints && !opt.resume_from.empty())
+      say("resume: %s already holds checkpoints of this run; continuing from its newest, not from --resume-from "
+          "%s\n", ckpt_dir.c_str(), opt.resume_from.c_str());
+    CheckpointInfo info;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      try {
+        if (ReadCheckpointInfo(candidates[i]).kind != "checkpoint")
+          TESSERA_THROW(CheckpointFormatError, candidates[i], ": is an exported model (no optimizer state, step or "
+                        "sampler position); training resumes from a checkpoint");
+        info = LoadCheckpoint(candidates[i], layout);
+        resume_path = candidates[i];
+        break;
+      } catch (const CheckpointFormatError&) {
+        throw;  // a newer format or not a checkpoint: an older one is not the answer
+      } catch (const IoError& e) {
+        // Corrupt or unreadable: an older committed checkpoint of this run still gets it going.
+        if (!own_checkpoints || i + 1 == candidates.size()) throw;
+        std::fprintf(stderr, "tessera: warning: rank %d cannot resume from the newest checkpoint: %s; trying %s\n",
+                     rank, e.what(), candidates[i + 1].c_str());
+      }
+    }
     optimizer->set_step_count(info.meta.optimizer_step);
+    resumed_lr = info.meta.lr;
     step = info.meta.step;
     summary.resumed_from_step = step;
     summary.checkpoint = resume_path;
@@ -345,6 +404,10 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     writer = std::make_unique<CheckpointWriter>(wo);
   }
   std::unique_ptr<optim::LrSchedule> schedule = BuildSchedule(spec.optimizer(), total_steps);
+  if (step > 0 && std::abs(schedule->At(step - 1) - resumed_lr) > 1e-12 * std::max(1.0, std::abs(resumed_lr)))
+    say("warning: the checkpoint's last learning rate was %.6g but this job's schedule gives %.6g at that step "
+        "(a changed optimizer.lr, schedule or train.steps): the run continues on this job's schedule\n",
+        resumed_lr, schedule->At(step - 1));
   if (!set_aside.empty())
     say("--no-resume: the checkpoints already in %s were moved to %s\n", ckpt_dir.c_str(), set_aside.c_str());
   say("model: %lld parameters\n%s\n", static_cast<long long>(params.num_parameters()), net->Summary().c_str());
@@ -405,7 +468,7 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     m.pipeline_parallel = std::max(1, spec.parallel().pipeline());
     m.optimizer = optimizer->name();
     m.optimizer_step = optimizer->step_count();
-    m.lr_schedule = "lr=" + std::to_string(spec.optimizer().lr()) + " " + spec.optimizer().schedule().ShortDebugString();
+    m.lr_schedule = ScheduleDescription(spec.optimizer(), total_steps);
     m.lr = lr;
     m.job_spec = ToText(spec);
     m.dtype = "float32";
@@ -437,8 +500,8 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
   // A run directory whose checkpoint is already at the last step: report it, change nothing.
   const bool already_complete = !resume_path.empty() && step >= total_steps;
   if (already_complete)
-    say("the run is complete: its checkpoint is at step %lld of %lld; evaluating it (the run directory is left as "
-        "it is)\n", static_cast<long long>(step), static_cast<long long>(total_steps));
+    say("the run is complete: its checkpoint is at step %lld of %lld; nothing to train, evaluating it\n",
+        static_cast<long long>(step), static_cast<long long>(total_steps));
   else if (!resume_path.empty())
     emit({{"event", "resume"}, {"step", step}, {"checkpoint", resume_path}, {"world_size", world}});
 

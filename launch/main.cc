@@ -90,8 +90,8 @@ int main(int argc, char** argv) {
       "world size may differ from the one that wrote it");
   CLI::Option* no_resume_opt =
       train->add_flag("--no-resume", no_resume,
-                      "Start from scratch even if the run directory holds checkpoints (they are moved to "
-                      "checkpoints/earlier-TIME/)");
+                      "Start from scratch even if the run directory holds checkpoints (the checkpoints "
+                      "directory is renamed to checkpoints.earlier-TIME)");
   resume_opt->excludes(resume_from_opt)->excludes(no_resume_opt);
   resume_from_opt->excludes(no_resume_opt);
   bool no_file_check = false;
@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
 #endif
       return 0;
     }
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {  // tessera::Error above all; also std::filesystem_error, bad_alloc, ...
     if (distributed) std::fprintf(stderr, "tessera: error on rank %d: %s\n", rank, e.what());
     else std::fprintf(stderr, "tessera: error: %s\n", e.what());
 #if TESSERA_USE_MPI

@@ -751,6 +751,36 @@ TEST_F(CheckpointTest, PartialDirectoriesAreRemovedAndIgnoredAndLatestFallsBack)
   RemovePartialCheckpoints(Path("does-not-exist"));  // no error
 }
 
+// A committed checkpoint moved aside for a new save of the same step (where the file system cannot
+// swap directories) is put back when the crash came before the new one took its place, and
+// dropped when the new one is in place.
+TEST_F(CheckpointTest, AMovedAsideCheckpointIsPutBackAfterACrash) {
+  State s = MakeMlp(85, OptKind::kAdam, 1);
+  const std::string ckpts = Path("ckpts");
+  Save(s, 3);
+  Save(s, 5);
+  fs::rename(ckpts + "/step-00000005", ckpts + "/.step-00000005.replaced");
+  RemovePartialCheckpoints(ckpts);
+  EXPECT_EQ(DirNames(ckpts), (std::set<std::string>{"latest", "step-00000003", "step-00000005"}));
+  EXPECT_TRUE(VerifyCheckpoint(ckpts + "/latest").empty());
+  fs::copy(ckpts + "/step-00000005", ckpts + "/.step-00000005.replaced");
+  RemovePartialCheckpoints(ckpts);
+  EXPECT_EQ(DirNames(ckpts), (std::set<std::string>{"latest", "step-00000003", "step-00000005"}));
+}
+
+// The root attributes (step, optimizer_step, ...) are covered by the manifest's CRC.
+TEST_F(CheckpointTest, AChangedRootAttributeIsReportedByVerify) {
+  State s = MakeMlp(87, OptKind::kAdam, 1);
+  const std::string good = Save(s, 6);
+  EXPECT_TRUE(VerifyCheckpoint(good).empty());
+  const std::string bad = Path("bad.h5");
+  fs::copy_file(good, bad);
+  RewriteRootI64(bad, "step", 7);
+  std::vector<std::string> problems = VerifyCheckpoint(bad);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_CONTAINS(problems[0], "root attribute 'step' is 7 but the manifest recorded 6");
+}
+
 // ---- errors -----------------------------------------------------------------------------------
 
 TEST_F(CheckpointTest, MissingFileIsAnIoErrorNamingIt) {

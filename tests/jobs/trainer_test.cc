@@ -154,6 +154,17 @@ TEST(Trainer, CheckpointPolicyAndExactResumeFromAMidRunCheckpoint) {
   }
   EXPECT_EQ(ib.meta.optimizer_step, 100);
 
+  // Run again with the same --resume-from (a requeued job): it continues from its own newest
+  // checkpoint (here: already complete), not from step 50 again.
+  TrainSummary b2 = Train(spec, o);
+  EXPECT_EQ(b2.resumed_from_step, 100);
+  // A damaged newest checkpoint: the run continues from the one before it.
+  fs::resize_file(b.checkpoint, fs::file_size(b.checkpoint) / 2);
+  o.resume_from.clear();
+  TrainSummary b3 = Train(spec, o);
+  EXPECT_EQ(b3.resumed_from_step, 90);
+  EXPECT_EQ(b3.test_loss, a.test_loss);
+
   // --resume with nothing to resume is an error; kNever starts over in a directory that has some.
   o.resume_from.clear();
   o.run_dir = (dir / "c").string();
@@ -166,8 +177,8 @@ TEST(Trainer, CheckpointPolicyAndExactResumeFromAMidRunCheckpoint) {
   EXPECT_EQ(again.test_loss, a.test_loss);
   // The earlier run's checkpoints were moved aside, not mixed with the new run's or deleted.
   int aside = 0;
-  for (const auto& e : fs::directory_iterator(dir / "a" / "checkpoints"))
-    if (e.path().filename().string().rfind("earlier-", 0) == 0) {
+  for (const auto& e : fs::directory_iterator(dir / "a"))
+    if (e.path().filename().string().rfind("checkpoints.earlier-", 0) == 0) {
       ++aside;
       EXPECT_TRUE(fs::exists(e.path() / "step-00000100" / "checkpoint.h5"));
       EXPECT_TRUE(fs::is_symlink(e.path() / "latest"));
