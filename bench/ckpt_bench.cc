@@ -168,6 +168,13 @@ int Run(int argc, char** argv) {
       mb / Median(w_tessera), mb / Median(w_dd), Median(w_dd) / Median(w_tessera), Median(r_tessera), Median(r_dd),
       mb / Median(r_tessera), mb / Median(r_dd), Median(r_dd) / Median(r_tessera), Median(stall), Min(w_tessera),
       Min(w_dd), Min(w_dd) / Min(w_tessera), Min(r_tessera), Min(r_dd), Min(r_dd) / Min(r_tessera));
+  auto list = [](const std::vector<double>& v) {
+    std::string out;
+    for (double x : v) out += (out.empty() ? "" : ", ") + std::to_string(x);
+    return "[" + out + "]";
+  };
+  std::fprintf(stderr, "%s every repeat (s): write %s, dd write %s, read %s, dd read %s\n", model.c_str(),
+               list(w_tessera).c_str(), list(w_dd).c_str(), list(r_tessera).c_str(), list(r_dd).c_str());
   return 0;
 }
 

@@ -31,10 +31,15 @@ trap 'rm -rf "$SCRATCH"' EXIT
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 disk=$(df -h --output=source,fstype,size "$SCRATCH" | tail -1 | tr -s ' ')
 
+# Earlier work's dirty pages (a test suite writes gigabytes of checkpoints) would be written back
+# during the measurements: flush them first.
+sync
+sleep 2
 echo "== checkpoint write/read against dd (load $load_start; $disk)" >&2
 : > "$SCRATCH/io.jsonl"
 for model in w2 synthetic; do
-  "$BIN" --model "$model" --dir "$SCRATCH/io" --repeats "$REPEATS" | tee -a "$SCRATCH/io.jsonl" >&2
+  "$BIN" --model "$model" --dir "$SCRATCH/io" --repeats "$REPEATS" 2>> "$SCRATCH/repeats.txt" |
+    tee -a "$SCRATCH/io.jsonl" >&2
 done
 
 echo "== W2 training stall: $STEPS steps, a checkpoint every $SAVE_EVERY steps, against none" >&2
@@ -93,6 +98,7 @@ for r in io:
                  f"{r['dd_write_mb_per_s']:.0f} MB/s | **{r['write_ratio']:.2f}x** | {r['read_mb_per_s']:.0f} MB/s | "
                  f"{r['dd_read_mb_per_s']:.0f} MB/s | **{r['read_ratio']:.2f}x** | {r['best_write_ratio']:.2f}x | "
                  f"{r['best_read_ratio']:.2f}x |")
+lines += ["", "Every repeat, in seconds:", ""] + ["    " + l.strip() for l in open(f"{scratch}/repeats.txt") if "every repeat" in l]
 lines += ["", "Target: >= 0.8x dd for both. Medians of each side; the last two columns compare the fastest repeat",
           "of each side instead (dd's write time on this VM is bimodal, 0.3 s or 0.5-0.9 s for 500 MB, a page-cache",
           "effect measured in bench/results/ckpt_layout.md, so its median alone can flatter tessera).", "",

@@ -12,7 +12,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -486,6 +488,61 @@ Tensor ReadTensorLocked(hid_t file, const CheckpointTensor& t, const std::string
   CheckCrc(t, r, path);
   return r.data;
 }
+
+// Runs checks on one background thread, in the order added; Finish() waits for all of them and
+// rethrows the first failure (later checks are skipped once one has failed).
+class CrcChecker {
+ public:
+  CrcChecker() : thread_([this] { Loop(); }) {}
+  ~CrcChecker() { Stop(); }
+  CrcChecker(const CrcChecker&) = delete;
+  CrcChecker& operator=(const CrcChecker&) = delete;
+  void Add(std::function<void()> check) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      queue_.push_back(std::move(check));
+    }
+    cv_.notify_one();
+  }
+  void Finish() {
+    Stop();
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      done_ = true;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+  void Loop() {
+    for (;;) {
+      std::function<void()> check;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [&] { return done_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        check = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      if (error_) continue;  // only this thread writes error_ until it is joined
+      try {
+        check();
+      } catch (...) {
+        error_ = std::current_exception();
+      }
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool done_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;  // last: starts once the members above exist
+};
 
 // The flat range rank r of w owns: [r * n / w, (r + 1) * n / w).
 void OwnedRange(int64_t n, int r, int w, int64_t* lo, int64_t* hi) {
@@ -1098,42 +1155,30 @@ CheckpointInfo LoadCheckpoint(const std::string& path, const CheckpointLayout& l
       TESSERA_THROW(ShapeError, path, ": ", e.path, ": the checkpoint has shape ", ShapeString(it->second->shape),
                     " but the model has shape ", ShapeString(e.shape));
   }
-  // The CRC of each tensor is checked on a second thread while the next one is read.
-  std::thread checker;
-  std::exception_ptr check_error;
-  auto join_checker = [&] {
-    if (checker.joinable()) checker.join();
-    if (check_error) std::rethrow_exception(check_error);
-  };
-  try {
-    for (const auto& e : layout.entries) {
-      const CheckpointLayout::Buffer& buf = layout.buffers[e.buffer];
-      const int64_t numel = NumElements(e.shape);
-      int64_t a = std::max(e.offset, buf.base), b = std::min(e.offset + numel, buf.base + buf.data.numel());
-      Tensor direct;
-      if (a == e.offset && b == e.offset + numel && buf.data.device().is_cpu())
-        direct = buf.data.Slice0(a - buf.base, b - buf.base);
-      const CheckpointTensor& t = *by_path[e.path];
-      auto r = std::make_shared<TensorRead>(ReadTensorUncheckedLocked(file.get(), t, path, &direct));
-      join_checker();
-      checker = std::thread([&check_error, &t, r, &path] {
-        try {
-          CheckCrc(t, *r, path);
-        } catch (...) {
-          check_error = std::current_exception();
-        }
-      });
-      if (a >= b || (direct.defined() && r->data.storage() == direct.storage())) continue;
-      Tensor part = r->data.Slice0(a - e.offset, b - e.offset);
-      if (part.dtype() != buf.data.dtype()) part = part.Cast(buf.data.dtype());
-      Tensor dst = buf.data.Slice0(a - buf.base, b - buf.base);
-      dst.CopyFrom(part);
-    }
-    join_checker();
-  } catch (...) {
-    if (checker.joinable()) checker.join();
-    throw;
+  // The CRCs are checked on a second thread while the next tensors are read.
+  const auto t0 = Clock::now();
+  CrcChecker checker;
+  for (const auto& e : layout.entries) {
+    const CheckpointLayout::Buffer& buf = layout.buffers[e.buffer];
+    const int64_t numel = NumElements(e.shape);
+    int64_t a = std::max(e.offset, buf.base), b = std::min(e.offset + numel, buf.base + buf.data.numel());
+    Tensor direct;
+    if (a == e.offset && b == e.offset + numel && buf.data.device().is_cpu())
+      direct = buf.data.Slice0(a - buf.base, b - buf.base);
+    const CheckpointTensor& t = *by_path[e.path];
+    auto r = std::make_shared<TensorRead>(ReadTensorUncheckedLocked(file.get(), t, path, &direct));
+    checker.Add([&t, r, &path] { CheckCrc(t, *r, path); });
+    if (a >= b || (direct.defined() && r->data.storage() == direct.storage())) continue;
+    Tensor part = r->data.Slice0(a - e.offset, b - e.offset);
+    if (part.dtype() != buf.data.dtype()) part = part.Cast(buf.data.dtype());
+    Tensor dst = buf.data.Slice0(a - buf.base, b - buf.base);
+    dst.CopyFrom(part);
   }
+  const auto t_read = Clock::now();
+  checker.Finish();
+  if (std::getenv("TESSERA_CHECKPOINT_TRACE"))
+    std::fprintf(stderr, "checkpoint trace: load %s: reading %.2f ms, then waiting for CRC checks %.2f ms\n",
+                 path.c_str(), Seconds(t0, t_read) * 1e3, Seconds(t_read, Clock::now()) * 1e3);
   return info;
 }
 
