@@ -183,8 +183,12 @@ int main(int argc, char** argv) {
                     world.size, world.size == 1 ? "" : "s", world.launcher.c_str(), o.run_dir.c_str());
       jobs::TrainSummary s = jobs::Train(spec, o);
       if (lead) {
-        std::printf("done: %lld steps in %.1f s (%.0f samples/s); test accuracy %.4f, macro F1 %.4f\n",
-                    static_cast<long long>(s.steps), s.wall_seconds, s.samples_per_sec, s.test_accuracy, s.test_f1);
+        if (s.resumed_from_step >= 0 && s.resumed_from_step == s.steps)
+          std::printf("done: nothing to train (the run was complete at step %lld); test accuracy %.4f, macro F1 %.4f\n",
+                      static_cast<long long>(s.steps), s.test_accuracy, s.test_f1);
+        else
+          std::printf("done: %lld steps in %.1f s (%.0f samples/s); test accuracy %.4f, macro F1 %.4f\n",
+                      static_cast<long long>(s.steps), s.wall_seconds, s.samples_per_sec, s.test_accuracy, s.test_f1);
         std::printf("summary: %s/summary.json\n", o.run_dir.c_str());
       }
       group.reset();
