@@ -652,8 +652,13 @@ double CheckpointWriter::Save(const CheckpointLayout& layout, const CheckpointMe
 
 void CheckpointWriter::Run(std::shared_ptr<Job> job) {
   std::exception_ptr error;
+  const std::string context = detail::StrCat("checkpoint at step ", job->meta.step, ": ");
   try {
     WriteJob(*job);
+  } catch (const dist::CommTimeoutError& e) {  // name the save the collective belonged to
+    error = std::make_exception_ptr(dist::CommTimeoutError(context + e.what()));
+  } catch (const dist::CommError& e) {
+    error = std::make_exception_ptr(dist::CommError(context + e.what()));
   } catch (...) {
     error = std::current_exception();
   }

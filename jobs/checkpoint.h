@@ -120,7 +120,9 @@ struct CheckpointWriterOptions {
   // The ranks that save together (a group used by nothing else: the writer's collectives run on
   // its own thread), or null for one process.
   dist::ProcessGroup* group = nullptr;
-  double timeout_s = 300;  // for each of the writer's collectives
+  // For each of the writer's collectives (the trainer passes parallel.collective_timeout_s): a
+  // rank that dies during a save is an error on the others within this many seconds.
+  double timeout_s = 300;
 };
 
 // What one finished save did (rank 0 reports the commit; other ranks their part).

@@ -400,7 +400,9 @@ TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) {
     wo.dir = ckpt_dir;
     wo.keep_last = cs.keep_last();
     wo.group = ckpt_group.get();
-    wo.timeout_s = std::max(timeout_s, 300.0);
+    // The same deadline as training's collectives: a rank that dies during a save is an error
+    // on the others within it (they may be waiting for the save, not in a training collective).
+    wo.timeout_s = timeout_s;
     writer = std::make_unique<CheckpointWriter>(wo);
   }
   std::unique_ptr<optim::LrSchedule> schedule = BuildSchedule(spec.optimizer(), total_steps);

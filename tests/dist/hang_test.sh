@@ -3,7 +3,10 @@
 #   (a) kill -9 rank 1;
 #   (b) kill -STOP rank 1 (mpirun notices nothing: tessera's collective timeout must act);
 #   (c) kill -9 rank 1 under mpirun's defaults, to keep docs/errors.md honest about what users
-#       see then.
+#       see then;
+#   (d) kill -STOP rank 1 while a checkpoint is saved after every step: the survivors may be
+#       waiting for a save (the checkpoint writer's collectives) rather than in training, and
+#       must time out all the same.
 # In each case the job must exit non-zero within the collective timeout plus a margin. In (a) and
 # (b) a surviving rank must report the collective, its sequence number and rank 1 as not
 # responding (heartbeats, dist/mpi/heartbeat.h).
@@ -64,12 +67,13 @@ elapsed_since() { /usr/bin/python3 -c "import sys; print(f'{float(sys.argv[2]) -
 
 # run_case NAME SIGNAL [MPIRUN FLAGS...]: starts the job, sends SIGNAL to rank 1 once all ranks
 # train, waits for mpirun to exit. Sets RC, SECONDS_TO_EXIT; the output is in $DIR/NAME.out.
+EXTRA_SETS=()  # more `--set` arguments for tessera in the next case
 run_case() {
   local name="$1" sig="$2"
   shift 2
   local run="$DIR/$name" out="$DIR/$name.out"
   timeout 120 "$MPIRUN" -np 3 --oversubscribe "$@" "$TESSERA" train "$DIR/job.pbtxt" --run-dir "$run" \
-    --set parallel.collective_timeout_s=$TIMEOUT_S > "$out" 2>&1 &
+    --set parallel.collective_timeout_s=$TIMEOUT_S "${EXTRA_SETS[@]}" > "$out" 2>&1 &
   LAUNCHER=$!
   # Training is under way once every rank has logged a "train" event (at most 60 s).
   local i r ready
@@ -129,7 +133,7 @@ check_exit() {  # NAME
 }
 
 # A survivor's report: the collective, its sequence number, rank 1 as not responding.
-SURVIVOR_ERROR='tessera: error on rank [02]: (allreduce|reduce_scatter|allgather|broadcast|barrier) #[0-9]+ \([^)]*\) did not complete within 5 s: .*ranks not responding \(no heartbeat for [0-9.]+ s\): \[1\]'
+SURVIVOR_ERROR='tessera: error on rank [02]: (checkpoint at step [0-9]+: )?(allreduce|reduce_scatter|allgather|broadcast|barrier) #[0-9]+ \([^)]*\) did not complete within 5 s: .*ranks not responding \(no heartbeat for [0-9.]+ s\): \[1\]'
 check_survivor_error() {  # NAME
   grep -Eq "$SURVIVOR_ERROR" "$DIR/$1.out" \
     || { cat "$DIR/$1.out"; fail "$1: no surviving rank named the collective and rank 1"; }
@@ -153,4 +157,12 @@ check_exit kill9_default
 grep -Eq "(mpirun|mpiexec) noticed that process rank 1 .* exited on signal 9" "$DIR/kill9_default.out" \
   || { cat "$DIR/kill9_default.out"; fail "kill9_default: mpirun did not name rank 1"; }
 grep -E "(mpirun|mpiexec) noticed that process rank 1" "$DIR/kill9_default.out" | sed "s/^/kill9_default: /"
+
+# (d) kill -STOP during checkpointing (a save after every step, so one is nearly always in flight).
+EXTRA_SETS=(--set checkpoint.every_steps=1 --set checkpoint.keep_last=2)
+run_case stop_ckpt STOP
+EXTRA_SETS=()
+check_exit stop_ckpt
+check_survivor_error stop_ckpt
+grep -q '^checkpoint: step' "$DIR/stop_ckpt.out" || { cat "$DIR/stop_ckpt.out"; fail "stop_ckpt: no checkpoint was written"; }
 echo "ok"
