@@ -93,8 +93,10 @@ if shutil.which("strace"):
         if "rank0.h5" in line and "openat(" in line:
             path = line.split('"')[1]
             if path not in tried: tried.append(path)
-    print(f"- where HDF5 looked for `rank0.h5` when `{vds}/latest` was read from `/` (strace, in order): "
-          + ", ".join(f"`{t}`" for t in tried))
+    # Paths relative to the scratch directory (VDS/...), so the results do not name this machine.
+    rel = lambda t: t.replace(vds, "VDS")
+    print(f"- where HDF5 looked for `rank0.h5` when `VDS/latest` was read (by absolute path) from `/` (strace, in "
+          f"order; VDS is the scratch directory): " + ", ".join(f"`{rel(t)}`" for t in tried))
 os.rename(f"{vds}/d/rank1.h5", f"{vds}/rank1.missing")
 print(f"- `d/rank1.h5` deleted, `latest` from the parent directory: {read('latest', vds)}")
 os.rename(f"{vds}/rank1.missing", f"{vds}/d/rank1.h5")
