@@ -25,45 +25,21 @@ set -u
 TESSERA="$1"
 MPIRUN="$2"
 SRC="$3"
-PY=/usr/bin/python3
-DATA=/usr/share/datasets/fashion-mnist
 TRIALS=24
 MIN_IN_FLIGHT=10
 KEEP=2
-DIR=$(mktemp -d)
+source "$(dirname "$0")/ckpt_test_lib.sh"
 RUN="$DIR/run"
 CK="$RUN/checkpoints"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# Open MPI's session directory and shared-memory files of runs killed by -9 stay in DIR.
-mkdir -p "$DIR/ompi"
-export OMPI_MCA_orte_tmpdir_base="$DIR/ompi" OMPI_MCA_btl_vader_backing_directory="$DIR/ompi"
-
-literal_re() { printf '%s' "$1" | sed 's/[].[\*^$()+?{}|]/\\&/g'; }
 RUN_RE="$(literal_re "$RUN")( |\$)"   # the processes of a trial: their command line names RUN
-cleanup() {
-  pkill -9 -f -- "$(literal_re "$DIR/")" 2>/dev/null
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-trap 'exit 2' INT TERM
-fail() { echo "FAIL: $*"; exit 1; }
-for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
-  [ -f "$DATA/$f" ] || { echo "FAIL: $DATA/$f is missing (scripts/setup.sh installs dataset-fashion-mnist)"; exit 1; }
-done
 
-JOB="$SRC/jobs/examples/fmnist_mlp.pbtxt"
 ARGS=(--set model.mlp.hidden=2048,2048 --set train.steps=1000000 --set train.threads=1 --set train.log_every_steps=1
       --set checkpoint.every_steps=1 --set checkpoint.keep_last=$KEEP --set parallel.collective_timeout_s=60)
 
 launch() {  # NP OUT [ARGS...]
   local np="$1" out="$2"
   shift 2
-  if [ "$np" = 1 ]; then
-    timeout 120 "$TESSERA" train "$JOB" --run-dir "$RUN" "${ARGS[@]}" "$@" > "$out" 2>&1
-  else
-    timeout 120 "$MPIRUN" -np "$np" --allow-run-as-root --oversubscribe --bind-to none \
-      "$TESSERA" train "$JOB" --run-dir "$RUN" "${ARGS[@]}" "$@" > "$out" 2>&1
-  fi
+  run_tessera "$np" "$RUN" "$out" "${ARGS[@]}" "$@"
 }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 step_num() { echo $((10#${1#step-})); }  # step-00000042 -> 42

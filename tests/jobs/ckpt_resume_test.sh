@@ -18,31 +18,10 @@ set -u
 TESSERA="$1"
 MPIRUN="$2"
 SRC="$3"
-PY=/usr/bin/python3
-DATA=/usr/share/datasets/fashion-mnist
-DIR=$(mktemp -d)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# Open MPI's session directory and shared-memory files of runs killed by -9 stay in DIR.
-mkdir -p "$DIR/ompi"
-export OMPI_MCA_orte_tmpdir_base="$DIR/ompi" OMPI_MCA_btl_vader_backing_directory="$DIR/ompi"
-
-# A regular expression that matches the string $1 literally.
-literal_re() { printf '%s' "$1" | sed 's/[].[\*^$()+?{}|]/\\&/g'; }
-cleanup() {
-  pkill -9 -f -- "$(literal_re "$DIR/")" 2>/dev/null
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-trap 'exit 2' INT TERM
-fail() { echo "FAIL: $*"; exit 1; }
-for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
-  [ -f "$DATA/$f" ] || { echo "FAIL: $DATA/$f is missing (scripts/setup.sh installs dataset-fashion-mnist)"; exit 1; }
-done
-"$PY" -c "import h5py, numpy" 2>/dev/null || { echo "FAIL: $PY lacks h5py or numpy (scripts/setup.sh installs python3-h5py)"; exit 1; }
+source "$(dirname "$0")/ckpt_test_lib.sh"
 
 STEPS=200
 EVERY=40
-JOB="$SRC/jobs/examples/fmnist_mlp.pbtxt"
 # 784-64-32-10 with dropout 0.1; Adam, lr 0.001 with a cosine schedule (20 warm-up steps) over the
 # 200 steps; batch 1024 (59 steps per epoch, the last one short: the runs cross three epoch ends).
 # Larger models or rates make the trajectory chaotic: 1 rank with 1 or 2 threads, or 1 and 2 ranks,
@@ -59,12 +38,7 @@ ARGS=(--set train.steps=$STEPS --set train.threads=1 --set train.log_every_steps
 launch() {
   local np="$1" run="$2"
   shift 2
-  if [ "$np" = 1 ]; then
-    timeout 120 "$TESSERA" train "$JOB" --run-dir "$run" "${ARGS[@]}" "$@" > "$run.out" 2>&1
-  else
-    timeout 120 "$MPIRUN" -np "$np" --allow-run-as-root --oversubscribe --bind-to none \
-      "$TESSERA" train "$JOB" --run-dir "$run" "${ARGS[@]}" "$@" > "$run.out" 2>&1
-  fi
+  run_tessera "$np" "$run" "$run.out" "${ARGS[@]}" "$@"
 }
 train() {  # NP RUN [ARGS...]: to completion
   local t0=$SECONDS
