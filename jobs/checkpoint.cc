@@ -296,6 +296,19 @@ json MetaJson(const CheckpointMeta& m, const std::string& kind) {
   return j;
 }
 
+// Writes each member of MetaJson() as a root attribute (strings as UTF-8 strings, integers as
+// int64, reals as float64): the attributes and the manifest's copy come from one place.
+void WriteRootAttributes(hid_t file, const json& attrs, const std::string& where) {
+  for (auto it = attrs.begin(); it != attrs.end(); ++it) {
+    const json& v = it.value();
+    if (v.is_string()) WriteAttr(file, it.key().c_str(), v.get<std::string>(), where);
+    else if (v.is_number_float()) WriteAttrF64(file, it.key().c_str(), v.get<double>(), where);
+    else if (v.is_number_unsigned()) WriteAttr(file, it.key().c_str(), static_cast<int64_t>(v.get<uint64_t>()), where);
+    else if (v.is_number_integer()) WriteAttr(file, it.key().c_str(), v.get<int64_t>(), where);
+    else TESSERA_THROW(ValueError, where, ": root attribute '", it.key(), "' has no HDF5 type: ", v.dump());
+  }
+}
+
 json ManifestJson(const std::vector<CheckpointTensor>& tensors) {
   json list = json::array();
   for (const CheckpointTensor& t : tensors)
@@ -711,31 +724,11 @@ void CheckpointWriter::WriteJob(Job& job) {
       const CheckpointMeta& m = job.meta;
       hid_t f = file.get();
       WriteAttr(f, "format", std::string(kCheckpointFormat), tmp_file);
-      WriteAttr(f, "format_version", int64_t{m.format_version}, tmp_file);
-      WriteAttr(f, "tessera_version", m.tessera_version, tmp_file);
-      WriteAttr(f, "created", m.created, tmp_file);
-      WriteAttr(f, "step", m.step, tmp_file);
-      WriteAttr(f, "epoch", m.epoch, tmp_file);
-      WriteAttr(f, "step_in_epoch", m.step_in_epoch, tmp_file);
-      WriteAttr(f, "steps_per_epoch", m.steps_per_epoch, tmp_file);
-      WriteAttr(f, "global_batch", m.global_batch, tmp_file);
-      WriteAttr(f, "samples_seen", m.samples_seen, tmp_file);
-      WriteAttr(f, "seed", static_cast<int64_t>(m.seed), tmp_file);
-      WriteAttr(f, "world_size", int64_t{m.world_size}, tmp_file);
-      WriteAttr(f, "data_parallel", int64_t{m.data_parallel}, tmp_file);
-      WriteAttr(f, "zero_stage", int64_t{m.zero_stage}, tmp_file);
-      WriteAttr(f, "tensor_parallel", int64_t{m.tensor_parallel}, tmp_file);
-      WriteAttr(f, "pipeline_parallel", int64_t{m.pipeline_parallel}, tmp_file);
+      WriteRootAttributes(f, MetaJson(m, "checkpoint"), tmp_file);
       WriteAttr(f, "layout",
                 detail::StrCat("each of the ", job.world, " ranks wrote a contiguous 1/", job.world,
                                " of the flat buffers (", job.flat_size, " elements)"),
                 tmp_file);
-      WriteAttr(f, "optimizer", m.optimizer, tmp_file);
-      WriteAttr(f, "optimizer_step", m.optimizer_step, tmp_file);
-      WriteAttr(f, "lr_schedule", m.lr_schedule, tmp_file);
-      WriteAttrF64(f, "lr", m.lr, tmp_file);
-      WriteAttr(f, "job_spec", m.job_spec, tmp_file);
-      WriteAttr(f, "dtype", m.dtype, tmp_file);
       WriteAttr(f, "rng",
                 std::string("philox4x32-10: the shuffle and augmentation streams are keyed by (seed, epoch), "
                             "dropout by (seed, example position); /rng/rank_state holds each rank's (seed, next "
@@ -1274,13 +1267,8 @@ void ExportModel(const std::string& checkpoint_path, const std::string& out_path
     em.job_spec = info.meta.job_spec;
     em.dtype = info.meta.dtype;
     WriteAttr(f, "format", std::string(kModelFormat), tmps);
-    WriteAttr(f, "format_version", int64_t{em.format_version}, tmps);
-    WriteAttr(f, "tessera_version", em.tessera_version, tmps);
-    WriteAttr(f, "created", em.created, tmps);
-    WriteAttr(f, "step", em.step, tmps);
+    WriteRootAttributes(f, MetaJson(em, "model"), tmps);
     WriteAttr(f, "source_checkpoint", fs::absolute(checkpoint_path).lexically_normal().string(), tmps);
-    WriteAttr(f, "job_spec", em.job_spec, tmps);
-    WriteAttr(f, "dtype", em.dtype, tmps);
     Hdf5Handle lcpl(H5C(H5Pcreate(H5P_LINK_CREATE), tmps), H5Pclose);
     H5C(H5Pset_create_intermediate_group(lcpl.get(), 1), tmps);
     for (size_t i = 0; i < model.size(); ++i) {
