@@ -10,10 +10,13 @@
 #include <vector>
 
 #include "datasets/dataset.h"
-#include "datasets/hdf5_util.h"
+#include "core/io/hdf5.h"
 
 namespace tessera::datasets {
 namespace {
+using io::Hdf5Handle;
+using io::Hdf5Lock;
+using io::Hdf5ErrorMessage;
 
 std::string TypeDescription(hid_t type) {
   H5T_class_t cls = H5Tget_class(type);

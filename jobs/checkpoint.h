@@ -43,6 +43,8 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/io/hdf5.h"
+#include "core/io/tensor_file.h"
 #include "core/tensor.h"
 #include "dist/process_group.h"
 
@@ -56,7 +58,7 @@ class Optimizer;
 namespace tessera::jobs {
 
 // The newest format this build writes and reads.
-constexpr int kCheckpointFormatVersion = 1;
+constexpr int kCheckpointFormatVersion = io::kFormatVersion;
 
 // Everything in a checkpoint besides the tensors.
 struct CheckpointMeta {
@@ -81,16 +83,8 @@ struct CheckpointMeta {
   std::string dtype;        // of the model parameters: "f32"
 };
 
-// A tensor as a checkpoint records it.
-struct CheckpointTensor {
-  std::string path;  // "/model/0.weight", "/optim/0.weight/exp_avg"
-  Shape shape;
-  DType dtype = DType::kF32;
-  int64_t bytes = 0;
-  uint32_t crc32 = 0;
-  bool has_crc = false;
-  int64_t file_offset = -1;  // byte offset of the data in the file (contiguous layout), -1 if none
-};
+// A tensor as a checkpoint records it (path, shape, dtype, bytes, CRC-32, offset in the file).
+using CheckpointTensor = io::TensorRecord;
 
 // Where the live state is: the logical tensors and the flat buffers that hold them.
 struct CheckpointLayout {
@@ -185,8 +179,9 @@ void RemovePartialCheckpoints(const std::string& checkpoints_dir);
 // rename: for a run that starts over in the same directory; nothing is deleted). Returns the new name.
 std::string SetAsideCheckpoints(const std::string& checkpoints_dir);
 
-// Metadata and tensor list (no tensor data). Throws IoError for a missing, truncated or non-HDF5
-// file, FormatError for a file that is not a tessera checkpoint or comes from a newer format.
+// Metadata and tensor list (no tensor data), every attribute checked for type and range. Throws
+// IoError for a missing, damaged or malformed file, CheckpointFormatError for a newer format or a
+// file of another kind.
 struct CheckpointInfo {
   std::string path;
   std::string kind;  // "checkpoint" or "model" (an export)
@@ -195,15 +190,17 @@ struct CheckpointInfo {
 };
 CheckpointInfo ReadCheckpointInfo(const std::string& path);
 
-// A checkpoint written by a newer tessera, or a file that is not a checkpoint.
-class CheckpointFormatError : public IoError {
-  using IoError::IoError;
-};
+// An intact file that cannot be used as asked: written by a newer tessera, not a tessera file of
+// a known kind, or an exported model where a checkpoint is needed. Damage of any kind (empty,
+// truncated, not HDF5, a bad manifest, a missing attribute, a CRC mismatch) is a plain IoError:
+// the trainer falls back to an older checkpoint on that, and stops on this.
+using CheckpointFormatError = io::FormatError;
 
 // Loads every entry of `layout` from `path` into the buffers (the parts of each tensor that the
-// buffers hold), checking each tensor's CRC as it is read. Throws ShapeError naming the tensor
-// and both shapes when the model differs, IoError naming the file and tensor for a missing
-// tensor, a CRC mismatch or a read failure. A /model tensor in the file that the layout lacks is
+// buffers hold), checking each tensor's CRC as it is read, and first the manifest's CRC, its copy
+// of the root attributes, and the step against the step-N directory and the training position.
+// Throws ShapeError naming the tensor and both shapes when the model differs, IoError naming the
+// file and tensor for a missing tensor, a CRC mismatch, an inconsistency or a read failure. A /model tensor in the file that the layout lacks is
 // an error too (a different model). Returns the checkpoint's metadata. After an error the
 // buffers may hold part of the checkpoint: do not train on them.
 CheckpointInfo LoadCheckpoint(const std::string& path, const CheckpointLayout& layout);

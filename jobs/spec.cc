@@ -6,10 +6,12 @@
 
 #include <cctype>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 
 #include "core/error.h"
+#include "store/store.h"
 
 namespace tessera::jobs {
 namespace pb = google::protobuf;
@@ -254,7 +256,36 @@ void ValidateOptimizer(const JobSpec& s, Validator& v) {
             "must be in [0, optimizer.lr]" + Got(sc.min_lr()));
 }
 
-void ValidateRest(const JobSpec& s, Validator& v) {
+// publish { ... } and train.init_from: names the store accepts, a reference that parses (and, when
+// files are checked, resolves).
+void ValidatePublish(const JobSpec& s, Validator& v, bool check_files) {
+  auto check = [&](const char* field, const std::function<void()>& fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      v.Require(false, field, e.what());
+    }
+  };
+  const PublishSpec& p = s.publish();
+  if (!p.store().empty()) {
+    check(p.model().empty() ? "name" : "publish.model", [&] { store::ValidateModelName(p.model().empty() ? s.name() : p.model()); });
+    if (!p.alias().empty()) check("publish.alias", [&] { store::ValidateAliasName(p.alias()); });
+  }
+  v.Require(p.metric() == "test_accuracy" || p.metric() == "test_f1" || p.metric() == "test_loss", "publish.metric",
+            "must be test_accuracy, test_f1 or test_loss, got '" + p.metric() + "'");
+  const std::string& init = s.train().init_from();
+  if (init.rfind("store://", 0) == 0) {
+    check("train.init_from", [&] {
+      store::VersionRef ref = store::ParseVersionRef(init);
+      if (check_files) store::Store(ref.root).Resolve(ref.model, ref.ref);
+    });
+  } else if (!init.empty() && check_files) {
+    struct stat st;
+    v.Require(::stat(init.c_str(), &st) == 0, "train.init_from", "no such checkpoint file or directory: " + init);
+  }
+}
+
+void ValidateRest(const JobSpec& s, Validator& v, bool check_files) {
   const TrainSpec& t = s.train();
   v.Require(t.steps() > 0 || t.epochs() >= 1, "train.epochs", "must be >= 1 (or set train.steps)" + Got(t.epochs()));
   v.Require(t.steps() >= 0, "train.steps", "must be >= 0 (0: use train.epochs)" + Got(t.steps()));
@@ -277,7 +308,7 @@ void ValidateRest(const JobSpec& s, Validator& v) {
   v.Require(c.every_steps() >= 0, "checkpoint.every_steps", "must be >= 0" + Got(c.every_steps()));
   v.Require(c.every_minutes() >= 0, "checkpoint.every_minutes", "must be >= 0" + Got(c.every_minutes()));
   v.Require(c.keep_last() >= 1, "checkpoint.keep_last", "must be >= 1" + Got(c.keep_last()));
-  v.Require(s.publish().store().empty(), "publish.store", "publishing to a model store is not available in this version yet");
+  ValidatePublish(s, v, check_files);
 }
 
 void ResolvePath(std::string* p, const std::string& base) {
@@ -443,7 +474,7 @@ JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& ove
   ValidateModel(spec, v);
   ValidateData(spec, v, check_files);
   ValidateOptimizer(spec, v);
-  ValidateRest(spec, v);
+  ValidateRest(spec, v, check_files);
   if (!v.errors().empty()) TESSERA_THROW(ConfigError, Join(v.errors()));
   return spec;
 }

@@ -14,6 +14,12 @@
 
 namespace tessera::jobs {
 
+// The model architecture and input normalisation live in core/model_spec.proto.
+using models::CnnSpec;
+using models::MlpSpec;
+using models::ModelSpec;
+using models::Normalize;
+
 // Parses, overrides, resolves and validates. `check_files`: whether data files must exist
 // (validate on a login node without the data mounted can turn it off).
 JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& overrides = {},

@@ -11,6 +11,10 @@
 //                        checkpoint.every_minutes and at the end; a run directory that holds one
 //                        is resumed from it (metrics.jsonl is then appended to)
 //
+// publish { store: ... }: at the end, rank 0 publishes the final (or best) weights to the model
+// store (store/store.h) and every rank learns the outcome. train.init_from starts from the
+// weights of a store version or a checkpoint (jobs/publish.h).
+//
 // Progress goes to stdout: a live line on a terminal, plain lines otherwise (files, CI).
 #pragma once
 
@@ -36,6 +40,9 @@ struct TrainSummary {
   double train_seconds = 0;
   int64_t resumed_from_step = -1;  // -1: started from scratch
   std::string checkpoint;          // the last committed checkpoint ("" if none was written)
+  // publish { store ... }: the version published at the end (0: none).
+  int64_t published_version = 0;
+  std::string published_model, published_dir;
 };
 
 struct TrainerOptions {

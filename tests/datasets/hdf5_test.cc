@@ -8,13 +8,15 @@
 #include <vector>
 
 #include "datasets/dataset.h"
-#include "datasets/hdf5_util.h"
+#include "core/io/hdf5.h"
 #include "datasets/loader.h"
 #include "datasets/sampler.h"
 #include "tests/datasets/test_util.h"
 
 namespace tessera::datasets {
 namespace {
+using io::Hdf5Handle;
+using io::Hdf5Lock;
 
 using testing::ScratchDir;
 using testing::ThrownMessage;
@@ -258,12 +260,12 @@ TEST_F(Hdf5Test, CorruptReadInTheLoaderThreadReachesNext) {
 }
 
 TEST(Hdf5Mutex, IsOneProcessWideMutex) {
-  EXPECT_EQ(&Hdf5Mutex(), &Hdf5Mutex());
+  EXPECT_EQ(&io::Hdf5Mutex(), &io::Hdf5Mutex());
   auto try_lock_elsewhere = [] {
     bool locked = false;
     std::thread t([&] {
-      locked = Hdf5Mutex().try_lock();
-      if (locked) Hdf5Mutex().unlock();
+      locked = io::Hdf5Mutex().try_lock();
+      if (locked) io::Hdf5Mutex().unlock();
     });
     t.join();
     return locked;

@@ -2,7 +2,10 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <cxxabi.h>
 #include <unistd.h>
+
+#include <typeinfo>
 
 #include <cstdlib>
 #include <filesystem>
@@ -28,13 +31,21 @@ class ScratchDir {
   std::string path_;
 };
 
-// The message of the ErrorType that `fn` throws; a test failure (and "") when it throws nothing or
-// something else.
+// The message of the ErrorType that `fn` throws; a test failure (and "") when it throws nothing,
+// something else, or a subclass of ErrorType: callers tell the error classes apart (the trainer
+// falls back on an IoError and stops on its subclass FormatError), so tests name the exact one.
 template <typename ErrorType, typename Fn>
 std::string ThrownMessage(Fn&& fn) {
   try {
     fn();
   } catch (const ErrorType& e) {
+    if (typeid(e) != typeid(ErrorType)) {
+      int status = 0;
+      char* name = abi::__cxa_demangle(typeid(e).name(), nullptr, nullptr, &status);
+      ADD_FAILURE() << "threw " << (status == 0 && name ? name : typeid(e).name()) << ", a subclass of the expected "
+                    << "error type: " << e.what();
+      std::free(name);
+    }
     return e.what();
   } catch (const std::exception& e) {
     ADD_FAILURE() << "threw a different exception: " << e.what();

@@ -31,7 +31,7 @@
 #include "core/nn/module.h"
 #include "core/optim/optimizer.h"
 #include "core/random.h"
-#include "datasets/hdf5_util.h"
+#include "core/io/hdf5.h"
 #include "dist/process_group.h"
 #include "tests/datasets/test_util.h"  // ThrownMessage, EXPECT_CONTAINS
 
@@ -39,8 +39,8 @@ namespace tessera::jobs {
 namespace {
 
 namespace fs = std::filesystem;
-using datasets::Hdf5Handle;
-using datasets::Hdf5Lock;
+using io::Hdf5Handle;
+using io::Hdf5Lock;
 using datasets::testing::ThrownMessage;
 
 // ---- model and optimizer state ----------------------------------------------------------------
@@ -777,8 +777,24 @@ TEST_F(CheckpointTest, AChangedRootAttributeIsReportedByVerify) {
   fs::copy_file(good, bad);
   RewriteRootI64(bad, "step", 7);
   std::vector<std::string> problems = VerifyCheckpoint(bad);
-  ASSERT_EQ(problems.size(), 1u);
+  ASSERT_EQ(problems.size(), 2u);
   EXPECT_CONTAINS(problems[0], "root attribute 'step' is 7 but the manifest recorded 6");
+  EXPECT_CONTAINS(problems[1], "do not add up to step 7");
+  // A load refuses it too (a trainer then falls back to an older checkpoint), naming the problem.
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { LoadCheckpoint(bad, s.Layout()); }),
+                  "root attribute 'step' is 7 but the manifest recorded 6");
+}
+
+// A checkpoint whose step disagrees with the step-N directory holding it is refused at load.
+TEST_F(CheckpointTest, TheStepMustMatchTheStepDirectory) {
+  State s = MakeMlp(88, OptKind::kAdam, 1);
+  const std::string good = Save(s, 6);
+  const std::string moved = Path("ckpts/step-00000009/checkpoint.h5");
+  fs::create_directories(Path("ckpts/step-00000009"));
+  fs::copy_file(good, moved);
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { LoadCheckpoint(moved, s.Layout()); }),
+                  "the directory step-00000009 says step 9 but the checkpoint's step attribute is 6");
+  EXPECT_EQ(VerifyCheckpoint(moved).size(), 1u);
 }
 
 // ---- errors -----------------------------------------------------------------------------------
@@ -816,18 +832,20 @@ TEST_F(CheckpointTest, TruncatedFileIsAnIoErrorSayingSo) {
   }
 }
 
-TEST_F(CheckpointTest, NonHdf5AndNonCheckpointFilesAreFormatErrors) {
+// Damage (not HDF5, empty) is an IoError: a trainer falls back to an older checkpoint. An intact
+// HDF5 file of another kind is a CheckpointFormatError: the trainer stops.
+TEST_F(CheckpointTest, NonHdf5FilesAreDamageAndOtherFilesFormatErrors) {
   State s = MakeMlp(111, OptKind::kAdam, 0);
   const std::string text = Path("notes.csv"), empty = Path("empty.h5"), other = Path("other.h5");
   std::ofstream(text) << "a,b,label\n1,2,3\n";
   std::ofstream{empty};
   for (const std::string& f : {text, empty}) {
     SCOPED_TRACE(f);
-    for (const std::string& msg : {ThrownMessage<CheckpointFormatError>([&] { ReadCheckpointInfo(f); }),
-                                   ThrownMessage<CheckpointFormatError>([&] { LoadCheckpoint(f, s.Layout()); }),
-                                   ThrownMessage<CheckpointFormatError>([&] { VerifyCheckpoint(f); })}) {
+    for (const std::string& msg : {ThrownMessage<IoError>([&] { ReadCheckpointInfo(f); }),
+                                   ThrownMessage<IoError>([&] { LoadCheckpoint(f, s.Layout()); }),
+                                   ThrownMessage<IoError>([&] { VerifyCheckpoint(f); })}) {
       EXPECT_CONTAINS(msg, f);
-      EXPECT_CONTAINS(msg, "not an HDF5 file");
+      EXPECT_CONTAINS(msg, f == empty ? "is empty (0 bytes)" : "no HDF5 signature");
     }
   }
   {  // A valid HDF5 file that is not a tessera checkpoint.
@@ -839,9 +857,18 @@ TEST_F(CheckpointTest, NonHdf5AndNonCheckpointFilesAreFormatErrors) {
     d.Reset();
     ASSERT_GE(f.Close(), 0);
   }
-  std::string msg = ThrownMessage<CheckpointFormatError>([&] { LoadCheckpoint(other, s.Layout()); });
+  // No `format` attribute at all: damage, as far as anyone can tell.
+  std::string msg = ThrownMessage<IoError>([&] { LoadCheckpoint(other, s.Layout()); });
   EXPECT_CONTAINS(msg, other);
-  EXPECT_CONTAINS(msg, "not a tessera checkpoint");
+  EXPECT_CONTAINS(msg, "not a tessera file (the root has no 'format' attribute)");
+  {  // A format this build does not know.
+    Hdf5Lock lock;
+    Hdf5Handle f(CHECK_H5(H5Fopen(other.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), other), H5Fclose);
+    io::WriteStringAttr(f.get(), "format", "someone.else", other);
+    ASSERT_GE(f.Close(), 0);
+  }
+  msg = ThrownMessage<CheckpointFormatError>([&] { LoadCheckpoint(other, s.Layout()); });
+  EXPECT_CONTAINS(msg, "not a tessera checkpoint (format is 'someone.else')");
 }
 
 TEST_F(CheckpointTest, AFlippedByteInAnyTensorIsCaughtAndNamed) {
@@ -928,7 +955,7 @@ TEST_F(CheckpointTest, ANewerFormatVersionIsRefusedClearly) {
     EXPECT_CONTAINS(msg, "newer");
   }
   RewriteRootI64(newer, "format_version", 0);
-  EXPECT_CONTAINS(ThrownMessage<CheckpointFormatError>([&] { ReadCheckpointInfo(newer); }), "invalid format_version 0");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadCheckpointInfo(newer); }), "invalid format_version 0");
 }
 
 // ---- export -----------------------------------------------------------------------------------
@@ -1006,19 +1033,19 @@ TEST_F(CheckpointTest, WriterSnapshotsAtSaveAndReportsEachCommit) {
   // Save copies the state before it returns, so training may go on at once: each checkpoint
   // holds the state at its Save call. The second Save waits for the first write.
   const CheckpointLayout at1 = Snapshot(l);
-  EXPECT_GE(w.Save(l, MakeMeta(1, s.opt.get())), 0);
+  EXPECT_GE(w.Save(l, MakeMeta(2, s.opt.get())), 0);
   train_on();
   const CheckpointLayout at2 = Snapshot(l);
   ASSERT_NE(FirstDifference(at1, at2), "");
-  EXPECT_GE(w.Save(l, MakeMeta(2, s.opt.get())), 0);
+  EXPECT_GE(w.Save(l, MakeMeta(3, s.opt.get())), 0);
   train_on();
   w.Wait();
   EXPECT_FALSE(w.busy());
   std::vector<CheckpointSaveReport> r = w.TakeReports();
   ASSERT_EQ(r.size(), 2u);
   for (int i = 0; i < 2; ++i) {
-    EXPECT_EQ(r[i].step, i + 1);
-    EXPECT_EQ(r[i].path, Path("ckpts/step-0000000" + std::to_string(i + 1) + "/checkpoint.h5"));
+    EXPECT_EQ(r[i].step, i + 2);
+    EXPECT_EQ(r[i].path, Path("ckpts/step-0000000" + std::to_string(i + 2) + "/checkpoint.h5"));
     EXPECT_EQ(r[i].bytes, TensorBytes(l));
     EXPECT_EQ(r[i].rank_bytes, TensorBytes(l));
     EXPECT_GE(r[i].write_seconds, 0);
@@ -1028,9 +1055,9 @@ TEST_F(CheckpointTest, WriterSnapshotsAtSaveAndReportsEachCommit) {
     State fresh = MakeMlp(182, OptKind::kAdam, 0);
     CheckpointLayout got = fresh.Layout();
     CheckpointInfo info = LoadCheckpoint(r[i].path, got);
-    EXPECT_EQ(info.meta.step, i + 1);
+    EXPECT_EQ(info.meta.step, i + 2);
     EXPECT_EQ(info.meta.optimizer_step, 2 + i);
-    EXPECT_EQ(FirstDifference(i == 0 ? at1 : at2, got), "") << "checkpoint " << i + 1;
+    EXPECT_EQ(FirstDifference(i == 0 ? at1 : at2, got), "") << "checkpoint " << i + 2;
   }
 }
 
@@ -1087,7 +1114,7 @@ TEST_F(CheckpointTest, BackgroundFailuresAreRethrownWithThePath) {
 
 // ---- HDF5 calls outside the HDF5 lock -----------------------------------------------------------
 
-// Every HDF5 call in the process must hold datasets::Hdf5Mutex() (datasets/hdf5_util.h): Debian's
+// Every HDF5 call in the process must hold io::Hdf5Mutex() (core/io/hdf5.h): Debian's
 // HDF5 is not thread-safe. This binary interposes H5open(), which HDF5 runs at the start of every
 // API call that may initialise the library and which every predefined type (H5T_IEEE_F32LE,
 // H5T_NATIVE_FLOAT, ...) calls when it is used. While a thread is watched, an H5open() on it
@@ -1127,7 +1154,7 @@ TEST_F(CheckpointTest, SaveMakesNoHdf5CallOutsideTheHdf5Lock) {
   EXPECT_EQ(g_unlocked_hdf5_calls.load(), 0)
       << "CheckpointWriter::Save made " << g_unlocked_hdf5_calls.load()
       << " HDF5 call(s) (H5open, through FileType's H5T_IEEE_F32LE) on the caller's thread without holding "
-         "datasets::Hdf5Mutex()";
+         "io::Hdf5Mutex()";
 }
 
 }  // namespace
@@ -1138,7 +1165,7 @@ TEST_F(CheckpointTest, SaveMakesNoHdf5CallOutsideTheHdf5Lock) {
 extern "C" herr_t H5open(void) {
   using tessera::jobs::g_watched_thread;
   if (g_watched_thread.load() == std::this_thread::get_id()) {
-    std::mutex& m = tessera::datasets::Hdf5Mutex();
+    std::mutex& m = tessera::io::Hdf5Mutex();
     if (m.try_lock()) {  // free: the watched thread does not hold it (and it never tries while holding it)
       m.unlock();
       ++tessera::jobs::g_unlocked_hdf5_calls;

@@ -1,0 +1,215 @@
+#include "core/io/weights.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <thread>
+
+#include "core/error.h"
+#include "core/io/check_queue.h"
+#include "core/io/checksum.h"
+#include "core/io/durable.h"
+#include "core/io/hdf5.h"
+#include "tessera/config.h"
+
+namespace tessera::io {
+
+#define H5C(call, where) TESSERA_H5_CHECK(IoError, call, where)
+
+json WeightsMetaJson(const WeightsMeta& m) {
+  return {{"format_version", m.format_version}, {"tessera_version", m.tessera_version}, {"created", m.created},
+          {"step", m.step}, {"job_spec", m.job_spec}, {"dtype", m.dtype}};
+}
+
+namespace {
+
+// The record of one tensor to write, its name and size checked.
+TensorRecord RecordFor(const WeightsView& v, const std::string& where) {
+  if (v.name.empty() || v.name[0] == '/' || v.name.find("//") != std::string::npos || v.name.back() == '/' ||
+      v.name.find('\0') != std::string::npos)
+    TESSERA_THROW(ValueError, where, ": '", v.name, "' is not a tensor name like 0.weight");
+  if (v.dtype != DType::kF32 && v.dtype != DType::kF64)
+    TESSERA_THROW(ValueError, where, ": ", v.name, ": weights files hold f32 and f64 tensors, not ", DTypeName(v.dtype));
+  int64_t numel = 1;
+  for (int64_t d : v.shape) {
+    if (d < 0 || (d > 0 && numel > std::numeric_limits<int64_t>::max() / 16 / d))
+      TESSERA_THROW(ValueError, where, ": ", v.name, ": invalid shape");
+    numel *= d;
+  }
+  TensorRecord r;
+  r.path = "/model/" + v.name;
+  r.shape = v.shape;
+  r.dtype = v.dtype;
+  r.bytes = numel * static_cast<int64_t>(SizeOf(v.dtype));
+  r.has_crc = true;
+  if (r.bytes > 0 && v.data == nullptr) TESSERA_THROW(ValueError, where, ": ", v.name, ": no data");
+  return r;
+}
+
+Hdf5Handle Space(const std::vector<int64_t>& shape, const std::string& where) {
+  if (shape.empty()) return Hdf5Handle(H5C(H5Screate(H5S_SCALAR), where), H5Sclose);
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  return Hdf5Handle(H5C(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), where), H5Sclose);
+}
+
+// Writes the HDF5 file `tmp` (the lock held). The CRCs are computed on a second thread while
+// HDF5 writes the data; they are needed only for the attributes and the manifest at the end.
+void WriteWeightsLocked(const std::string& tmp, const WeightsMeta& m, const std::vector<WeightsView>& views,
+                        std::vector<TensorRecord>& records) {
+  std::thread crcs([&] {
+    for (size_t i = 0; i < views.size(); ++i) records[i].crc32 = Crc32(views[i].data, static_cast<size_t>(records[i].bytes));
+  });
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join{crcs};
+  Hdf5Handle fapl = FileAccess(tmp);
+  Hdf5Handle file(H5C(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), tmp), H5Fclose);
+  hid_t f = file.get();
+  WriteStringAttr(f, "format", kModelFormat, tmp);
+  WriteRootAttributes(f, WeightsMetaJson(m), tmp);
+  if (!m.source.empty()) WriteStringAttr(f, "source_checkpoint", m.source, tmp);
+  Hdf5Handle lcpl(H5C(H5Pcreate(H5P_LINK_CREATE), tmp), H5Pclose);
+  H5C(H5Pset_create_intermediate_group(lcpl.get(), 1), tmp);
+  std::vector<Hdf5Handle> datasets;
+  for (size_t i = 0; i < views.size(); ++i) {
+    const std::string where = tmp + ": " + records[i].path;
+    Hdf5Handle space = Space(records[i].shape, where);
+    Hdf5Handle ds(H5C(H5Dcreate2(f, records[i].path.c_str(), FileFloatType(records[i].dtype, where), space.get(),
+                                 lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
+                      where),
+                  H5Dclose);
+    if (records[i].bytes > 0)
+      H5C(H5Dwrite(ds.get(), MemFloatType(records[i].dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, views[i].data), where);
+    datasets.push_back(std::move(ds));
+  }
+  crcs.join();
+  for (size_t i = 0; i < views.size(); ++i) WriteU32Attr(datasets[i].get(), "crc32", records[i].crc32, tmp + ": " + records[i].path);
+  datasets.clear();
+  WriteManifest(f, records, WeightsMetaJson(m), tmp);
+  H5C(file.Close(), tmp);
+}
+
+// The metadata of an open weights file (or the /model part of a checkpoint), checked.
+WeightsInfo ReadInfoLocked(hid_t file, const std::string& path, Manifest* manifest_out = nullptr) {
+  WeightsInfo info;
+  info.path = path;
+  std::string format = ReadFormat(file, path);
+  if (format != kModelFormat && format != kCheckpointFormat)
+    TESSERA_THROW(FormatError, path, ": not a tessera weights file (format is '", format.substr(0, 100), "')");
+  WeightsMeta& m = info.meta;
+  m.format_version = ReadFormatVersion(file, format, path);
+  m.tessera_version = HasAttr(file, "tessera_version", path) ? ReadStringAttr(file, "tessera_version", path) : "?";
+  m.created = ReadStringAttr(file, "created", path);
+  m.step = ReadIntAttr(file, "step", path, 0);
+  m.job_spec = ReadStringAttr(file, "job_spec", path);
+  m.dtype = ReadStringAttr(file, "dtype", path);
+  if (HasAttr(file, "source_checkpoint", path)) m.source = ReadStringAttr(file, "source_checkpoint", path);
+  Manifest man = ReadManifest(file, path);
+  for (const TensorRecord& t : man.tensors) {
+    if (t.path.rfind("/model/", 0) == 0) info.tensors.push_back(t);
+    else if (format == kModelFormat)
+      TESSERA_THROW(IoError, path, ": /manifest lists ", t.path, "; a model file holds /model tensors only");
+  }
+  if (info.tensors.empty()) TESSERA_THROW(IoError, path, ": holds no /model tensors");
+  if (manifest_out) *manifest_out = std::move(man);
+  return info;
+}
+
+}  // namespace
+
+WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& meta,
+                                    const std::vector<WeightsView>& tensors) {
+  WeightsMeta m = meta;
+  m.format_version = kFormatVersion;
+  m.tessera_version = TESSERA_VERSION;
+  m.created = UtcNow();
+  if (tensors.empty()) TESSERA_THROW(ValueError, path, ": a weights file needs at least one tensor");
+  WeightsWriteResult out;
+  std::map<std::string, bool> seen;
+  for (const WeightsView& v : tensors) {
+    out.tensors.push_back(RecordFor(v, path));
+    if (seen[v.name]) TESSERA_THROW(ValueError, path, ": tensor ", v.name, " is given twice");
+    seen[v.name] = true;
+  }
+  const std::string tmp = TempNameBeside(path);
+  try {
+    Hdf5Lock lock;
+    WriteWeightsLocked(tmp, m, tensors, out.tensors);
+  } catch (...) {
+    unlink(tmp.c_str());
+    throw;
+  }
+  try {
+    FsyncPath(tmp, false);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+      TESSERA_THROW(IoError, path, ": cannot rename ", tmp, " into place: ", std::strerror(errno));
+    FsyncParent(path);
+  } catch (...) {
+    unlink(tmp.c_str());
+    throw;
+  }
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0) out.file_bytes = st.st_size;
+  return out;
+}
+
+WeightsInfo ReadWeightsInfo(const std::string& path) {
+  Hdf5Lock lock;
+  Hdf5Handle file = OpenForRead(path);
+  return ReadInfoLocked(file.get(), path);
+}
+
+WeightsInfo ReadWeights(const std::string& path, const TensorSink& sink) {
+  Hdf5Lock lock;
+  Hdf5Handle file = OpenForRead(path);
+  WeightsInfo info = ReadInfoLocked(file.get(), path);
+  const int64_t size = FileSize(file.get(), path);
+  CheckQueue checks;  // CRCs are checked on a second thread while the next tensors are read
+  for (const TensorRecord& t : info.tensors) {
+    void* dest = nullptr;
+    TensorReadResult r = ReadTensorData(file.get(), t, size, [&] { return dest = sink(t); }, path);
+    if (dest != nullptr) checks.Add([&t, dest, r, &path] { CheckTensorCrc(t, dest, r, path); });
+  }
+  checks.Finish();
+  return info;
+}
+
+std::vector<std::string> VerifyWeights(const std::string& path) {
+  Hdf5Lock lock;
+  Hdf5Handle file = OpenForRead(path);
+  Manifest man;
+  WeightsInfo info = ReadInfoLocked(file.get(), path, &man);
+  const int64_t size = FileSize(file.get(), path);
+  std::vector<std::string> problems = CheckManifestIntegrity(man, WeightsMetaJson(info.meta), path);
+  std::map<std::string, bool> listed;
+  std::vector<char> buf;
+  for (const TensorRecord& t : info.tensors) {
+    listed[t.path] = true;
+    try {
+      TensorReadResult r = ReadTensorData(
+          file.get(), t, size,
+          [&] {
+            buf.resize(static_cast<size_t>(t.bytes));
+            return static_cast<void*>(buf.data());
+          },
+          path);
+      CheckTensorCrc(t, buf.data(), r, path);
+    } catch (const Error& e) {
+      problems.push_back(e.what());
+    }
+  }
+  for (const std::string& p : DatasetPaths(file.get(), path))
+    if (p.rfind("/model/", 0) == 0 && !listed.count(p)) problems.push_back(path + ": " + p + ": not listed in the manifest");
+  return problems;
+}
+
+}  // namespace tessera::io

@@ -1,0 +1,77 @@
+#include "core/model_spec.h"
+
+#include <sstream>
+
+#include "core/models.h"
+
+namespace tessera::models {
+
+std::unique_ptr<nn::Sequential> BuildModel(const ModelSpec& m, const Shape& example, int classes) {
+  std::string shape = ShapeString(example);
+  if (m.has_mlp()) {
+    const MlpSpec& s = m.mlp();
+    if (s.in_features() != NumElements(example))
+      TESSERA_THROW(ConfigError, "model.mlp.in_features is ", s.in_features(), " but the examples have shape ", shape,
+                    " (", NumElements(example), " values)");
+    if (classes > s.out_features())
+      TESSERA_THROW(ConfigError, "model.mlp.out_features is ", s.out_features(), " but the labels have ", classes,
+                    " classes");
+    MlpConfig c;
+    c.in_features = s.in_features();
+    c.hidden.assign(s.hidden().begin(), s.hidden().end());
+    c.out_features = s.out_features();
+    c.dropout = s.dropout();
+    c.gelu = s.activation() == GELU;
+    return BuildMlp(c);
+  }
+  if (!m.has_cnn()) TESSERA_THROW(ConfigError, "model: no model family (mlp or cnn) is set");
+  const CnnSpec& s = m.cnn();
+  Shape want{s.in_channels(), s.height(), s.width()};
+  if (want != example)
+    TESSERA_THROW(ConfigError, "model.cnn expects examples of shape ", ShapeString(want),
+                  " (in_channels, height, width) but the examples have shape ", shape);
+  if (classes > s.out_features())
+    TESSERA_THROW(ConfigError, "model.cnn.out_features is ", s.out_features(), " but the labels have ", classes,
+                  " classes");
+  CnnConfig c;
+  c.in_channels = s.in_channels();
+  c.height = s.height();
+  c.width = s.width();
+  c.channels.assign(s.channels().begin(), s.channels().end());
+  c.kernel = s.kernel();
+  c.hidden.assign(s.hidden().begin(), s.hidden().end());
+  c.out_features = s.out_features();
+  c.dropout = s.dropout();
+  return BuildCnn(c);
+}
+
+int64_t OutFeatures(const ModelSpec& m) { return m.has_mlp() ? m.mlp().out_features() : m.cnn().out_features(); }
+
+Shape ImpliedExampleShape(const ModelSpec& m) {
+  if (m.has_cnn()) return {m.cnn().in_channels(), m.cnn().height(), m.cnn().width()};
+  return {m.mlp().in_features()};
+}
+
+std::string DescribeModel(const ModelSpec& m) {
+  std::ostringstream s;
+  auto list = [&](const auto& v, char sep) {
+    for (int i = 0; i < v.size(); ++i) s << (i ? std::string(1, sep) : "") << v.Get(i);
+  };
+  if (m.has_mlp()) {
+    s << "mlp " << m.mlp().in_features() << "-";
+    list(m.mlp().hidden(), '-');
+    s << (m.mlp().hidden_size() ? "-" : "") << m.mlp().out_features() << (m.mlp().activation() == GELU ? " gelu" : " relu");
+  } else if (m.has_cnn()) {
+    const CnnSpec& c = m.cnn();
+    s << "cnn " << c.in_channels() << "x" << c.height() << "x" << c.width() << " conv ";
+    list(c.channels(), ',');
+    s << " k" << c.kernel() << " fc ";
+    list(c.hidden(), '-');
+    s << (c.hidden_size() ? "-" : "") << c.out_features();
+  } else {
+    s << "none";
+  }
+  return s.str();
+}
+
+}  // namespace tessera::models

@@ -1,0 +1,26 @@
+// The parts of a training job built from its spec: datasets, optimizer, learning-rate schedule,
+// loader options. (The model itself: core/model_spec.h.)
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/nn/module.h"
+#include "core/optim/optimizer.h"
+#include "core/optim/schedule.h"
+#include "datasets/dataset.h"
+#include "datasets/loader.h"
+#include "jobs/job.pb.h"
+
+namespace tessera::jobs {
+
+// The training (train = true) or test split named by `data`.
+std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& data, bool train);
+std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, nn::FlatParameters& p);
+std::unique_ptr<optim::LrSchedule> BuildSchedule(const OptimizerSpec& o, int64_t total_steps);
+// "cosine(lr=0.001, warmup_steps=100, total_steps=1407, min_lr=0)": what the rate at any step follows.
+std::string ScheduleDescription(const OptimizerSpec& o, int64_t total_steps);
+// Normalisation and augmentation (augmentation only for training) as the loader applies them.
+datasets::LoaderOptions LoaderOptionsFor(const JobSpec& spec, bool train);
+
+}  // namespace tessera::jobs

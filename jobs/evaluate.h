@@ -1,0 +1,32 @@
+// Evaluation on the test split: every rank evaluates its share of the examples and the counts and
+// loss are summed over ranks, so the result is exactly the single process's.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+
+#include "core/metrics.h"
+#include "core/nn/module.h"
+#include "datasets/dataset.h"
+#include "datasets/loader.h"
+#include "dist/process_group.h"
+
+namespace tessera::jobs {
+
+struct EvalResult {
+  double loss = 0;
+  ConfusionMatrix cm{1};
+};
+
+// Evaluates `net` (switched to inference mode and back) on `data`, normalised as `norm` says, in
+// batches of `batch_size`. `group` may be null (one process).
+EvalResult Evaluate(nn::Module& net, datasets::Dataset& data, const datasets::LoaderOptions& norm, int64_t batch_size,
+                    int classes, dist::ProcessGroup* group, double timeout_s);
+
+// test_loss, test_accuracy, test_precision, test_recall, test_f1.
+nlohmann::json EvalJson(const EvalResult& r);
+
+// The value of `metric` (one of EvalJson's names) and whether larger is better (loss: smaller).
+double MetricValue(const EvalResult& r, const std::string& metric, bool* larger_is_better);
+
+}  // namespace tessera::jobs

@@ -1,0 +1,179 @@
+#include "jobs/publish.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+
+#include "core/io/checksum.h"
+#include "core/io/durable.h"
+#include "core/model_spec.h"
+#include "core/version.h"
+#include "jobs/build.h"
+#include "jobs/checkpoint.h"
+#include "jobs/spec.h"
+
+namespace tessera::jobs {
+
+namespace fs = std::filesystem;
+
+store::Architecture ArchitectureOf(const JobSpec& spec, const Shape& example, int classes) {
+  store::Architecture a;
+  *a.mutable_model() = spec.model();
+  for (int64_t d : example) a.add_input_shape(d);
+  // IDX files hold bytes (Fashion-MNIST's pixels); CSV and HDF5 features are read as floats.
+  a.set_input_dtype(spec.data().kind() == DataSpec::IDX ? "UINT8" : "FP32");
+  *a.mutable_normalize() = spec.data().normalize();
+  a.set_classes(classes);
+  return a;
+}
+
+store::Architecture ArchitectureOf(const JobSpec& spec) {
+  try {
+    std::unique_ptr<datasets::Dataset> train = OpenSplit(spec.data(), true);
+    return ArchitectureOf(spec, train->example_shape(), train->num_classes());
+  } catch (const Error& e) {
+    std::fprintf(stderr,
+                 "tessera: warning: cannot open the job's training data (%s); the published input shape is the one the "
+                 "model spec implies\n",
+                 e.what());
+    return ArchitectureOf(spec, models::ImpliedExampleShape(spec.model()),
+                          static_cast<int>(models::OutFeatures(spec.model())));
+  }
+}
+
+namespace {
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+void AddDataset(store::Lineage& l, const std::string& path) {
+  if (path.empty()) return;
+  store::FileDigest* d = l.add_datasets();
+  d->set_name(fs::absolute(path).lexically_normal().string());
+  try {
+    int64_t bytes = 0;
+    d->set_sha256(io::Sha256File(path, &bytes));
+    d->set_bytes(bytes);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "tessera: warning: lineage: no checksum for the dataset file: %s\n", e.what());
+  }
+}
+
+}  // namespace
+
+store::Lineage LineageOf(const JobSpec& spec, int64_t step, int world_size, const std::string& run_dir,
+                         const std::string& checkpoint, const InitSource* init) {
+  store::Lineage l;
+  l.set_job_name(spec.name());
+  l.set_job_spec(ToText(spec));
+  l.set_source_commit(SourceCommit());
+  const DataSpec& d = spec.data();
+  for (const std::string& p : {d.train_images(), d.train_labels(), d.test_images(), d.test_labels(), d.train_path(),
+                               d.test_path()})
+    AddDataset(l, p);
+  if (!Env("SLURM_JOB_ID").empty()) {
+    store::SlurmJob* s = l.mutable_slurm();
+    s->set_job_id(Env("SLURM_JOB_ID"));
+    if (!Env("SLURM_ARRAY_JOB_ID").empty()) s->set_array_job_id(Env("SLURM_ARRAY_JOB_ID"));
+    if (!Env("SLURM_ARRAY_TASK_ID").empty()) s->set_array_task_id(Env("SLURM_ARRAY_TASK_ID"));
+    s->set_restart_count(std::atoi(Env("SLURM_RESTART_COUNT").c_str()));
+  }
+  l.set_world_size(world_size);
+  l.set_data_parallel(spec.parallel().data() > 0 ? spec.parallel().data() : world_size);
+  l.set_zero_stage(spec.parallel().zero_stage());
+  l.set_tensor_parallel(spec.parallel().tensor());
+  l.set_pipeline_parallel(spec.parallel().pipeline());
+  l.set_step(step);
+  if (!checkpoint.empty()) l.set_checkpoint(fs::absolute(checkpoint).lexically_normal().string());
+  if (!run_dir.empty()) l.set_run_dir(fs::absolute(run_dir).lexically_normal().string());
+  l.set_host(io::HostName());
+  l.set_user(Env("USER"));
+  if (init) {
+    if (init->from_store) *l.mutable_parent() = init->parent;
+    else l.set_parent_checkpoint(fs::absolute(init->weights_path).lexically_normal().string());
+  }
+  return l;
+}
+
+InitSource ResolveInitFrom(const std::string& reference) {
+  InitSource s;
+  s.reference = reference;
+  if (reference.rfind("store://", 0) != 0) {
+    s.weights_path = ResolveCheckpoint(reference);
+    return s;
+  }
+  store::VersionRef ref = store::ParseVersionRef(reference);
+  store::Store st(ref.root);
+  const int64_t version = st.Resolve(ref.model, ref.ref);
+  store::VersionManifest m = st.ReadManifest(ref.model, version);
+  s.from_store = true;
+  s.weights_path = (fs::path(st.VersionDir(ref.model, version)) / "weights.h5").string();
+  s.parent.set_store(fs::absolute(ref.root).lexically_normal().string());
+  s.parent.set_model(ref.model);
+  s.parent.set_version(version);
+  s.parent.set_reference(reference);
+  for (const store::FileDigest& f : m.files())
+    if (f.name() == "weights.h5") s.parent.set_weights_sha256(f.sha256());
+  return s;
+}
+
+std::vector<std::string> InitFromWeights(const InitSource& source, nn::FlatParameters& params) {
+  if (params.values().dtype() != DType::kF32 && params.values().dtype() != DType::kF64)
+    TESSERA_THROW(ValueError, "train.init_from: parameters of dtype ", DTypeName(params.values().dtype()),
+                  " cannot be loaded");
+  std::map<std::string, const nn::FlatParameters::Entry*> by_name;
+  for (const auto& e : params.entries()) by_name["/model/" + e.name] = &e;
+  std::map<std::string, std::string> outcome;  // parameter -> what happened
+  std::vector<Tensor> staged;                  // read in the file's dtype, converted below
+  std::vector<const nn::FlatParameters::Entry*> targets;
+  io::ReadWeights(source.weights_path, [&](const io::TensorRecord& t) -> void* {
+    auto it = by_name.find(t.path);
+    if (it == by_name.end()) return nullptr;
+    const nn::FlatParameters::Entry& e = *it->second;
+    if (t.shape != e.param->shape) {
+      outcome[e.name] = detail::StrCat("re-initialised (", source.reference, " has shape ", ShapeString(t.shape),
+                                       ", the model ", ShapeString(e.param->shape), ")");
+      return nullptr;
+    }
+    staged.push_back(Tensor::Empty({e.numel}, t.dtype));
+    targets.push_back(&e);
+    outcome[e.name] = detail::StrCat("loaded from ", source.reference);
+    return staged.back().raw_data();
+  });
+  for (size_t i = 0; i < staged.size(); ++i) {
+    Tensor src = staged[i].dtype() == params.values().dtype() ? staged[i] : staged[i].Cast(params.values().dtype());
+    params.values().Slice0(targets[i]->offset, targets[i]->offset + targets[i]->numel).CopyFrom(src);
+  }
+  std::vector<std::string> lines;
+  for (const auto& e : params.entries()) {
+    auto it = outcome.find(e.name);
+    lines.push_back(e.name + ": " + (it != outcome.end() ? it->second : "re-initialised (not in " + source.reference + ")"));
+  }
+  return lines;
+}
+
+store::PublishResult PublishWeights(const JobSpec& spec, nn::FlatParameters& params, const Tensor& values,
+                                    const store::Architecture& arch, const std::map<std::string, double>& metrics,
+                                    const store::Lineage& lineage) {
+  const PublishSpec& p = spec.publish();
+  store::PublishRequest req;
+  req.model = p.model().empty() ? spec.name() : p.model();
+  req.alias = p.alias();
+  req.architecture = arch;
+  req.metrics = metrics;
+  req.lineage = lineage;
+  req.weights_meta.step = lineage.step();
+  req.weights_meta.job_spec = ToText(spec);
+  req.weights_meta.dtype = values.dtype() == DType::kF64 ? "float64" : "float32";
+  req.weights_meta.source = lineage.checkpoint();
+  const char* base = static_cast<const char*>(values.raw_data());
+  for (const auto& e : params.entries())
+    req.weights.push_back({e.name, e.param->shape, values.dtype(), base + e.offset * SizeOf(values.dtype())});
+  store::Store st(p.store());
+  return st.Publish(req);
+}
+
+}  // namespace tessera::jobs

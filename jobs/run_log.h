@@ -1,0 +1,50 @@
+// What a run writes as it goes: RUN_DIR/job.pbtxt, metrics.jsonl and summary.json (rank 0),
+// RUN_DIR/rank-R.log (every rank, under data parallelism), and progress on stdout (rank 0): a live
+// line on a terminal, plain lines otherwise (files, CI, and under mpirun or srun, which hand each
+// rank a pseudo-terminal whatever its own output is).
+#pragma once
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "jobs/job.pb.h"
+
+namespace tessera::jobs {
+
+class RunLog {
+ public:
+  // `append`: a resumed run, whose metrics.jsonl and rank logs are continued, not replaced.
+  RunLog(const std::string& run_dir, const JobSpec& spec, int rank, int world, bool progress, bool append);
+
+  // One event in metrics.jsonl (rank 0; nothing while quiet).
+  void Emit(const nlohmann::json& event);
+  // One event in this rank's rank-R.log (under data parallelism only).
+  void RankEvent(const nlohmann::json& event);
+  // A finished run that is only evaluated again records nothing new.
+  void set_quiet(bool quiet) { quiet_ = quiet; }
+
+  // A line of progress (rank 0), printf-style, ending in its own newline.
+  template <typename... Args>
+  void Say(const char* fmt, Args... args) {
+    if (!progress_) return;
+    if (tty_) std::printf("\r\033[K");
+    std::printf(fmt, args...);
+    std::fflush(stdout);
+  }
+  // The step line: redrawn in place on a terminal, one line per call elsewhere.
+  void StepLine(const std::string& text);
+  // Ends a live step line before other output (no-op off a terminal).
+  void EndLine();
+
+  // RUN_DIR/summary.json, replaced atomically (rank 0).
+  void WriteSummary(const nlohmann::json& summary);
+
+ private:
+  std::string run_dir_;
+  bool lead_, progress_, tty_, quiet_ = false;
+  std::ofstream metrics_, rank_log_;
+};
+
+}  // namespace tessera::jobs

@@ -1,0 +1,267 @@
+// Reading the store: listing models, versions and aliases, resolving references, reading a
+// version's files, verifying and loading one.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <future>
+#include <set>
+
+#include "core/io/checksum.h"
+#include "core/io/durable.h"
+#include "core/io/hdf5.h"
+#include "core/model_spec.h"
+#include "store/internal.h"
+
+namespace tessera::store {
+
+using namespace internal;
+
+Store::Store(std::string root) : root_(std::move(root)) {
+  if (root_.empty()) TESSERA_THROW(StoreError, "the model store root is empty (set --store or TESSERA_STORE)");
+}
+
+std::string Store::ModelDir(const std::string& model) const {
+  ValidateModelName(model);
+  return (fs::path(root_) / model).string();
+}
+
+std::string Store::VersionDir(const std::string& model, int64_t version) const {
+  return (fs::path(ModelDir(model)) / std::to_string(version)).string();
+}
+
+namespace {
+
+bool IsRealDirectory(const fs::path& p) {
+  struct stat st {};
+  return lstat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// "ROOT/mnist/3/weights.h5" style names for messages.
+std::string FileIn(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
+
+// The manifest's entry for `name`, or null.
+const FileDigest* Digest(const VersionManifest& m, const std::string& name) {
+  for (const FileDigest& f : m.files())
+    if (f.name() == name) return &f;
+  return nullptr;
+}
+
+// Reads the architecture file, checking its size and sha256 against the manifest first.
+Architecture ReadArchitectureChecked(const std::string& dir, const VersionManifest& m) {
+  const std::string path = FileIn(dir, kArchitectureFile);
+  const FileDigest* d = Digest(m, kArchitectureFile);
+  if (d == nullptr) TESSERA_THROW(IoError, path, ": not listed in ", kManifestFile);
+  std::string text = io::ReadSmallFile(path, kMaxTextFileBytes, "a model architecture");
+  std::string sha = io::Sha256Hex(text);
+  if (static_cast<int64_t>(text.size()) != d->bytes() || sha != d->sha256())
+    TESSERA_THROW(IoError, path, ": does not match ", kManifestFile, " (", text.size(), " bytes, sha256 ", sha,
+                  "; the manifest says ", d->bytes(), " bytes, ", d->sha256(), ")");
+  Architecture a;
+  ReadTextProto(path, &a, "a model architecture");
+  if (!a.has_model() || a.model().family_case() == models::ModelSpec::FAMILY_NOT_SET)
+    TESSERA_THROW(IoError, path, ": names no model (model { mlp { ... } } or model { cnn { ... } })");
+  return a;
+}
+
+}  // namespace
+
+std::vector<std::string> Store::Models() const {
+  std::vector<std::string> out;
+  for (const fs::path& e : io::ListDir(root_)) {
+    std::string name = e.filename().string();
+    try {
+      ValidateModelName(name);
+    } catch (const StoreError&) {
+      continue;
+    }
+    if (IsRealDirectory(e)) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<int64_t> Store::Versions(const std::string& model) const {
+  std::vector<int64_t> out;
+  for (const fs::path& e : io::ListDir(ModelDir(model))) {
+    int64_t v = ParseVersionName(e.filename().string());
+    struct stat st {};
+    if (v > 0 && IsRealDirectory(e) && stat((e / kManifestFile).c_str(), &st) == 0 && S_ISREG(st.st_mode))
+      out.push_back(v);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::map<std::string, int64_t> Store::Aliases(const std::string& model) const {
+  std::map<std::string, int64_t> out;
+  for (const fs::path& e : io::ListDir(fs::path(ModelDir(model)) / kAliasesDir)) {
+    std::string name = e.filename().string();
+    try {
+      ValidateAliasName(name);
+      Alias a;
+      ReadTextProto(e.string(), &a, "an alias");
+      if (a.version() > 0) out[name] = a.version();
+    } catch (const Error&) {
+      continue;  // hidden temporaries, damaged files: Resolve() names the problem when asked
+    }
+  }
+  return out;
+}
+
+int64_t Store::Resolve(const std::string& model, const std::string& ref) const {
+  const std::string where = "model '" + model + "' in " + root_;
+  if (ref.empty() || ref == "latest") {
+    std::vector<int64_t> v = Versions(model);
+    if (v.empty()) TESSERA_THROW(NotFoundError, where, ": no published version");
+    return v.back();
+  }
+  if (int64_t v = ParseVersionName(ref)) {
+    std::vector<int64_t> all = Versions(model);
+    if (!std::binary_search(all.begin(), all.end(), v))
+      TESSERA_THROW(NotFoundError, where, ": no version ", v,
+                    all.empty() ? std::string(" (none is published)") : detail::StrCat(" (versions ", all.front(), " to ", all.back(), ")"));
+    return v;
+  }
+  ValidateAliasName(ref);
+  const fs::path path = fs::path(ModelDir(model)) / kAliasesDir / ref;
+  if (!io::Exists(path)) TESSERA_THROW(NotFoundError, where, ": no alias '", ref, "'");
+  Alias a;
+  ReadTextProto(path.string(), &a, "an alias");
+  if (a.version() <= 0) TESSERA_THROW(IoError, path.string(), ": names no version");
+  std::vector<int64_t> all = Versions(model);
+  if (!std::binary_search(all.begin(), all.end(), a.version()))
+    TESSERA_THROW(NotFoundError, where, ": alias '", ref, "' names version ", a.version(), ", which does not exist");
+  return a.version();
+}
+
+VersionManifest Store::ReadManifest(const std::string& model, int64_t version) const {
+  const std::string dir = VersionDir(model, version);
+  if (!IsRealDirectory(dir)) TESSERA_THROW(NotFoundError, "model '", model, "' in ", root_, ": no version ", version);
+  const std::string path = FileIn(dir, kManifestFile);
+  VersionManifest m;
+  ReadTextProto(path, &m, "a version manifest");
+  if (m.format() != VersionManifest().format())
+    TESSERA_THROW(IoError, path, ": format is '", m.format(), "', not '", VersionManifest().format(), "'");
+  if (m.format_version() > VersionManifest().format_version())
+    TESSERA_THROW(io::FormatError, path, ": format version ", m.format_version(), " is newer than this tessera reads (",
+                  VersionManifest().format_version(), "): use a newer tessera");
+  if (m.model() != model) TESSERA_THROW(IoError, path, ": names model '", m.model(), "', not '", model, "'");
+  std::set<std::string> names;
+  for (const FileDigest& f : m.files()) {
+    if (f.name() != kWeightsFile && f.name() != kArchitectureFile)
+      TESSERA_THROW(IoError, path, ": lists an unknown file '", f.name().substr(0, 80), "'");
+    if (!names.insert(f.name()).second) TESSERA_THROW(IoError, path, ": lists ", f.name(), " twice");
+    if (!io::IsSha256Hex(f.sha256()) || f.bytes() < 0)
+      TESSERA_THROW(IoError, path, ": the entry for ", f.name(), " has no valid size and sha256");
+  }
+  for (const char* required : {kWeightsFile, kArchitectureFile})
+    if (!names.count(required)) TESSERA_THROW(IoError, path, ": does not list ", required);
+  return m;
+}
+
+Architecture Store::ReadArchitecture(const std::string& model, int64_t version) const {
+  return ReadArchitectureChecked(VersionDir(model, version), ReadManifest(model, version));
+}
+
+VersionInfo Store::Describe(const std::string& model, int64_t version) const {
+  VersionInfo info;
+  info.version = version;
+  info.dir = VersionDir(model, version);
+  info.manifest = ReadManifest(model, version);
+  std::vector<int64_t> all = Versions(model);
+  if (!all.empty() && all.back() == version) info.aliases.push_back("latest");
+  for (const auto& [name, v] : Aliases(model))
+    if (v == version) info.aliases.push_back(name);
+  return info;
+}
+
+std::vector<std::string> Store::Verify(const std::string& model, int64_t version) const {
+  const std::string dir = VersionDir(model, version);
+  if (!IsRealDirectory(dir)) TESSERA_THROW(NotFoundError, "model '", model, "' in ", root_, ": no version ", version);
+  std::vector<std::string> problems;
+  VersionManifest m;
+  try {
+    m = ReadManifest(model, version);
+  } catch (const Error& e) {
+    return {e.what()};
+  }
+  for (const FileDigest& f : m.files()) {
+    const std::string path = FileIn(dir, f.name());
+    try {
+      int64_t bytes = 0;
+      std::string sha = io::Sha256File(path, &bytes);
+      if (bytes != f.bytes() || sha != f.sha256())
+        problems.push_back(detail::StrCat(path, ": does not match ", kManifestFile, ": ", bytes, " bytes, sha256 ", sha,
+                                          "; the manifest says ", f.bytes(), " bytes, ", f.sha256()));
+    } catch (const Error& e) {
+      problems.push_back(e.what());
+    }
+  }
+  for (const fs::path& e : io::ListDir(dir)) {
+    std::string name = e.filename().string();
+    if (name != kManifestFile && Digest(m, name) == nullptr)
+      problems.push_back(FileIn(dir, name) + ": not listed in " + kManifestFile);
+  }
+  const std::string weights = FileIn(dir, kWeightsFile);
+  io::WeightsInfo info;
+  try {
+    for (std::string& p : io::VerifyWeights(weights)) problems.push_back(std::move(p));
+    info = io::ReadWeightsInfo(weights);
+  } catch (const Error& e) {
+    problems.push_back(e.what());
+    return problems;
+  }
+  try {  // The architecture must build a model with exactly the weights' tensors.
+    Architecture a = ReadArchitectureChecked(dir, m);
+    Shape example(a.input_shape().begin(), a.input_shape().end());
+    std::unique_ptr<nn::Sequential> net = models::BuildModel(a.model(), example);
+    std::map<std::string, Shape> want, have;
+    for (auto& [name, p] : net->NamedParameters()) want["/model/" + name] = p->shape;
+    for (const io::TensorRecord& t : info.tensors) have[t.path] = t.shape;
+    for (const auto& [path, shape] : want) {
+      auto it = have.find(path);
+      if (it == have.end()) problems.push_back(detail::StrCat(weights, ": the architecture's tensor ", path, " is missing"));
+      else if (it->second != shape)
+        problems.push_back(detail::StrCat(weights, ": ", path, " has shape ", ShapeString(it->second),
+                                          " but the architecture needs ", ShapeString(shape)));
+    }
+    for (const auto& [path, shape] : have)
+      if (!want.count(path)) problems.push_back(detail::StrCat(weights, ": ", path, " is not part of the architecture"));
+  } catch (const Error& e) {
+    problems.push_back(e.what());
+  }
+  return problems;
+}
+
+LoadedVersion Store::Load(const std::string& model, int64_t version, const io::TensorSink& sink) const {
+  LoadedVersion out;
+  out.model = model;
+  out.version = version;
+  out.dir = VersionDir(model, version);
+  out.manifest = ReadManifest(model, version);
+  out.architecture = ReadArchitectureChecked(out.dir, out.manifest);
+  const std::string weights = FileIn(out.dir, kWeightsFile);
+  const FileDigest* d = Digest(out.manifest, kWeightsFile);
+  // The sha256 of the whole file is computed on another thread while the tensors are read.
+  std::future<std::pair<std::string, int64_t>> sha = std::async(std::launch::async, [&weights] {
+    int64_t bytes = 0;
+    std::string s = io::Sha256File(weights, &bytes);
+    return std::make_pair(s, bytes);
+  });
+  try {
+    out.weights = io::ReadWeights(weights, sink);
+  } catch (...) {
+    sha.wait();
+    throw;
+  }
+  auto [digest, bytes] = sha.get();
+  if (bytes != d->bytes() || digest != d->sha256())
+    TESSERA_THROW(IoError, weights, ": does not match ", kManifestFile, " (", bytes, " bytes, sha256 ", digest,
+                  "; the manifest says ", d->bytes(), " bytes, ", d->sha256(), ")");
+  return out;
+}
+
+std::string ArchitectureText(const Architecture& a) { return TextProto(a); }
+std::string ManifestText(const VersionManifest& m) { return TextProto(m); }
+
+}  // namespace tessera::store
