@@ -90,7 +90,7 @@ store::Lineage LineageOf(const JobSpec& spec, int64_t step, int world_size, cons
   if (!checkpoint.empty()) l.set_checkpoint(fs::absolute(checkpoint).lexically_normal().string());
   if (!run_dir.empty()) l.set_run_dir(fs::absolute(run_dir).lexically_normal().string());
   l.set_host(io::HostName());
-  l.set_user(Env("USER"));
+  l.set_user(io::UserName());
   if (init) {
     if (init->from_store) *l.mutable_parent() = init->parent;
     else l.set_parent_checkpoint(fs::absolute(init->weights_path).lexically_normal().string());
@@ -142,7 +142,7 @@ std::vector<std::string> InitFromWeights(const InitSource& source, nn::FlatParam
     targets.push_back(&e);
     outcome[e.name] = detail::StrCat("loaded from ", source.reference);
     return staged.back().raw_data();
-  });
+  }, io::WeightsReadOptions{!source.from_store, !source.from_store});
   for (size_t i = 0; i < staged.size(); ++i) {
     Tensor src = staged[i].dtype() == params.values().dtype() ? staged[i] : staged[i].Cast(params.values().dtype());
     params.values().Slice0(targets[i]->offset, targets[i]->offset + targets[i]->numel).CopyFrom(src);

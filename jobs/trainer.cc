@@ -512,7 +512,8 @@ void TrainingRun::PublishIfAsked() {
       const EvalResult& eval = best ? best_eval_ : last_eval_;
       const int64_t at = best ? best_step_ : step_;
       std::map<std::string, double> metrics;
-      for (auto& [name, value] : EvalJson(eval).items()) metrics[name] = value.get<double>();
+      const json evaluation = EvalJson(eval);
+      for (auto& [name, value] : evaluation.items()) metrics[name] = value.get<double>();
       store::Lineage lineage = LineageOf(spec_, at, world_, opt_.run_dir, best ? "" : summary_.checkpoint, init_.get());
       result = PublishWeights(spec_, *params_, best ? best_values_ : params_->values(),
                               ArchitectureOf(spec_, train_data_->example_shape(), classes_), metrics, lineage);

@@ -6,6 +6,8 @@
 #include <ctime>
 #include <set>
 
+#include <google/protobuf/text_format.h>
+
 #include "core/io/durable.h"
 #include "store/internal.h"
 
@@ -19,16 +21,17 @@ constexpr int kMaxAliasHistory = 100;
 
 fs::path AliasPath(const fs::path& model_dir, const std::string& alias) { return model_dir / kAliasesDir / alias; }
 
-// The alias as stored, or an empty one when it does not exist yet. A damaged alias file is an
-// IoError naming it unless `tolerate_damage` (moving an alias repairs it).
-Alias ReadAlias(const fs::path& path, bool tolerate_damage) {
+// The alias as stored, or an empty one when it does not exist yet. An alias file that cannot be
+// read is an IoError; one that reads but does not parse is repaired (its history starts again)
+// when `repair`, an IoError otherwise.
+Alias ReadAlias(const fs::path& path, bool repair) {
   Alias a;
   if (!io::Exists(path)) return a;
-  try {
-    ReadTextProto(path.string(), &a, "an alias");
-  } catch (const IoError& e) {
-    if (!tolerate_damage) throw;
-    std::fprintf(stderr, "tessera: warning: %s; it is rewritten and its history starts again\n", e.what());
+  std::string text = io::ReadSmallFile(path.string(), kMaxTextFileBytes, "an alias");
+  if (!google::protobuf::TextFormat::ParseFromString(text, &a)) {
+    if (!repair) TESSERA_THROW(IoError, path.string(), ": the alias does not parse");
+    std::fprintf(stderr, "tessera: warning: %s: the alias does not parse; it is rewritten and its history starts again\n",
+                 path.c_str());
     a.Clear();
   }
   return a;
@@ -37,12 +40,6 @@ Alias ReadAlias(const fs::path& path, bool tolerate_damage) {
 void WriteAlias(const fs::path& path, Alias a) {
   io::CreateDurableDirectories(path.parent_path());
   io::WriteFileAtomically(path.string(), TextProto(a));
-}
-
-double AgeSeconds(const fs::path& p) {
-  struct stat st {};
-  if (lstat(p.c_str(), &st) != 0) return 0;
-  return std::difftime(std::time(nullptr), st.st_mtime);
 }
 
 }  // namespace
@@ -104,38 +101,48 @@ GcResult Store::Gc(const std::string& model, int keep, bool dry_run, double stal
   if (keep < 1) TESSERA_THROW(StoreError, "gc --keep must be >= 1 (the latest version is always kept), got ", keep);
   const fs::path model_dir = ModelDir(model);
   if (!io::Exists(model_dir)) TESSERA_THROW(NotFoundError, "no model '", model, "' in ", root_);
-  ModelLock lock(model_dir);
-  // Every alias must be readable: a version an unreadable alias names might be deleted otherwise.
-  std::set<int64_t> aliased;
-  for (const fs::path& e : io::ListDir(model_dir / kAliasesDir)) {
-    std::string name = e.filename().string();
-    if (name.empty() || name[0] == '.') continue;
-    Alias a;
-    ReadTextProto(e.string(), &a, "an alias (gc stops: it cannot tell which version it protects)");
-    aliased.insert(a.version());
-  }
-  std::vector<int64_t> all = Versions(model);
-  GcResult r;
-  for (size_t i = 0; i < all.size(); ++i) {
-    const bool newest = i + static_cast<size_t>(keep) >= all.size();
-    (newest || aliased.count(all[i]) ? r.kept : r.deleted).push_back(all[i]);
-  }
-  if (dry_run) return r;
   const fs::path trash = model_dir / kTrashDir;
-  for (int64_t v : r.deleted) {
-    // Out of sight in one rename, then deleted: a crash half-way leaves nothing that looks like a version.
-    io::CreateDurableDirectories(trash);
-    const fs::path doomed = trash / (std::to_string(v) + "-" + io::UniqueToken());
-    std::error_code ec;
-    fs::rename(model_dir / std::to_string(v), doomed, ec);
-    if (ec) TESSERA_THROW(IoError, (model_dir / std::to_string(v)).string(), ": cannot move to ", doomed.string(), ": ", ec.message());
-    io::RemoveAllQuietly(doomed);
+  GcResult r;
+  std::vector<fs::path> doomed;
+  {
+    ModelLock lock(model_dir);
+    // Every alias must be readable, and listings complete: a version an unreadable alias names
+    // might be deleted otherwise. Each alias protects its version and the one before it (where a
+    // rollback would go).
+    std::set<int64_t> protect;
+    for (const fs::path& e : io::ListDirOrThrow(model_dir / kAliasesDir)) {
+      std::string name = e.filename().string();
+      if (name.empty() || name[0] == '.') continue;
+      Alias a = ReadAlias(e, false);
+      protect.insert(a.version());
+      if (a.history_size() > 0) protect.insert(a.history(0).version());
+    }
+    std::vector<int64_t> all;
+    for (const fs::path& e : io::ListDirOrThrow(model_dir))
+      if (int64_t v = ParseVersionName(e.filename().string())) all.push_back(v);
+    std::sort(all.begin(), all.end());
+    for (size_t i = 0; i < all.size(); ++i) {
+      const bool newest = i + static_cast<size_t>(keep) >= all.size();
+      (newest || protect.count(all[i]) ? r.kept : r.deleted).push_back(all[i]);
+    }
+    if (dry_run) return r;
+    // Under the lock only the renames out of sight: quick, whatever the versions' sizes.
+    for (int64_t v : r.deleted) {
+      fs::path t = MoveToTrash(model_dir / std::to_string(v), trash);
+      if (!t.empty()) doomed.push_back(t);
+    }
+    if (!r.deleted.empty()) io::FsyncPath(model_dir.string(), true);
   }
-  if (!r.deleted.empty()) io::FsyncPath(model_dir.string(), true);
-  for (const fs::path& e : io::ListDir(trash)) io::RemoveAllQuietly(e);  // deletions cut short
+  for (const fs::path& t : doomed) io::RemoveAllQuietly(t);
+  // Deletions cut short earlier, and publishes that died long ago (by the file system's clock).
+  const std::time_t now = FileSystemNow(model_dir);
+  for (const fs::path& e : io::ListDir(trash))
+    if (AgeOnFileSystem(e, now) > 60) io::RemoveAllQuietly(e);
   for (const fs::path& e : io::ListDir(model_dir / kStagingDir)) {
-    if (AgeSeconds(e) > stale_after_s) {
-      io::RemoveAllQuietly(e);
+    if (AgeOnFileSystem(e, now) <= stale_after_s) continue;
+    fs::path t = MoveToTrash(e, trash);
+    if (!t.empty()) {
+      io::RemoveAllQuietly(t);
       ++r.stale_staging_removed;
     }
   }

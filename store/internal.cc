@@ -2,7 +2,7 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
-#include <pwd.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -57,34 +57,47 @@ std::string TextProto(const pb::Message& msg) {
   return out;
 }
 
-std::string Actor() {
-  const char* user = std::getenv("USER");
-  std::string name = user && *user ? user : "";
-  if (name.empty()) {
-    struct passwd* pw = getpwuid(getuid());
-    name = pw && pw->pw_name ? pw->pw_name : std::to_string(getuid());
-  }
-  return name + "@" + io::HostName();
+std::string Actor() { return io::UserName() + "@" + io::HostName(); }
+
+std::time_t FileSystemNow(const fs::path& dir) {
+  const fs::path probe = dir / (".clock-" + io::UniqueToken());
+  int fd = open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return std::time(nullptr);
+  struct stat st {};
+  const bool ok = fstat(fd, &st) == 0;
+  close(fd);
+  unlink(probe.c_str());
+  return ok ? st.st_mtime : std::time(nullptr);
+}
+
+double AgeOnFileSystem(const fs::path& p, std::time_t fs_now) {
+  struct stat st {};
+  if (lstat(p.c_str(), &st) != 0) return 0;
+  return std::difftime(fs_now, st.st_mtime);
+}
+
+fs::path MoveToTrash(const fs::path& p, const fs::path& trash) {
+  io::CreateDurableDirectories(trash);
+  const fs::path to = trash / (p.filename().string() + "-" + io::UniqueToken());
+  if (std::rename(p.c_str(), to.c_str()) == 0) return to;
+  if (errno == ENOENT) return {};
+  TESSERA_THROW(IoError, p.string(), ": cannot move to ", to.string(), ": ", std::strerror(errno));
 }
 
 // ---- the model lock ---------------------------------------------------------------------------
 
 namespace {
 
-double AgeSeconds(const fs::path& p) {
-  struct stat st {};
-  if (stat(p.c_str(), &st) != 0) return 0;
-  return std::difftime(std::time(nullptr), st.st_mtime);
+std::string OwnerOf(const fs::path& lock) {
+  try {
+    return io::ReadSmallFile((lock / "owner").string(), 4096, "a lock owner file");
+  } catch (const Error&) {
+    return "";
+  }
 }
 
 // Whether the lock's owner file names a process on this host that no longer exists.
-bool OwnerIsDeadHere(const fs::path& lock) {
-  std::string owner;
-  try {
-    owner = io::ReadSmallFile((lock / "owner").string(), 4096, "a lock owner file");
-  } catch (const Error&) {
-    return false;
-  }
+bool OwnerIsDeadHere(const std::string& owner) {
   std::istringstream in(owner);
   std::string token, host;
   long pid = 0;
@@ -97,45 +110,45 @@ bool OwnerIsDeadHere(const fs::path& lock) {
 
 ModelLock::ModelLock(const fs::path& model_dir, double timeout_s, double stale_s)
     : dir_(model_dir / kLockDir), token_(io::UniqueToken()) {
+  if (!io::Exists(model_dir)) TESSERA_THROW(NotFoundError, model_dir.string(), ": no such model");
   const auto start = std::chrono::steady_clock::now();
   std::mt19937 rng(std::random_device{}());
   for (;;) {
     if (mkdir(dir_.c_str(), 0755) == 0) {
       std::ostringstream owner;
       owner << token_ << " " << io::HostName() << " " << getpid() << " " << io::UtcNow() << "\n";
-      io::WriteFileAtomically((dir_ / "owner").string(), owner.str());
+      try {
+        io::WriteFileAtomically((dir_ / "owner").string(), owner.str());
+      } catch (...) {
+        io::RemoveAllQuietly(dir_);
+        throw;
+      }
       return;
     }
     if (errno != EEXIST) TESSERA_THROW(IoError, dir_.string(), ": cannot create the model lock: ", std::strerror(errno));
-    if (AgeSeconds(dir_) > stale_s || OwnerIsDeadHere(dir_)) {
-      // Whoever renames it away breaks it; the others find it gone and try mkdir again.
+    const std::string owner = OwnerOf(dir_);
+    if (AgeOnFileSystem(dir_, FileSystemNow(model_dir)) > stale_s || OwnerIsDeadHere(owner)) {
+      // Whoever renames it away breaks it. If what was renamed is no longer the lock judged stale
+      // (its holder released it and another took it in between), it is put back.
       fs::path broken = dir_.parent_path() / (std::string(kLockDir) + ".stale-" + token_);
-      if (std::rename(dir_.c_str(), broken.c_str()) == 0) io::RemoveAllQuietly(broken);
+      if (std::rename(dir_.c_str(), broken.c_str()) == 0) {
+        if (OwnerOf(broken) == owner || owner.empty()) io::RemoveAllQuietly(broken);
+        else if (std::rename(broken.c_str(), dir_.c_str()) != 0) io::RemoveAllQuietly(broken);
+      }
       continue;
     }
     double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (waited > timeout_s) {
-      std::string owner;
-      try {
-        owner = io::ReadSmallFile((dir_ / "owner").string(), 4096, "a lock owner file");
-      } catch (const Error&) {
-        owner = "unknown";
-      }
-      TESSERA_THROW(StoreError, dir_.string(), ": the model is locked (by ", owner.substr(0, owner.find('\n')),
-                    ") and stayed locked for ", timeout_s, " s; if that process is gone, remove ", dir_.string());
-    }
+    if (waited > timeout_s)
+      TESSERA_THROW(StoreError, dir_.string(), ": the model is locked (by ",
+                    owner.empty() ? std::string("unknown") : owner.substr(0, owner.find('\n')), ") and stayed locked for ",
+                    timeout_s, " s; if that process is gone, remove ", dir_.string());
     std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(2, 20)(rng)));
   }
 }
 
 ModelLock::~ModelLock() {
   // Only our own lock is removed: if it was broken as stale and taken by another, leave theirs.
-  try {
-    std::string owner = io::ReadSmallFile((dir_ / "owner").string(), 4096, "a lock owner file");
-    if (owner.rfind(token_, 0) != 0) return;
-  } catch (const Error&) {
-    return;
-  }
+  if (OwnerOf(dir_).rfind(token_, 0) != 0) return;
   fs::path released = dir_.parent_path() / (std::string(kLockDir) + ".released-" + token_);
   if (std::rename(dir_.c_str(), released.c_str()) == 0) io::RemoveAllQuietly(released);
 }

@@ -5,6 +5,7 @@
 #include <google/protobuf/message.h>
 
 #include <cstdint>
+#include <ctime>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -35,6 +36,17 @@ std::string TextProto(const google::protobuf::Message& msg);
 
 // "user@host" of this process.
 std::string Actor();
+
+// The file system's own clock in `dir` (the mtime of a file created there now): what the ages of
+// locks and staging directories are measured against, so that a host whose clock is off by
+// minutes judges them as every other host does.
+std::time_t FileSystemNow(const fs::path& dir);
+// Seconds since `p` was last modified, by the file system's clock (0 if it is gone).
+double AgeOnFileSystem(const fs::path& p, std::time_t fs_now);
+
+// Moves `p` into `trash` under a unique name (one rename: whoever renames first owns it) and
+// returns the new path, or "" when `p` was already gone.
+fs::path MoveToTrash(const fs::path& p, const fs::path& trash);
 
 // The model's lock: a directory created with mkdir(2), atomic on local file systems, NFS and
 // Lustre alike, holding an `owner` file (token, host, pid, time). Waits up to `timeout_s` for a

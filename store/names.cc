@@ -45,6 +45,7 @@ VersionRef ParseVersionRef(const std::string& text) {
   size_t at = rest.rfind('@');
   if (at != std::string::npos && rest.find('/', at) == std::string::npos) {
     r.ref = rest.substr(at + 1);
+    r.explicit_ref = true;
     rest = rest.substr(0, at);
     if (r.ref.empty()) TESSERA_THROW(StoreError, "'", Shown(text), "': nothing after '@' (a version number or alias)");
   } else {
@@ -53,6 +54,7 @@ VersionRef ParseVersionRef(const std::string& text) {
     std::string last = slash == std::string::npos ? "" : rest.substr(slash + 1);
     if (slash != std::string::npos && internal::ParseVersionName(last) > 0) {
       r.ref = last;
+      r.explicit_ref = true;
       rest = rest.substr(0, slash);
     }
   }

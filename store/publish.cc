@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 
 #include "core/io/checksum.h"
 #include "core/io/durable.h"
@@ -46,15 +47,26 @@ void RequireFinite(const io::WeightsView& v, const std::string& model) {
                   " values that are NaN or infinite");
 }
 
-// Removes staging directories of publishers on this host that no longer run (their names are
-// UniqueToken()s: host-pid-random). Others' are left for gc, which goes by age.
-void RemoveDeadStaging(const fs::path& staging) {
-  const std::string prefix = io::HostName() + "-";
+// Moves to the trash the staging directories of publishers on this host that no longer run and
+// were last touched more than ten minutes ago (their names are UniqueToken()s: host-pid-random;
+// the age guards against a live publisher in another PID namespace under the same host name).
+// One rename decides: a publisher still alive either renamed its stage to a version first, or
+// finds it gone and fails cleanly. Other hosts' leftovers are for gc, which goes by age alone.
+void RemoveDeadStaging(const fs::path& model_dir) {
+  const fs::path staging = model_dir / kStagingDir;
+  const std::string host = io::HostName();
+  const std::time_t now = FileSystemNow(staging);
   for (const fs::path& e : io::ListDir(staging)) {
-    std::string name = e.filename().string();
-    if (name.rfind(prefix, 0) != 0) continue;
-    long pid = std::atol(name.c_str() + prefix.size());
-    if (pid > 0 && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) io::RemoveAllQuietly(e);
+    const std::string name = e.filename().string();
+    // <host>-<pid>-<16 hex digits>; the host name may itself hold '-'.
+    const size_t random = name.rfind('-');
+    const size_t pid_at = random == std::string::npos || random == 0 ? std::string::npos : name.rfind('-', random - 1);
+    if (pid_at == std::string::npos || name.substr(0, pid_at) != host) continue;
+    const long pid = std::atol(name.substr(pid_at + 1, random - pid_at - 1).c_str());
+    if (pid <= 0 || kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    if (AgeOnFileSystem(e, now) < 600) continue;
+    fs::path trashed = MoveToTrash(e, model_dir / kTrashDir);
+    if (!trashed.empty()) io::RemoveAllQuietly(trashed);
   }
 }
 
@@ -76,21 +88,30 @@ bool PublishedBy(const fs::path& dir, const std::string& token) {
   }
 }
 
-// Renames the complete `stage` to the next free number; returns it.
+// Renames the complete `stage` to the next free number; returns it. Each attempt takes a number
+// above both the highest listed and the last one tried (a cached directory listing on NFS may lag).
 int64_t ClaimNextNumber(const fs::path& model_dir, const fs::path& stage, const std::string& token, int* attempts) {
+  int64_t tried = 0;
   for (*attempts = 1;; ++*attempts) {
-    const int64_t n = HighestNumber(model_dir) + 1;
+    const int64_t n = std::max(HighestNumber(model_dir), tried) + 1;
+    tried = n;
     const fs::path target = model_dir / std::to_string(n);
     int rc = renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, target.c_str(), RENAME_NOREPLACE);
-    if (rc != 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+    int err = errno;
+    if (rc != 0 && (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP)) {
       if (io::Exists(target)) continue;
       rc = std::rename(stage.c_str(), target.c_str());
+      err = errno;
     }
     if (rc == 0) return n;
-    if (errno == ENOENT && PublishedBy(target, token)) return n;
-    if (errno != EEXIST && errno != ENOTEMPTY)
-      TESSERA_THROW(IoError, stage.string(), ": cannot rename to ", target.string(), ": ", std::strerror(errno));
-    if (*attempts >= 100000) TESSERA_THROW(IoError, model_dir.string(), ": could not claim a version number");
+    if (err == ENOENT && PublishedBy(target, token)) return n;
+    if (err == ENOENT)
+      TESSERA_THROW(IoError, stage.string(), ": the staged version vanished before it was published (removed as stale "
+                    "by another process?)");
+    if (err != EEXIST && err != ENOTEMPTY)
+      TESSERA_THROW(IoError, stage.string(), ": cannot rename to ", target.string(), ": ", std::strerror(err));
+    if (*attempts >= 10000) TESSERA_THROW(IoError, model_dir.string(), ": could not claim a version number");
+    if (*attempts % 16 == 0) usleep(1000);  // many publishers at once: let the listing catch up
   }
 }
 
@@ -138,7 +159,7 @@ PublishResult Store::Publish(const PublishRequest& req) {
   const fs::path model_dir = ModelDir(req.model);
   const fs::path staging = model_dir / kStagingDir;
   io::CreateDurableDirectories(staging);
-  RemoveDeadStaging(staging);
+  RemoveDeadStaging(model_dir);
   const std::string token = io::UniqueToken();
   const fs::path stage = staging / token;
   if (mkdir(stage.c_str(), 0755) != 0)
@@ -177,7 +198,15 @@ PublishResult Store::Publish(const PublishRequest& req) {
   }
   io::FsyncPath(model_dir.string(), true);
   result.dir = VersionDir(req.model, result.version);
-  if (!req.alias.empty()) SetAlias(req.model, req.alias, result.version);
+  if (!req.alias.empty()) {
+    try {
+      SetAlias(req.model, req.alias, result.version);
+    } catch (const Error& e) {
+      TESSERA_THROW(StoreError, "model '", req.model, "': published version ", result.version, " (", result.dir,
+                    ") but could not move alias '", req.alias, "' to it: ", e.what(), "; move it with `tessera store "
+                    "alias ", req.model, "@", result.version, " ", req.alias, "` rather than publishing again");
+    }
+  }
   return result;
 }
 

@@ -227,8 +227,8 @@ std::vector<std::string> Store::Verify(const std::string& model, int64_t version
     }
     for (const auto& [path, shape] : have)
       if (!want.count(path)) problems.push_back(detail::StrCat(weights, ": ", path, " is not part of the architecture"));
-  } catch (const Error& e) {
-    problems.push_back(e.what());
+  } catch (const std::exception& e) {  // an architecture too large to build is a problem, not a crash
+    problems.push_back(FileIn(dir, kArchitectureFile) + ": " + e.what());
   }
   return problems;
 }

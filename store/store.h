@@ -54,6 +54,7 @@ struct VersionRef {
   std::string root;  // "" when the text named none
   std::string model;
   std::string ref = "latest";
+  bool explicit_ref = false;  // the text named a version or alias (MODEL@..., MODEL/3)
 };
 VersionRef ParseVersionRef(const std::string& text);
 std::string FormatVersionRef(const VersionRef& r);  // store://ROOT/MODEL@REF

@@ -1,6 +1,8 @@
 // Checks run on one background thread in the order they are added, so that checksumming one
-// tensor overlaps reading the next. Finish() waits for all of them and rethrows the first failure
-// (later checks are skipped once one has failed). Add() and Finish() from one thread only.
+// tensor overlaps reading the next. Add() waits while `max_pending` checks are queued (each may
+// hold a tensor alive), so memory stays bounded. Finish() waits for all of them and rethrows the
+// first failure (later checks are skipped once one has failed). Add() and Finish() from one
+// thread only.
 #pragma once
 
 #include <condition_variable>
@@ -14,14 +16,15 @@ namespace tessera::io {
 
 class CheckQueue {
  public:
-  CheckQueue() : thread_([this] { Loop(); }) {}
+  explicit CheckQueue(size_t max_pending = 4) : max_pending_(max_pending), thread_([this] { Loop(); }) {}
   ~CheckQueue() { Stop(); }
   CheckQueue(const CheckQueue&) = delete;
   CheckQueue& operator=(const CheckQueue&) = delete;
 
   void Add(std::function<void()> check) {
     {
-      std::lock_guard<std::mutex> g(mu_);
+      std::unique_lock<std::mutex> l(mu_);
+      space_.wait(l, [&] { return queue_.size() < max_pending_; });
       queue_.push_back(std::move(check));
     }
     cv_.notify_one();
@@ -50,6 +53,7 @@ class CheckQueue {
         check = std::move(queue_.front());
         queue_.pop_front();
       }
+      space_.notify_one();
       if (error_) continue;  // only this thread writes error_ until it is joined
       try {
         check();
@@ -59,7 +63,8 @@ class CheckQueue {
     }
   }
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_, space_;
+  const size_t max_pending_;
   std::deque<std::function<void()>> queue_;
   bool done_ = false;
   std::exception_ptr error_;

@@ -1,6 +1,7 @@
 #include "core/io/checksum.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <openssl/evp.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -35,8 +36,10 @@ struct Sha256::Impl {
 
 Sha256::Sha256() : impl_(std::make_unique<Impl>()) {
   impl_->ctx = EVP_MD_CTX_new();
-  if (impl_->ctx == nullptr || EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr) != 1)
+  if (impl_->ctx == nullptr || EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr) != 1) {
+    EVP_MD_CTX_free(impl_->ctx);  // the destructor does not run for a constructor that throws
     TESSERA_THROW(Error, "SHA-256: OpenSSL could not initialise a digest");
+  }
 }
 
 Sha256::~Sha256() { EVP_MD_CTX_free(impl_->ctx); }
@@ -59,26 +62,28 @@ std::string Sha256::FinalHex() {
 }
 
 std::string Sha256File(const std::string& path, int64_t* bytes) {
-  RequireRegularFile(path, "a file to checksum");
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) TESSERA_THROW(IoError, path, ": cannot open: ", std::strerror(errno));
-  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   Sha256 h;
   std::vector<char> buf(size_t{4} << 20);
+  // O_NONBLOCK and fstat: what is opened is checked, not a name that could be swapped for a FIFO.
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) TESSERA_THROW(IoError, path, ": cannot open: ", std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+    TESSERA_THROW(IoError, path, ": is not a regular file; refusing to checksum it");
+  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   int64_t total = 0;
   for (;;) {
     ssize_t r = read(fd, buf.data(), buf.size());
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      int err = errno;
-      close(fd);
-      TESSERA_THROW(IoError, path, ": read failed: ", std::strerror(err));
-    }
+    if (r < 0) TESSERA_THROW(IoError, path, ": read failed: ", std::strerror(errno));
     if (r == 0) break;
     h.Update(buf.data(), static_cast<size_t>(r));
     total += r;
   }
-  close(fd);
   if (bytes) *bytes = total;
   return h.FinalHex();
 }

@@ -1,12 +1,14 @@
 #include "core/io/durable.h"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <random>
@@ -143,6 +145,16 @@ std::string ReadSmallFile(const std::string& path, int64_t max_bytes, const std:
   return out;
 }
 
+std::vector<fs::path> ListDirOrThrow(const fs::path& dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec), end;
+  if (ec == std::errc::no_such_file_or_directory) return out;
+  for (; !ec && it != end; it.increment(ec)) out.push_back(it->path());
+  if (ec) TESSERA_THROW(IoError, dir.string(), ": cannot list: ", ec.message());
+  return out;
+}
+
 void RemoveAllQuietly(const fs::path& p) {
   std::error_code ec;
   fs::remove_all(p, ec);
@@ -165,6 +177,14 @@ std::string HostName() {
   char host[256] = {0};
   if (gethostname(host, sizeof host - 1) != 0 || host[0] == 0) return "?";
   return host;
+}
+
+std::string UserName() {
+  const char* user = std::getenv("USER");
+  if (user && *user) return user;
+  struct passwd* pw = getpwuid(getuid());
+  if (pw && pw->pw_name) return pw->pw_name;
+  return std::to_string(getuid());
 }
 
 std::string UniqueToken() {

@@ -42,6 +42,10 @@ std::string ReadSmallFile(const std::string& path, int64_t max_bytes, const std:
 // Throws IoError unless `path` is a regular file (not a directory, FIFO, socket or device).
 void RequireRegularFile(const std::string& path, const std::string& what);
 
+// The entries of `dir`; IoError naming it for any failure but its absence (then: none). For
+// decisions that must not be made on a partial listing (what gc may delete).
+std::vector<fs::path> ListDirOrThrow(const fs::path& dir);
+
 // Never throw: best-effort tidying and listing.
 void RemoveAllQuietly(const fs::path& p);
 std::vector<fs::path> ListDir(const fs::path& dir);
@@ -51,6 +55,8 @@ bool Exists(const fs::path& p);
 std::string UniqueToken();
 // This machine's host name ("?" if it has none).
 std::string HostName();
+// The user running this process ($USER, else the password database, else the uid).
+std::string UserName();
 // Now, in UTC, ISO 8601: "2026-12-03T10:52:44Z".
 std::string UtcNow();
 

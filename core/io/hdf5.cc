@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -72,6 +73,12 @@ Hdf5Handle FileAccess(const std::string& where) {
   return fapl;
 }
 
+Hdf5Handle FileCreateAccess(const std::string& where) {
+  Hdf5Handle fapl = FileAccess(where);
+  H5C(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_LATEST), where);
+  return fapl;
+}
+
 Hdf5Handle OpenForRead(const std::string& path) {
   struct stat st {};
   if (stat(path.c_str(), &st) != 0) {
@@ -85,6 +92,9 @@ Hdf5Handle OpenForRead(const std::string& path) {
   htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
   if (is_hdf5 == 0) TESSERA_THROW(IoError, path, ": not an HDF5 file (no HDF5 signature; overwritten?)");
   Hdf5Handle fapl = FileAccess(path);
+  // Closing the file closes whatever of it is still open, so that a damaged file whose objects
+  // fail to close leaves nothing behind in a long-running process.
+  H5C(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG), path);
   hid_t f = is_hdf5 > 0 ? H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()) : -1;
   if (f < 0) {
     std::string why = Hdf5ErrorMessage();
@@ -150,11 +160,24 @@ Hdf5Handle VlenString(const std::string& where) {
   return t;
 }
 
+// A fixed-length UTF-8 string type that holds `s` (null-padded, at least one byte).
+Hdf5Handle FixedString(const std::string& s, const std::string& where) {
+  Hdf5Handle t(H5C(H5Tcopy(H5T_C_S1), where), H5Tclose);
+  H5C(H5Tset_size(t.get(), std::max<size_t>(1, s.size())), where);
+  H5C(H5Tset_strpad(t.get(), H5T_STR_NULLPAD), where);
+  H5C(H5Tset_cset(t.get(), H5T_CSET_UTF8), where);
+  return t;
+}
+
 // Reads one string from an attribute or dataset whose type is `type` (class string).
 template <typename ReadFn>
-std::string ReadOneString(hid_t type, hid_t space, const std::string& where, ReadFn read) {
+std::string ReadOneString(hid_t type, hid_t space, const std::string& where, bool allow_vlen, ReadFn read) {
   if (H5Tis_variable_str(type) > 0) {
+    if (!allow_vlen)
+      TESSERA_THROW(IoError, where, ": is a variable-length string; tessera files of this format hold fixed-length "
+                    "strings (HDF5 cannot read damaged variable-length data safely, so it is refused)");
     Hdf5Handle mem = VlenString(where);
+    H5C(H5Tset_cset(mem.get(), H5Tget_cset(type)), where);  // no conversion between character sets
     char* p = nullptr;
     H5C(read(mem.get(), &p), where);
     size_t n = p ? strnlen(p, static_cast<size_t>(kMaxStringBytes) + 1) : 0;
@@ -191,12 +214,13 @@ double ReadRealAttr(hid_t obj, const char* name, const std::string& where) {
   return v;
 }
 
-std::string ReadStringAttr(hid_t obj, const char* name, const std::string& where) {
+std::string ReadStringAttr(hid_t obj, const char* name, const std::string& where, bool allow_vlen) {
   Hdf5Handle attr = OpenSingleAttr(obj, name, where, H5T_STRING, H5T_STRING, "string");
   const std::string at = where + " @" + name;
   Hdf5Handle type(H5C(H5Aget_type(attr.get()), at), H5Tclose);
   Hdf5Handle space(H5C(H5Aget_space(attr.get()), at), H5Sclose);
-  return ReadOneString(type.get(), space.get(), at, [&](hid_t mem, void* buf) { return H5Aread(attr.get(), mem, buf); });
+  return ReadOneString(type.get(), space.get(), at, allow_vlen,
+                       [&](hid_t mem, void* buf) { return H5Aread(attr.get(), mem, buf); });
 }
 
 void WriteIntAttr(hid_t obj, const char* name, int64_t v, const std::string& where) {
@@ -209,9 +233,10 @@ void WriteRealAttr(hid_t obj, const char* name, double v, const std::string& whe
   WriteAttr(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v, where);
 }
 void WriteStringAttr(hid_t obj, const char* name, const std::string& v, const std::string& where) {
-  Hdf5Handle t = VlenString(where);
-  const char* p = v.c_str();
-  WriteAttr(obj, name, t.get(), t.get(), &p, where);
+  Hdf5Handle t = FixedString(v, where);
+  std::string padded = v;
+  padded.resize(std::max<size_t>(1, v.size()), '\0');
+  WriteAttr(obj, name, t.get(), t.get(), padded.data(), where);
 }
 
 // ---- datasets ---------------------------------------------------------------------------------
@@ -273,6 +298,8 @@ int64_t CheckContiguousStorage(hid_t dset, int64_t bytes, int64_t file_size, con
                   "; tessera files store each tensor contiguous and uncompressed");
   if (H5C(H5Pget_nfilters(dcpl.get()), where) > 0)
     TESSERA_THROW(IoError, where, ": is filtered (compressed); tessera files store tensors uncompressed");
+  if (H5C(H5Pget_external_count(dcpl.get()), where) > 0)
+    TESSERA_THROW(IoError, where, ": keeps its data in external files; tessera files hold their own data");
   const auto stored = static_cast<int64_t>(H5Dget_storage_size(dset));
   if (stored != bytes)
     TESSERA_THROW(IoError, where, ": declares ", bytes, " bytes of data but stores ", stored,
@@ -287,7 +314,7 @@ int64_t CheckContiguousStorage(hid_t dset, int64_t bytes, int64_t file_size, con
   return offset;
 }
 
-std::string ReadStringDataset(hid_t file, const char* name, const std::string& where) {
+std::string ReadStringDataset(hid_t file, const char* name, const std::string& where, bool allow_vlen) {
   const std::string at = where + ": /" + name;
   Hdf5Handle d(H5C(H5Dopen2(file, name, H5P_DEFAULT), at), H5Dclose);
   Hdf5Handle type(H5C(H5Dget_type(d.get()), at), H5Tclose);
@@ -297,19 +324,24 @@ std::string ReadStringDataset(hid_t file, const char* name, const std::string& w
   hssize_t n = H5C(H5Sget_simple_extent_npoints(space.get()), at);
   if (H5Sget_simple_extent_type(space.get()) == H5S_NULL || n != 1)
     TESSERA_THROW(IoError, at, ": holds ", n, " strings; expected one");
-  return ReadOneString(type.get(), space.get(), at, [&](hid_t mem, void* buf) {
+  if (H5Tis_variable_str(type.get()) <= 0)  // fixed-length: its bytes must lie inside the file
+    CheckContiguousStorage(d.get(), static_cast<int64_t>(H5Tget_size(type.get())), FileSize(file, at), at);
+  return ReadOneString(type.get(), space.get(), at, allow_vlen, [&](hid_t mem, void* buf) {
     return H5Dread(d.get(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
   });
 }
 
 void WriteStringDataset(hid_t file, const char* name, const std::string& text, const std::string& where) {
   const std::string at = where + ": /" + name;
-  Hdf5Handle type = VlenString(where);
+  Hdf5Handle type = FixedString(text, where);
   Hdf5Handle space(H5C(H5Screate(H5S_SCALAR), where), H5Sclose);
-  Hdf5Handle d(H5C(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), at),
+  Hdf5Handle dcpl(H5C(H5Pcreate(H5P_DATASET_CREATE), where), H5Pclose);
+  H5C(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS), where);  // not compact: a manifest can exceed 64 KiB
+  Hdf5Handle d(H5C(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), at),
                H5Dclose);
-  const char* p = text.c_str();
-  H5C(H5Dwrite(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &p), at);
+  std::string padded = text;
+  padded.resize(std::max<size_t>(1, text.size()), '\0');
+  H5C(H5Dwrite(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, padded.data()), at);
 }
 
 namespace {

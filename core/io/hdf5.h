@@ -107,6 +107,7 @@ namespace tessera::io {
 constexpr int kMaxTensorRank = 8;
 constexpr int64_t kMaxStringBytes = int64_t{1} << 26;  // 64 MiB: a manifest or job spec, never more
 constexpr int64_t kMaxObjects = 1 << 20;              // datasets listed in one file
+constexpr int kMaxJsonDepth = 32;                     // nesting of a manifest's JSON
 
 // ---- opening (call with the lock held) --------------------------------------------------------
 
@@ -114,6 +115,10 @@ constexpr int64_t kMaxObjects = 1 << 20;              // datasets listed in one 
 // writing (hidden temporary names and renames see to that), and flock() fails on file systems
 // mounted without it (Lustre without -o flock, NFS without lockd).
 Hdf5Handle FileAccess(const std::string& where);
+// The same for creating a file, in HDF5's 1.10 file format: superblock, object headers, B-trees
+// and heaps then carry checksums that HDF5 verifies on every read, so damage to the file's
+// structure is an error instead of garbage that HDF5 would go on to parse.
+Hdf5Handle FileCreateAccess(const std::string& where);
 
 // Opens `path` read-only, refusing what is not a regular file (a directory, a FIFO, a device)
 // before HDF5 touches it. IoError for a missing, empty, truncated, damaged or non-HDF5 file, each
@@ -132,12 +137,15 @@ int64_t ReadIntAttr(hid_t obj, const char* name, const std::string& where, int64
                     int64_t hi = INT64_MAX);
 // A single real (integers are accepted and converted).
 double ReadRealAttr(hid_t obj, const char* name, const std::string& where);
-// A single string (variable or fixed length, at most kMaxStringBytes).
-std::string ReadStringAttr(hid_t obj, const char* name, const std::string& where);
+// A single fixed-length string of at most kMaxStringBytes. A variable-length string is refused
+// unless `allow_vlen` (legacy files only): its bytes live in HDF5's global heap, which has no
+// checksum, and HDF5 1.10 overruns its buffers reading a damaged one.
+std::string ReadStringAttr(hid_t obj, const char* name, const std::string& where, bool allow_vlen = false);
 
 void WriteIntAttr(hid_t obj, const char* name, int64_t v, const std::string& where);
 void WriteU32Attr(hid_t obj, const char* name, uint32_t v, const std::string& where);
 void WriteRealAttr(hid_t obj, const char* name, double v, const std::string& where);
+// Strings are written fixed-length (UTF-8, null-padded); h5py reads them as bytes.
 void WriteStringAttr(hid_t obj, const char* name, const std::string& v, const std::string& where);
 
 // ---- datasets (call with the lock held) --------------------------------------------------------
@@ -153,8 +161,9 @@ DType DatasetFloatType(hid_t dset, const std::string& where);
 // of its bytes inside the file (so reading it cannot allocate more than the file holds). Returns
 // the data's byte offset in the file, or -1 for an empty dataset.
 int64_t CheckContiguousStorage(hid_t dset, int64_t bytes, int64_t file_size, const std::string& where);
-// A scalar string dataset (the manifest), at most kMaxStringBytes.
-std::string ReadStringDataset(hid_t file, const char* name, const std::string& where);
+// A scalar string dataset (the manifest), at most kMaxStringBytes, stored inside the file;
+// variable-length only with `allow_vlen`, as for attributes.
+std::string ReadStringDataset(hid_t file, const char* name, const std::string& where, bool allow_vlen = false);
 void WriteStringDataset(hid_t file, const char* name, const std::string& text, const std::string& where);
 // Every dataset below the root, as "/model/0.weight"; at most kMaxObjects.
 std::vector<std::string> DatasetPaths(hid_t file, const std::string& where);

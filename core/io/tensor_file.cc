@@ -1,6 +1,7 @@
 #include "core/io/tensor_file.h"
 
 #include <limits>
+#include <stdexcept>
 #include <set>
 
 #include "core/error.h"
@@ -12,6 +13,8 @@ namespace tessera::io {
 
 #define H5C(call, where) TESSERA_H5_CHECK(IoError, call, where)
 
+std::string JsonText(const json& j, int indent) { return j.dump(indent, ' ', false, json::error_handler_t::replace); }
+
 std::string DTypeFileName(DType t) { return t == DType::kF64 ? "float64" : "float32"; }
 
 void WriteManifest(hid_t file, const std::vector<TensorRecord>& tensors, const json& attributes,
@@ -21,7 +24,7 @@ void WriteManifest(hid_t file, const std::vector<TensorRecord>& tensors, const j
     list.push_back({{"path", t.path}, {"shape", t.shape}, {"dtype", DTypeFileName(t.dtype)}, {"bytes", t.bytes},
                     {"crc32", t.crc32}});
   json j = {{"format_version", kFormatVersion}, {"tensors", list}, {"attributes", attributes}};
-  std::string text = j.dump(1);
+  std::string text = JsonText(j, 1);
   WriteStringDataset(file, "manifest", text, where);
   Hdf5Handle d(H5C(H5Dopen2(file, "manifest", H5P_DEFAULT), where + ": /manifest"), H5Dclose);
   WriteU32Attr(d.get(), "crc32", Crc32(text.data(), text.size()), where + ": /manifest");
@@ -52,25 +55,25 @@ TensorRecord ParseTensorEntry(const json& t, size_t i, const std::string& where)
   int64_t numel = 1;
   for (const json& d : shape) {
     if (!d.is_number_integer() || d.get<int64_t>() < 0)
-      TESSERA_THROW(IoError, at, ": 'shape' holds ", d.dump(), ", not a size >= 0");
+      TESSERA_THROW(IoError, at, ": 'shape' holds ", JsonText(d), ", not a size >= 0");
     int64_t n = d.get<int64_t>();
     if (n > 0 && numel > std::numeric_limits<int64_t>::max() / 16 / n)
-      TESSERA_THROW(IoError, at, ": shape ", shape.dump(), " has more elements than any file could hold");
+      TESSERA_THROW(IoError, at, ": shape ", JsonText(shape), " has more elements than any file could hold");
     numel *= n;
     r.shape.push_back(n);
   }
   const json& dtype = field("dtype");
   if (!dtype.is_string() || (dtype != "float32" && dtype != "float64"))
-    TESSERA_THROW(IoError, at, ": dtype ", dtype.dump(), " is not \"float32\" or \"float64\"");
+    TESSERA_THROW(IoError, at, ": dtype ", JsonText(dtype), " is not \"float32\" or \"float64\"");
   r.dtype = dtype == "float64" ? DType::kF64 : DType::kF32;
   const json& bytes = field("bytes");
   if (!bytes.is_number_integer() || bytes.get<int64_t>() != numel * static_cast<int64_t>(SizeOf(r.dtype)))
-    TESSERA_THROW(IoError, at, ": 'bytes' is ", bytes.dump(), " but shape ", shape.dump(), " of ", dtype.get<std::string>(),
+    TESSERA_THROW(IoError, at, ": 'bytes' is ", JsonText(bytes), " but shape ", JsonText(shape), " of ", dtype.get<std::string>(),
                   " is ", numel * static_cast<int64_t>(SizeOf(r.dtype)), " bytes");
   r.bytes = numel * static_cast<int64_t>(SizeOf(r.dtype));
   const json& crc = field("crc32");
   if (!crc.is_number_integer() || crc.get<int64_t>() < 0 || crc.get<int64_t>() > 0xffffffffLL)
-    TESSERA_THROW(IoError, at, ": crc32 ", crc.dump(), " is not a 32-bit unsigned value");
+    TESSERA_THROW(IoError, at, ": crc32 ", JsonText(crc), " is not a 32-bit unsigned value");
   r.crc32 = static_cast<uint32_t>(crc.get<int64_t>());
   r.has_crc = true;
   return r;
@@ -78,10 +81,10 @@ TensorRecord ParseTensorEntry(const json& t, size_t i, const std::string& where)
 
 }  // namespace
 
-Manifest ReadManifest(hid_t file, const std::string& where) {
+Manifest ReadManifest(hid_t file, int format_version, const std::string& where) {
   if (!PathExists(file, "/manifest", where))
     TESSERA_THROW(IoError, where, ": /manifest is missing (not a complete tessera file)");
-  std::string text = ReadStringDataset(file, "manifest", where);
+  std::string text = ReadStringDataset(file, "manifest", where, AllowsVlenStrings(format_version));
   Manifest man;
   man.computed_crc = Crc32(text.data(), text.size());
   Hdf5Handle d(H5C(H5Dopen2(file, "manifest", H5P_DEFAULT), where + ": /manifest"), H5Dclose);
@@ -89,8 +92,12 @@ Manifest ReadManifest(hid_t file, const std::string& where) {
   if (man.has_crc) man.stored_crc = static_cast<uint32_t>(ReadIntAttr(d.get(), "crc32", where + ": /manifest", 0, 0xffffffffLL));
   json j;
   try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
+    // Nesting is refused while parsing: copying or printing a deeply nested value recurses.
+    j = json::parse(text, [](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxJsonDepth) throw std::invalid_argument("nested deeper than " + std::to_string(kMaxJsonDepth));
+      return true;
+    });
+  } catch (const std::exception& e) {
     TESSERA_THROW(IoError, where, ": /manifest is not valid JSON: ", e.what());
   }
   if (!j.is_object()) TESSERA_THROW(IoError, where, ": /manifest is not a JSON object");
@@ -104,9 +111,15 @@ Manifest ReadManifest(hid_t file, const std::string& where) {
   if (static_cast<int64_t>(tensors->size()) > kMaxObjects)
     TESSERA_THROW(IoError, where, ": /manifest lists ", tensors->size(), " tensors (at most ", kMaxObjects, ")");
   std::set<std::string> seen;
+  const int64_t file_size = FileSize(file, where);
+  int64_t total = 0;  // every tensor's bytes are in the file: together, they fit in it
   for (size_t i = 0; i < tensors->size(); ++i) {
     TensorRecord r = ParseTensorEntry((*tensors)[i], i, where);
     if (!seen.insert(r.path).second) TESSERA_THROW(IoError, where, ": /manifest lists ", r.path, " twice");
+    total += r.bytes;
+    if (total > file_size)
+      TESSERA_THROW(IoError, where, ": /manifest lists ", total, " bytes of tensors (up to ", r.path, ") in a file of ",
+                    file_size, " bytes");
     man.tensors.push_back(std::move(r));
   }
   return man;
@@ -123,11 +136,13 @@ std::vector<std::string> CheckManifestIntegrity(const Manifest& m, const json& n
     problems.push_back(where + ": /manifest: holds no copy of the root attributes");
     return problems;
   }
-  for (auto it = now.begin(); it != now.end(); ++it)
+  // The manifest's copy went through JSON text, which holds UTF-8 only: compare likewise.
+  const json as_written = json::parse(JsonText(now));
+  for (auto it = as_written.begin(); it != as_written.end(); ++it)
     if (!m.attributes.contains(it.key()) || m.attributes[it.key()] != it.value())
-      problems.push_back(where + ": root attribute '" + it.key() + "' is " + it.value().dump() +
+      problems.push_back(where + ": root attribute '" + it.key() + "' is " + JsonText(it.value()) +
                          " but the manifest recorded " +
-                         (m.attributes.contains(it.key()) ? m.attributes[it.key()].dump() : "nothing"));
+                         (m.attributes.contains(it.key()) ? JsonText(m.attributes[it.key()]) : "nothing"));
   return problems;
 }
 
@@ -139,24 +154,47 @@ void WriteRootAttributes(hid_t file, const json& attrs, const std::string& where
     else if (v.is_number_float()) WriteRealAttr(file, name, v.get<double>(), where);
     else if (v.is_number_unsigned()) WriteIntAttr(file, name, static_cast<int64_t>(v.get<uint64_t>()), where);
     else if (v.is_number_integer()) WriteIntAttr(file, name, v.get<int64_t>(), where);
-    else TESSERA_THROW(ValueError, where, ": root attribute '", it.key(), "' has no HDF5 type: ", v.dump());
+    else TESSERA_THROW(ValueError, where, ": root attribute '", it.key(), "' has no HDF5 type: ", JsonText(v));
   }
 }
 
-std::string ReadFormat(hid_t file, const std::string& where) {
-  if (!HasAttr(file, "format", where))
+int ReadFormatVersion(hid_t file, const std::string& where) {
+  if (!HasAttr(file, "format_version", where) && !HasAttr(file, "format", where))
     TESSERA_THROW(IoError, where, ": not a tessera file (the root has no 'format' attribute)");
-  return ReadStringAttr(file, "format", where);
-}
-
-int ReadFormatVersion(hid_t file, const std::string& format, const std::string& where) {
   int64_t v = ReadIntAttr(file, "format_version", where);
-  std::string by = HasAttr(file, "tessera_version", where) ? ReadStringAttr(file, "tessera_version", where) : "?";
-  if (v > kFormatVersion)
-    TESSERA_THROW(FormatError, where, ": written in ", format, " format version ", v, " (by tessera ", by,
-                  "); this tessera (", TESSERA_VERSION, ") reads versions up to ", kFormatVersion, ": use a newer tessera");
+  if (v > kFormatVersion) {
+    // A newer format, or a damaged attribute? A sound manifest this build can read that records
+    // another version says the latter (and the reader falls back, rather than stopping).
+    std::string recorded;
+    try {
+      Manifest m = ReadManifest(file, kFormatVersion, where);
+      if (m.has_crc && m.stored_crc == m.computed_crc && m.attributes.contains("format_version") &&
+          m.attributes["format_version"] != v)
+        recorded = JsonText(m.attributes["format_version"]);
+    } catch (const Error&) {  // unreadable here: then it may well be a newer format
+    }
+    if (!recorded.empty())
+      TESSERA_THROW(IoError, where, ": format_version is ", v, " but the manifest recorded ", recorded,
+                    ": the attribute is damaged");
+    auto safely = [&](const char* name) {  // fixed-length only: nothing of this file is trusted yet
+      try {
+        return ReadStringAttr(file, name, where);
+      } catch (const Error&) {
+        return std::string("?");
+      }
+    };
+    TESSERA_THROW(FormatError, where, ": written in ", safely("format"), " format version ", v, " (by tessera ",
+                  safely("tessera_version"), "); this tessera (", TESSERA_VERSION, ") reads versions up to ",
+                  kFormatVersion, ": use a newer tessera");
+  }
   if (v < 1) TESSERA_THROW(IoError, where, ": invalid format_version ", v);
   return static_cast<int>(v);
+}
+
+std::string ReadFormat(hid_t file, int format_version, const std::string& where) {
+  if (!HasAttr(file, "format", where))
+    TESSERA_THROW(IoError, where, ": not a tessera file (the root has no 'format' attribute)");
+  return ReadStringAttr(file, "format", where, AllowsVlenStrings(format_version));
 }
 
 TensorReadResult ReadTensorData(hid_t file, const TensorRecord& t, int64_t file_size,
@@ -166,7 +204,7 @@ TensorReadResult ReadTensorData(hid_t file, const TensorRecord& t, int64_t file_
   Hdf5Handle d(H5C(H5Dopen2(file, t.path.c_str(), H5P_DEFAULT), at), H5Dclose);
   std::vector<int64_t> shape = DatasetShape(d.get(), at);
   DType dtype = DatasetFloatType(d.get(), at);
-  auto str = [](const std::vector<int64_t>& s) { return json(s).dump(); };
+  auto str = [](const std::vector<int64_t>& s) { return JsonText(json(s)); };
   if (shape != t.shape)
     TESSERA_THROW(IoError, at, ": the dataset has shape ", str(shape), " but the manifest says ", str(t.shape));
   if (dtype != t.dtype)

@@ -30,7 +30,11 @@ namespace tessera::io {
 using json = nlohmann::json;
 
 // The newest format version this build writes and reads (checkpoints and weights files).
-constexpr int kFormatVersion = 1;
+//   1  strings variable-length, HDF5's original file format (legacy: read, never written)
+//   2  strings fixed-length, HDF5's 1.10 file format with checksummed metadata
+constexpr int kFormatVersion = 2;
+// Whether files of `format_version` may hold variable-length strings (only legacy ones do).
+inline bool AllowsVlenStrings(int format_version) { return format_version < 2; }
 constexpr const char* kCheckpointFormat = "tessera.checkpoint";
 constexpr const char* kModelFormat = "tessera.model";
 
@@ -44,6 +48,10 @@ struct TensorRecord {
   bool has_crc = false;
   int64_t file_offset = -1;  // byte offset of the data in the file (contiguous layout), -1 if none
 };
+
+// `j` as JSON text for messages and files, with bytes that are not UTF-8 (a damaged string
+// attribute) shown as U+FFFD instead of throwing.
+std::string JsonText(const json& j, int indent = -1);
 
 // "float32" / "float64", the names the manifest uses (numpy's).
 std::string DTypeFileName(DType t);
@@ -62,7 +70,8 @@ void WriteManifest(hid_t file, const std::vector<TensorRecord>& tensors, const j
 // Reads and checks /manifest. IoError when it is missing, not valid JSON, or any entry is
 // malformed: a path that is not absolute or repeats, a shape of negative or too many dimensions,
 // an unknown dtype, a byte count that does not match shape and dtype, a CRC out of range.
-Manifest ReadManifest(hid_t file, const std::string& where);
+// `format_version`: of the file (ReadFormatVersion), which says how its strings are stored.
+Manifest ReadManifest(hid_t file, int format_version, const std::string& where);
 // The manifest's own CRC, and `now` (the root attributes as read) against the manifest's copy:
 // one line per problem, "" problems when they agree.
 std::vector<std::string> CheckManifestIntegrity(const Manifest& m, const json& now, const std::string& where);
@@ -70,11 +79,12 @@ std::vector<std::string> CheckManifestIntegrity(const Manifest& m, const json& n
 // Writes each member of `attrs` as a root attribute: strings as UTF-8 strings, integers as int64,
 // reals as float64 (the attributes and the manifest's copy come from one JSON object).
 void WriteRootAttributes(hid_t file, const json& attrs, const std::string& where);
+// The root `format_version`, read first (an integer: safe to read before anything else is known).
+// FormatError for one newer than kFormatVersion (naming the format and the writing tessera when
+// they can be read safely), IoError for one below 1 or a missing attribute.
+int ReadFormatVersion(hid_t file, const std::string& where);
 // The root `format` attribute: "tessera.checkpoint", "tessera.model". IoError when missing.
-std::string ReadFormat(hid_t file, const std::string& where);
-// Reads format_version and refuses one newer than kFormatVersion with a FormatError (naming the
-// writing tessera version) or one below 1 with an IoError.
-int ReadFormatVersion(hid_t file, const std::string& format, const std::string& where);
+std::string ReadFormat(hid_t file, int format_version, const std::string& where);
 
 // The dataset's crc32 attribute, when it has one.
 struct TensorReadResult {

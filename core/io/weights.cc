@@ -23,8 +23,10 @@ namespace tessera::io {
 #define H5C(call, where) TESSERA_H5_CHECK(IoError, call, where)
 
 json WeightsMetaJson(const WeightsMeta& m) {
-  return {{"format_version", m.format_version}, {"tessera_version", m.tessera_version}, {"created", m.created},
-          {"step", m.step}, {"job_spec", m.job_spec}, {"dtype", m.dtype}};
+  json j = {{"format_version", m.format_version}, {"tessera_version", m.tessera_version}, {"created", m.created},
+            {"step", m.step}, {"job_spec", m.job_spec}, {"dtype", m.dtype}};
+  if (m.format_version >= 2) j["format"] = kModelFormat;  // covered by the manifest's CRC since format 2
+  return j;
 }
 
 namespace {
@@ -71,10 +73,9 @@ void WriteWeightsLocked(const std::string& tmp, const WeightsMeta& m, const std:
       if (t.joinable()) t.join();
     }
   } join{crcs};
-  Hdf5Handle fapl = FileAccess(tmp);
+  Hdf5Handle fapl = FileCreateAccess(tmp);
   Hdf5Handle file(H5C(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), tmp), H5Fclose);
   hid_t f = file.get();
-  WriteStringAttr(f, "format", kModelFormat, tmp);
   WriteRootAttributes(f, WeightsMetaJson(m), tmp);
   if (!m.source.empty()) WriteStringAttr(f, "source_checkpoint", m.source, tmp);
   Hdf5Handle lcpl(H5C(H5Pcreate(H5P_LINK_CREATE), tmp), H5Pclose);
@@ -99,21 +100,28 @@ void WriteWeightsLocked(const std::string& tmp, const WeightsMeta& m, const std:
 }
 
 // The metadata of an open weights file (or the /model part of a checkpoint), checked.
-WeightsInfo ReadInfoLocked(hid_t file, const std::string& path, Manifest* manifest_out = nullptr) {
+WeightsInfo ReadInfoLocked(hid_t file, const std::string& path, const WeightsReadOptions& o,
+                           Manifest* manifest_out = nullptr) {
   WeightsInfo info;
   info.path = path;
-  std::string format = ReadFormat(file, path);
+  WeightsMeta& m = info.meta;
+  m.format_version = ReadFormatVersion(file, path);
+  if (m.format_version < kFormatVersion && !o.allow_legacy)
+    TESSERA_THROW(FormatError, path, ": is of format version ", m.format_version, " (an earlier tessera's, with "
+                  "variable-length strings), which is not read here; re-export it with `tessera ckpt export`");
+  const bool vlen = AllowsVlenStrings(m.format_version);
+  std::string format = ReadFormat(file, m.format_version, path);
+  if (format == kCheckpointFormat && !o.allow_checkpoint)
+    TESSERA_THROW(FormatError, path, ": is a checkpoint, not a model file; export its model with `tessera ckpt export`");
   if (format != kModelFormat && format != kCheckpointFormat)
     TESSERA_THROW(FormatError, path, ": not a tessera weights file (format is '", format.substr(0, 100), "')");
-  WeightsMeta& m = info.meta;
-  m.format_version = ReadFormatVersion(file, format, path);
-  m.tessera_version = HasAttr(file, "tessera_version", path) ? ReadStringAttr(file, "tessera_version", path) : "?";
-  m.created = ReadStringAttr(file, "created", path);
+  m.tessera_version = HasAttr(file, "tessera_version", path) ? ReadStringAttr(file, "tessera_version", path, vlen) : "?";
+  m.created = ReadStringAttr(file, "created", path, vlen);
   m.step = ReadIntAttr(file, "step", path, 0);
-  m.job_spec = ReadStringAttr(file, "job_spec", path);
-  m.dtype = ReadStringAttr(file, "dtype", path);
-  if (HasAttr(file, "source_checkpoint", path)) m.source = ReadStringAttr(file, "source_checkpoint", path);
-  Manifest man = ReadManifest(file, path);
+  m.job_spec = ReadStringAttr(file, "job_spec", path, vlen);
+  m.dtype = ReadStringAttr(file, "dtype", path, vlen);
+  if (HasAttr(file, "source_checkpoint", path)) m.source = ReadStringAttr(file, "source_checkpoint", path, vlen);
+  Manifest man = ReadManifest(file, m.format_version, path);
   for (const TensorRecord& t : man.tensors) {
     if (t.path.rfind("/model/", 0) == 0) info.tensors.push_back(t);
     else if (format == kModelFormat)
@@ -162,16 +170,16 @@ WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& 
   return out;
 }
 
-WeightsInfo ReadWeightsInfo(const std::string& path) {
+WeightsInfo ReadWeightsInfo(const std::string& path, const WeightsReadOptions& o) {
   Hdf5Lock lock;
   Hdf5Handle file = OpenForRead(path);
-  return ReadInfoLocked(file.get(), path);
+  return ReadInfoLocked(file.get(), path, o);
 }
 
-WeightsInfo ReadWeights(const std::string& path, const TensorSink& sink) {
+WeightsInfo ReadWeights(const std::string& path, const TensorSink& sink, const WeightsReadOptions& o) {
   Hdf5Lock lock;
   Hdf5Handle file = OpenForRead(path);
-  WeightsInfo info = ReadInfoLocked(file.get(), path);
+  WeightsInfo info = ReadInfoLocked(file.get(), path, o);
   const int64_t size = FileSize(file.get(), path);
   CheckQueue checks;  // CRCs are checked on a second thread while the next tensors are read
   for (const TensorRecord& t : info.tensors) {
@@ -183,11 +191,11 @@ WeightsInfo ReadWeights(const std::string& path, const TensorSink& sink) {
   return info;
 }
 
-std::vector<std::string> VerifyWeights(const std::string& path) {
+std::vector<std::string> VerifyWeights(const std::string& path, const WeightsReadOptions& o) {
   Hdf5Lock lock;
   Hdf5Handle file = OpenForRead(path);
   Manifest man;
-  WeightsInfo info = ReadInfoLocked(file.get(), path, &man);
+  WeightsInfo info = ReadInfoLocked(file.get(), path, o, &man);
   const int64_t size = FileSize(file.get(), path);
   std::vector<std::string> problems = CheckManifestIntegrity(man, WeightsMetaJson(info.meta), path);
   std::map<std::string, bool> listed;

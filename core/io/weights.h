@@ -44,25 +44,35 @@ struct WeightsWriteResult {
 WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& meta,
                                     const std::vector<WeightsView>& tensors);
 
+// What a reader accepts beyond a model file of the current format.
+struct WeightsReadOptions {
+  bool allow_checkpoint = false;  // the /model tensors of a checkpoint too
+  // Format 1 files too. They hold variable-length strings, which HDF5 cannot read safely when
+  // damaged or crafted: for the user's own files only (resuming, fine-tuning, publishing them),
+  // never for what a store or a server is handed.
+  bool allow_legacy = false;
+};
+
 struct WeightsInfo {
   std::string path;
   WeightsMeta meta;
   std::vector<TensorRecord> tensors;  // every /model tensor, from the manifest
 };
 // The metadata and tensor list of a weights file, checked (no tensor data read). IoError for a
-// damaged file, FormatError for a newer format or a checkpoint (use the checkpoint reader).
-WeightsInfo ReadWeightsInfo(const std::string& path);
+// damaged file, FormatError for a newer format, or a checkpoint or legacy file that `options`
+// does not allow.
+WeightsInfo ReadWeightsInfo(const std::string& path, const WeightsReadOptions& options = {});
 
 // Where tensor `t` goes: a buffer of t.bytes bytes, or null to skip it.
 using TensorSink = std::function<void*(const TensorRecord& t)>;
 // Reads the tensors `sink` asks for and checks each one's CRC-32. After an error, buffers may
 // hold part of the data.
-WeightsInfo ReadWeights(const std::string& path, const TensorSink& sink);
+WeightsInfo ReadWeights(const std::string& path, const TensorSink& sink, const WeightsReadOptions& options = {});
 
 // Every check ReadWeights makes, plus the manifest's own CRC and the root attributes against the
 // manifest's copy, and datasets the manifest does not list: one line per problem (none: sound).
 // Throws like ReadWeightsInfo when the file cannot be opened as a weights file at all.
-std::vector<std::string> VerifyWeights(const std::string& path);
+std::vector<std::string> VerifyWeights(const std::string& path, const WeightsReadOptions& options = {});
 
 // The root attributes a model file carries (and its manifest copies), from `meta`.
 json WeightsMetaJson(const WeightsMeta& meta);

@@ -37,6 +37,9 @@ void OwnedRange(int64_t n, int r, int w, int64_t* lo, int64_t* hi) {
 json MetaJson(const CheckpointMeta& m, const std::string& kind) {
   json j = {{"format_version", m.format_version}, {"tessera_version", m.tessera_version}, {"created", m.created},
             {"step", m.step}, {"job_spec", m.job_spec}, {"dtype", m.dtype}};
+  // Since format 2 the format itself is in the manifest's copy, so that damage to it is told
+  // apart from a file of another kind.
+  if (m.format_version >= 2) j["format"] = kind == "checkpoint" ? io::kCheckpointFormat : io::kModelFormat;
   if (kind == "checkpoint") {
     j["epoch"] = m.epoch;
     j["step_in_epoch"] = m.step_in_epoch;
@@ -64,17 +67,18 @@ constexpr int64_t kMaxWorld = 1 << 20;
 CheckpointInfo ReadInfoLocked(hid_t file, const std::string& path, io::Manifest* manifest) {
   CheckpointInfo info;
   info.path = path;
-  std::string format = io::ReadFormat(file, path);
+  CheckpointMeta& m = info.meta;
+  m.format_version = io::ReadFormatVersion(file, path);
+  const bool vlen = io::AllowsVlenStrings(m.format_version);  // legacy files only
+  std::string format = io::ReadFormat(file, m.format_version, path);
   if (format == io::kCheckpointFormat) info.kind = "checkpoint";
   else if (format == io::kModelFormat) info.kind = "model";
   else TESSERA_THROW(CheckpointFormatError, path, ": not a tessera checkpoint (format is '", format.substr(0, 100), "')");
-  CheckpointMeta& m = info.meta;
-  m.format_version = io::ReadFormatVersion(file, format, path);
-  m.tessera_version = io::HasAttr(file, "tessera_version", path) ? io::ReadStringAttr(file, "tessera_version", path) : "?";
-  m.created = io::ReadStringAttr(file, "created", path);
+  m.tessera_version = io::HasAttr(file, "tessera_version", path) ? io::ReadStringAttr(file, "tessera_version", path, vlen) : "?";
+  m.created = io::ReadStringAttr(file, "created", path, vlen);
   m.step = io::ReadIntAttr(file, "step", path, 0);
-  m.job_spec = io::ReadStringAttr(file, "job_spec", path);
-  m.dtype = io::ReadStringAttr(file, "dtype", path);
+  m.job_spec = io::ReadStringAttr(file, "job_spec", path, vlen);
+  m.dtype = io::ReadStringAttr(file, "dtype", path, vlen);
   if (info.kind == "checkpoint") {
     m.epoch = io::ReadIntAttr(file, "epoch", path, 0);
     m.step_in_epoch = io::ReadIntAttr(file, "step_in_epoch", path, 0);
@@ -87,12 +91,12 @@ CheckpointInfo ReadInfoLocked(hid_t file, const std::string& path, io::Manifest*
     m.zero_stage = static_cast<int>(io::ReadIntAttr(file, "zero_stage", path, 0, 3));
     m.tensor_parallel = static_cast<int>(io::ReadIntAttr(file, "tensor_parallel", path, 1, m.world_size));
     m.pipeline_parallel = static_cast<int>(io::ReadIntAttr(file, "pipeline_parallel", path, 1, m.world_size));
-    m.optimizer = io::ReadStringAttr(file, "optimizer", path);
+    m.optimizer = io::ReadStringAttr(file, "optimizer", path, vlen);
     m.optimizer_step = io::ReadIntAttr(file, "optimizer_step", path, 0);
-    m.lr_schedule = io::ReadStringAttr(file, "lr_schedule", path);
+    m.lr_schedule = io::ReadStringAttr(file, "lr_schedule", path, vlen);
     m.lr = io::ReadRealAttr(file, "lr", path);
   }
-  io::Manifest man = io::ReadManifest(file, path);
+  io::Manifest man = io::ReadManifest(file, m.format_version, path);
   info.tensors = man.tensors;
   if (info.kind == "checkpoint" && io::PathExists(file, "/rng/rank_state", path)) {
     std::vector<uint64_t> rs = ReadRankState(file, info);
@@ -109,7 +113,7 @@ std::vector<uint64_t> ReadRankState(hid_t file, const CheckpointInfo& info) {
   std::vector<int64_t> shape = io::DatasetShape(d.get(), where);
   const std::vector<int64_t> want{info.meta.world_size, 2};
   if (shape != want)
-    TESSERA_THROW(IoError, where, ": has shape ", json(shape).dump(), ", expected [", info.meta.world_size, ", 2]");
+    TESSERA_THROW(IoError, where, ": has shape ", io::JsonText(json(shape)), ", expected [", info.meta.world_size, ", 2]");
   Hdf5Handle type(H5C(H5Dget_type(d.get()), where), H5Tclose);
   if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 8)
     TESSERA_THROW(IoError, where, ": is not a 64-bit integer dataset");
@@ -196,7 +200,7 @@ std::string CheckpointInfoJson(const CheckpointInfo& info) {
     list.push_back({{"path", t.path}, {"shape", t.shape}, {"dtype", io::DTypeFileName(t.dtype)}, {"bytes", t.bytes},
                     {"crc32", t.crc32}});
   j["tensors"] = list;
-  return j.dump(2);
+  return io::JsonText(j, 2);
 }
 
 }  // namespace tessera::jobs

@@ -226,11 +226,10 @@ void CreateLaidOutFile(const Job& job, const SavePaths& p, int64_t* offsets) {
   if (ec) TESSERA_THROW(IoError, p.tmp_dir.string(), ": cannot create: ", ec.message());
   const std::string& tmp = p.tmp_file;
   Hdf5Lock lock;
-  Hdf5Handle fapl = io::FileAccess(tmp);
+  Hdf5Handle fapl = io::FileCreateAccess(tmp);
   Hdf5Handle file(H5C(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), tmp), H5Fclose);
   const CheckpointMeta& m = job.meta;
   hid_t f = file.get();
-  io::WriteStringAttr(f, "format", io::kCheckpointFormat, tmp);
   io::WriteRootAttributes(f, MetaJson(m, "checkpoint"), tmp);
   io::WriteStringAttr(f, "layout",
                       detail::StrCat("each of the ", job.world, " ranks wrote a contiguous 1/", job.world,
@@ -361,7 +360,7 @@ std::vector<io::TensorRecord> CombineCrcs(const Job& job, const int64_t* gathere
 void WriteCrcsAndManifest(const std::string& tmp_file, const std::vector<io::TensorRecord>& tensors, const json& attrs) {
   {
     Hdf5Lock lock;
-    Hdf5Handle fapl = io::FileAccess(tmp_file);
+    Hdf5Handle fapl = io::FileCreateAccess(tmp_file);  // the new objects in the 1.10 format too
     Hdf5Handle file(H5C(H5Fopen(tmp_file.c_str(), H5F_ACC_RDWR, fapl.get()), tmp_file), H5Fclose);
     for (const io::TensorRecord& t : tensors) {
       Hdf5Handle ds(H5C(H5Dopen2(file.get(), t.path.c_str(), H5P_DEFAULT), tmp_file + ": " + t.path), H5Dclose);

@@ -865,6 +865,7 @@ TEST_F(CheckpointTest, NonHdf5FilesAreDamageAndOtherFilesFormatErrors) {
     Hdf5Lock lock;
     Hdf5Handle f(CHECK_H5(H5Fopen(other.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), other), H5Fclose);
     io::WriteStringAttr(f.get(), "format", "someone.else", other);
+    io::WriteIntAttr(f.get(), "format_version", 2, other);
     ASSERT_GE(f.Close(), 0);
   }
   msg = ThrownMessage<CheckpointFormatError>([&] { LoadCheckpoint(other, s.Layout()); });
@@ -945,17 +946,30 @@ TEST_F(CheckpointTest, ANewerFormatVersionIsRefusedClearly) {
   const std::string good = Save(s, 1);
   const std::string newer = Path("newer.h5");
   fs::copy_file(good, newer);
+  // A newer format: its own manifest, which this build cannot read (here: none at all).
   RewriteRootI64(newer, "format_version", 99);
+  {
+    Hdf5Lock lock;
+    Hdf5Handle f(CHECK_H5(H5Fopen(newer.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), newer), H5Fclose);
+    CHECK_H5(H5Ldelete(f.get(), "manifest", H5P_DEFAULT), newer);
+    ASSERT_GE(f.Close(), 0);
+  }
   for (const std::string& msg : {ThrownMessage<CheckpointFormatError>([&] { ReadCheckpointInfo(newer); }),
                                  ThrownMessage<CheckpointFormatError>([&] { LoadCheckpoint(newer, s.Layout()); }),
                                  ThrownMessage<CheckpointFormatError>([&] { VerifyCheckpoint(newer); }),
                                  ThrownMessage<CheckpointFormatError>([&] { ExportModel(newer, Path("m.h5")); })}) {
     EXPECT_CONTAINS(msg, newer);
-    EXPECT_CONTAINS(msg, "version 99");
+    EXPECT_CONTAINS(msg, "tessera.checkpoint format version 99");
     EXPECT_CONTAINS(msg, "newer");
   }
-  RewriteRootI64(newer, "format_version", 0);
-  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadCheckpointInfo(newer); }), "invalid format_version 0");
+  // The attribute alone changed, the manifest recording the real version: damage.
+  const std::string damaged = Path("damaged.h5");
+  fs::copy_file(good, damaged);
+  RewriteRootI64(damaged, "format_version", 99);
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { LoadCheckpoint(damaged, s.Layout()); }),
+                  "format_version is 99 but the manifest recorded 2: the attribute is damaged");
+  RewriteRootI64(damaged, "format_version", 0);
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadCheckpointInfo(damaged); }), "invalid format_version 0");
 }
 
 // ---- export -----------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ done
 
 # 6. export: the model only, verified, and h5py reads it.
 if out=$("$TESSERA" ckpt export "$run" "$work/model.h5" 2>&1) && "$TESSERA" ckpt verify "$work/model.h5" >/dev/null 2>&1 &&
-  "$PY" -c 'import h5py,sys; f=h5py.File(sys.argv[1],"r"); sys.exit(0 if "model" in f and "optim" not in f and f.attrs["format"]=="tessera.model" else 1)' "$work/model.h5"; then
+  "$PY" -c 'import h5py,sys; f=h5py.File(sys.argv[1],"r"); sys.exit(0 if "model" in f and "optim" not in f and f.attrs["format"].decode()=="tessera.model" else 1)' "$work/model.h5"; then
   ok export
 else
   bad "export: $out"

@@ -4,11 +4,15 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/io/hdf5.h"
+#include "core/io/tensor_file.h"
 #include "core/random.h"
 #include "jobs/checkpoint.h"
+#include "store/store.h"
 #include "jobs/spec.h"
 #include "jobs/trainer.h"
 
@@ -185,6 +189,199 @@ TEST(Trainer, CheckpointPolicyAndExactResumeFromAMidRunCheckpoint) {
     }
   EXPECT_EQ(aside, 1);
   fs::remove_all(dir);
+}
+
+// A blobs job of 60 steps with checkpoints at 30 and 60 (and the given extra spec text).
+struct BlobsJob {
+  fs::path dir;
+  JobSpec spec;
+  explicit BlobsJob(const std::string& tag, const std::string& extra = "") {
+    dir = fs::temp_directory_path() / ("tessera_trainer_" + tag + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    WriteBlobs(dir / "train.csv", 600, 1);
+    WriteBlobs(dir / "test.csv", 300, 2);
+    std::ofstream(dir / "job.pbtxt") << "name: \"blobs\"\n"
+                                        "model { mlp { in_features: 4 hidden: 16 out_features: 3 } }\n"
+                                        "data { kind: CSV train_path: \"train.csv\" test_path: \"test.csv\" batch_size: 30 }\n"
+                                        "optimizer { kind: ADAM lr: 0.01 }\n"
+                                        "train { steps: 60 log_every_steps: 30 eval_every_steps: 20 seed: 3 }\n"
+                                        "checkpoint { every_steps: 30 }\n"
+                                     << extra;
+    spec = LoadJobSpec((dir / "job.pbtxt").string());
+  }
+  ~BlobsJob() { fs::remove_all(dir); }
+  TrainSummary Run(const std::string& run, const JobSpec* other = nullptr) {
+    TrainerOptions o;
+    o.run_dir = (dir / run).string();
+    o.progress = false;
+    return Train(other ? *other : spec, o);
+  }
+};
+
+// Edits the HDF5 file `path` with the lock held.
+void EditHdf5(const std::string& path, const std::function<void(hid_t)>& edit) {
+  io::Hdf5Lock lock;
+  io::Hdf5Handle f(TESSERA_H5_CHECK(IoError, H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), path), H5Fclose);
+  edit(f.get());
+  ASSERT_GE(f.Close(), 0);
+}
+
+// Every kind of damage to the newest checkpoint of a run directory makes the resume fall back to
+// the one before it, with a warning naming what is wrong; the run then ends exactly as an
+// uninterrupted one. A newer format is not damage: the run stops.
+TEST(Trainer, AnyDamageToTheNewestCheckpointFallsBackToTheOneBefore) {
+  BlobsJob job("damage");
+  TrainSummary whole = job.Run("whole");
+  const std::string newest = (job.dir / "whole/checkpoints/step-00000060/checkpoint.h5").string();
+  ASSERT_EQ(whole.checkpoint, newest);
+  struct Damage {
+    const char* name;
+    std::function<void(const std::string&)> apply;
+    const char* warning;
+  };
+  const std::vector<Damage> damages = {
+      {"empty file", [](const std::string& f) { fs::resize_file(f, 0); }, "is empty (0 bytes)"},
+      {"truncated", [](const std::string& f) { fs::resize_file(f, fs::file_size(f) / 2); }, "truncated"},
+      {"manifest not JSON",
+       [](const std::string& f) {
+         EditHdf5(f, [](hid_t h) {
+           TESSERA_H5_CHECK(IoError, H5Ldelete(h, "manifest", H5P_DEFAULT), "manifest");
+           io::WriteStringDataset(h, "manifest", "{\"tensors\": [", "test");
+         });
+       },
+       "/manifest is not valid JSON"},
+      {"attribute missing",
+       [](const std::string& f) {
+         EditHdf5(f, [](hid_t h) { TESSERA_H5_CHECK(IoError, H5Adelete(h, "optimizer_step"), "optimizer_step"); });
+       },
+       "attribute 'optimizer_step' is missing"},
+      {"attribute an array",
+       [](const std::string& f) {
+         EditHdf5(f, [](hid_t h) {
+           TESSERA_H5_CHECK(IoError, H5Adelete(h, "step"), "step");
+           hsize_t n = 4;
+           io::Hdf5Handle space(TESSERA_H5_CHECK(IoError, H5Screate_simple(1, &n, nullptr), "s"), H5Sclose);
+           io::Hdf5Handle a(TESSERA_H5_CHECK(IoError, H5Acreate2(h, "step", H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), "a"),
+                            H5Aclose);
+           int64_t v[4] = {60, 61, 62, 63};
+           TESSERA_H5_CHECK(IoError, H5Awrite(a.get(), H5T_NATIVE_INT64, v), "w");
+         });
+       },
+       "holds 4 values; expected a single integer"},
+      {"format_version damaged",
+       [](const std::string& f) {
+         EditHdf5(f, [](hid_t h) {
+           TESSERA_H5_CHECK(IoError, H5Adelete(h, "format_version"), "format_version");
+           io::WriteIntAttr(h, "format_version", 3, "format_version");
+         });
+       },
+       "the attribute is damaged"},
+  };
+  for (const Damage& d : damages) {
+    SCOPED_TRACE(d.name);
+    const fs::path run = job.dir / "resumed";
+    fs::remove_all(run);
+    fs::copy(job.dir / "whole", run, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+    d.apply((run / "checkpoints/step-00000060/checkpoint.h5").string());
+    fs::remove(run / "summary.json");
+    ::testing::internal::CaptureStderr();
+    TrainSummary r = job.Run("resumed");
+    std::string err = ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(r.resumed_from_step, 30);
+    EXPECT_EQ(r.test_loss, whole.test_loss);
+    EXPECT_NE(err.find("cannot resume from the newest checkpoint"), std::string::npos) << err;
+    EXPECT_NE(err.find(d.warning), std::string::npos) << err;
+  }
+  // A newer format (with a manifest this build cannot read): stop, naming it (an older checkpoint
+  // would not help).
+  const fs::path run = job.dir / "newer";
+  fs::copy(job.dir / "whole", run, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  EditHdf5((run / "checkpoints/step-00000060/checkpoint.h5").string(), [](hid_t h) {
+    TESSERA_H5_CHECK(IoError, H5Adelete(h, "format_version"), "format_version");
+    io::WriteIntAttr(h, "format_version", 99, "format_version");
+    TESSERA_H5_CHECK(IoError, H5Ldelete(h, "manifest", H5P_DEFAULT), "manifest");
+  });
+  try {
+    job.Run("newer");
+    ADD_FAILURE() << "resumed from a checkpoint of a newer format";
+  } catch (const CheckpointFormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("format version 99"), std::string::npos) << e.what();
+  }
+}
+
+// publish { ... }: the final weights become version 1 with the run's metrics and lineage; a job
+// with train.init_from that version and a different head loads every tensor but the head,
+// publishes version 2, and its lineage names version 1 and the sha256 of its weights.
+TEST(Trainer, PublishesAndFineTunesFromTheStore) {
+  BlobsJob job("publish");
+  const std::string root = (job.dir / "store").string();
+  JobSpec first = job.spec;
+  first.mutable_publish()->set_store(root);
+  first.mutable_publish()->set_alias("production");
+  TrainSummary a = job.Run("a", &first);
+  ASSERT_EQ(a.published_version, 1);
+  store::Store st(root);
+  EXPECT_EQ(st.Resolve("blobs", "production"), 1);
+  EXPECT_TRUE(st.Verify("blobs", 1).empty());
+  store::VersionManifest m1 = st.ReadManifest("blobs", 1);
+  EXPECT_EQ(m1.metrics().at("test_accuracy"), a.test_accuracy);
+  EXPECT_EQ(m1.lineage().step(), 60);
+  EXPECT_EQ(m1.lineage().job_name(), "blobs");
+  EXPECT_EQ(m1.lineage().datasets_size(), 2);
+  EXPECT_EQ(m1.lineage().checkpoint(), a.checkpoint.empty() ? "" : fs::absolute(a.checkpoint).string());
+  store::Architecture arch = st.ReadArchitecture("blobs", 1);
+  EXPECT_EQ(arch.input_dtype(), "FP32");
+  EXPECT_EQ(std::vector<int64_t>(arch.input_shape().begin(), arch.input_shape().end()), (std::vector<int64_t>{4}));
+  // The published weights are the final checkpoint's model, bit for bit.
+  CheckpointInfo final_ckpt = ReadCheckpointInfo(a.checkpoint);
+  io::WeightsInfo w = io::ReadWeightsInfo(st.VersionDir("blobs", 1) + "/weights.h5");
+  for (const io::TensorRecord& t : w.tensors)
+    for (const CheckpointTensor& c : final_ckpt.tensors)
+      if (c.path == t.path) EXPECT_EQ(c.crc32, t.crc32) << t.path;
+
+  JobSpec tune = job.spec;
+  tune.mutable_model()->mutable_mlp()->set_out_features(4);  // a new head
+  tune.mutable_train()->set_init_from("store://" + root + "/blobs@production");
+  tune.mutable_train()->set_steps(20);
+  tune.mutable_publish()->set_store(root);
+  ::testing::internal::CaptureStdout();
+  TrainerOptions o;
+  o.run_dir = (job.dir / "tune").string();
+  TrainSummary b = Train(tune, o);
+  std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(out.find("1.weight: loaded from store://"), std::string::npos) << out;
+  EXPECT_NE(out.find("3.weight: re-initialised (store://" + root + "/blobs@production has shape [3, 16], the model [4, 16])"),
+            std::string::npos)
+      << out;
+  ASSERT_EQ(b.published_version, 2);
+  store::Lineage l2 = st.ReadManifest("blobs", 2).lineage();
+  EXPECT_EQ(l2.parent().model(), "blobs");
+  EXPECT_EQ(l2.parent().version(), 1);
+  EXPECT_EQ(l2.parent().weights_sha256(), m1.files(0).sha256());
+  EXPECT_EQ(st.Resolve("blobs", "production"), 1) << "a publish without an alias moves none";
+  EXPECT_EQ(st.Resolve("blobs", "latest"), 2);
+}
+
+// publish.when: BEST publishes the weights of the best evaluation, not the last one.
+TEST(Trainer, PublishBestPublishesTheBestEvaluation) {
+  BlobsJob job("best", "publish { when: BEST metric: \"test_loss\" }\n");
+  JobSpec spec = job.spec;
+  spec.mutable_publish()->set_store((job.dir / "store").string());
+  spec.mutable_optimizer()->set_lr(0.3);  // large enough that the loss goes up and down
+  TrainSummary s = job.Run("a", &spec);
+  ASSERT_EQ(s.published_version, 1);
+  double best = 1e300;
+  int64_t best_step = -1;
+  for (const json& e : ReadJsonLines(job.dir / "a" / "metrics.jsonl"))
+    if (e["event"] == "eval" && e["test_loss"].get<double>() < best) {
+      best = e["test_loss"].get<double>();
+      best_step = e["step"].get<int64_t>();
+    }
+  ASSERT_NE(best_step, 60) << "the job's last evaluation is its best: the test shows nothing";
+  store::VersionManifest m = store::Store((job.dir / "store").string()).ReadManifest("blobs", 1);
+  EXPECT_EQ(m.metrics().at("test_loss"), best);
+  EXPECT_EQ(m.lineage().step(), best_step);
 }
 
 }  // namespace
