@@ -13,7 +13,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   libhdf5-dev libhdf5-openmpi-dev hdf5-tools
   libprotobuf-dev protobuf-compiler
-  libgtest-dev libcli11-dev nlohmann-json3-dev libssl-dev
+  libgtest-dev libcli11-dev nlohmann-json3-dev libssl-dev libdeflate-dev
   dataset-fashion-mnist
   python3-h5py python3-numpy python3-torch
 )

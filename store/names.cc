@@ -60,6 +60,9 @@ VersionRef ParseVersionRef(const std::string& text) {
   }
   while (rest.size() > 1 && rest.back() == '/') rest.pop_back();
   size_t slash = rest.find_last_of('/');
+  if (!uri && slash != std::string::npos)
+    TESSERA_THROW(StoreError, "'", Shown(text), "' is not a model name (it holds '/'): name the store with --store ROOT or "
+                  "write store://ROOT/MODEL");
   r.model = slash == std::string::npos ? rest : rest.substr(slash + 1);
   if (slash != std::string::npos) r.root = slash == 0 ? "/" : rest.substr(0, slash);
   if (uri && r.root.empty())

@@ -170,8 +170,8 @@ PublishResult Store::Publish(const PublishRequest& req) {
     const std::string weights = (stage / kWeightsFile).string();
     io::WeightsWriteResult written = io::WriteWeightsFile(weights, req.weights_meta, req.weights);
     if (chmod(weights.c_str(), 0444) != 0) TESSERA_THROW(IoError, weights, ": chmod failed: ", std::strerror(errno));
-    int64_t weights_bytes = 0;
-    const std::string weights_sha = io::Sha256File(weights, &weights_bytes);
+    const int64_t weights_bytes = written.file_bytes;
+    const std::string& weights_sha = written.sha256;
     const std::string arch = TextProto(req.architecture);
     io::WriteFileAtomically((stage / kArchitectureFile).string(), arch, 0444);
     VersionManifest m;

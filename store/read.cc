@@ -248,16 +248,28 @@ LoadedVersion Store::Load(const std::string& model, int64_t version, const io::T
     std::string s = io::Sha256File(weights, &bytes);
     return std::make_pair(s, bytes);
   });
+  auto mismatch = [&](const std::pair<std::string, int64_t>& got) {
+    return got.second != d->bytes() || got.first != d->sha256()
+               ? detail::StrCat(weights, ": does not match ", kManifestFile, " (", got.second, " bytes, sha256 ",
+                                got.first, "; the manifest says ", d->bytes(), " bytes, ", d->sha256(), ")")
+               : std::string();
+  };
   try {
-    out.weights = io::ReadWeights(weights, sink);
-  } catch (...) {
-    sha.wait();
+    io::WeightsReadOptions o;
+    o.check_crc = false;  // the file's sha256, checked meanwhile, covers every byte the CRCs do
+    out.weights = io::ReadWeights(weights, sink, o);
+  } catch (const Error& e) {
+    // A file changed since it was published says so first, whatever the reader tripped over.
+    std::string changed;
+    try {
+      changed = mismatch(sha.get());
+    } catch (const Error&) {
+    }
+    if (!changed.empty()) TESSERA_THROW(IoError, changed, ": ", e.what());
     throw;
   }
-  auto [digest, bytes] = sha.get();
-  if (bytes != d->bytes() || digest != d->sha256())
-    TESSERA_THROW(IoError, weights, ": does not match ", kManifestFile, " (", bytes, " bytes, sha256 ", digest,
-                  "; the manifest says ", d->bytes(), " bytes, ", d->sha256(), ")");
+  std::string changed = mismatch(sha.get());
+  if (!changed.empty()) TESSERA_THROW(IoError, changed);
   return out;
 }
 

@@ -49,7 +49,8 @@ void ValidateAliasName(const std::string& name);
 // A reference to a version, as users write one:
 //   MODEL  MODEL@latest  MODEL@production  MODEL@3  MODEL/3
 //   store://ROOT/MODEL@production  store://ROOT/MODEL/3  store:///abs/root/MODEL
-// `ref` is "latest", a version number or an alias name.
+// `ref` is "latest", a version number or an alias name. Only a store:// reference names a root; a
+// bare one with a '/' in its model part is refused (a model name never holds one).
 struct VersionRef {
   std::string root;  // "" when the text named none
   std::string model;

@@ -9,7 +9,8 @@
 
 namespace tessera::io {
 
-// zlib's CRC-32 of `n` bytes, continuing from `crc` (0 to start): what Python's zlib.crc32 gives.
+// zlib's CRC-32 of `n` bytes, continuing from `crc` (0 to start): what Python's zlib.crc32 gives
+// (computed by libdeflate).
 uint32_t Crc32(const void* data, size_t n, uint32_t crc = 0);
 // The CRC-32 of A followed by B, from crc(A), crc(B) and B's length.
 uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, int64_t length_b);

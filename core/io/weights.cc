@@ -1,8 +1,10 @@
 #include "core/io/weights.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -60,19 +62,21 @@ Hdf5Handle Space(const std::vector<int64_t>& shape, const std::string& where) {
   return Hdf5Handle(H5C(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), where), H5Sclose);
 }
 
-// Writes the HDF5 file `tmp` (the lock held). The CRCs are computed on a second thread while
-// HDF5 writes the data; they are needed only for the attributes and the manifest at the end.
-void WriteWeightsLocked(const std::string& tmp, const WeightsMeta& m, const std::vector<WeightsView>& views,
-                        std::vector<TensorRecord>& records) {
-  std::thread crcs([&] {
-    for (size_t i = 0; i < views.size(); ++i) records[i].crc32 = Crc32(views[i].data, static_cast<size_t>(records[i].bytes));
-  });
-  struct Join {
-    std::thread& t;
-    ~Join() {
-      if (t.joinable()) t.join();
-    }
-  } join{crcs};
+// Every tensor's CRC-32, on two threads (the tensors split between them).
+void ComputeCrcs(const std::vector<WeightsView>& views, std::vector<TensorRecord>& records) {
+  auto part = [&](size_t first) {
+    for (size_t i = first; i < views.size(); i += 2)
+      records[i].crc32 = Crc32(views[i].data, static_cast<size_t>(records[i].bytes));
+  };
+  std::thread other(part, 1);
+  part(0);
+  other.join();
+}
+
+// Lays out the HDF5 file `tmp` (the lock held): the attributes, the manifest, the CRC attributes,
+// and every dataset allocated contiguous and unfilled. Returns each tensor's data offset (-1 for
+// an empty one); the data itself is written afterwards, straight to those offsets.
+std::vector<int64_t> LayOutFile(const std::string& tmp, const WeightsMeta& m, const std::vector<TensorRecord>& records) {
   Hdf5Handle fapl = FileCreateAccess(tmp);
   Hdf5Handle file(H5C(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), tmp), H5Fclose);
   hid_t f = file.get();
@@ -80,23 +84,88 @@ void WriteWeightsLocked(const std::string& tmp, const WeightsMeta& m, const std:
   if (!m.source.empty()) WriteStringAttr(f, "source_checkpoint", m.source, tmp);
   Hdf5Handle lcpl(H5C(H5Pcreate(H5P_LINK_CREATE), tmp), H5Pclose);
   H5C(H5Pset_create_intermediate_group(lcpl.get(), 1), tmp);
-  std::vector<Hdf5Handle> datasets;
-  for (size_t i = 0; i < views.size(); ++i) {
-    const std::string where = tmp + ": " + records[i].path;
-    Hdf5Handle space = Space(records[i].shape, where);
-    Hdf5Handle ds(H5C(H5Dcreate2(f, records[i].path.c_str(), FileFloatType(records[i].dtype, where), space.get(),
-                                 lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
+  Hdf5Handle dcpl(H5C(H5Pcreate(H5P_DATASET_CREATE), tmp), H5Pclose);
+  H5C(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS), tmp);
+  H5C(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), tmp);
+  H5C(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), tmp);
+  std::vector<int64_t> offsets;
+  for (const TensorRecord& r : records) {
+    const std::string where = tmp + ": " + r.path;
+    Hdf5Handle space = Space(r.shape, where);
+    Hdf5Handle ds(H5C(H5Dcreate2(f, r.path.c_str(), FileFloatType(r.dtype, where), space.get(), lcpl.get(), dcpl.get(),
+                                 H5P_DEFAULT),
                       where),
                   H5Dclose);
-    if (records[i].bytes > 0)
-      H5C(H5Dwrite(ds.get(), MemFloatType(records[i].dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, views[i].data), where);
-    datasets.push_back(std::move(ds));
+    WriteU32Attr(ds.get(), "crc32", r.crc32, where);
+    haddr_t at = H5Dget_offset(ds.get());
+    if (r.bytes > 0 && at == HADDR_UNDEF) TESSERA_THROW(IoError, where, ": HDF5 did not allocate the dataset's storage");
+    offsets.push_back(r.bytes > 0 ? static_cast<int64_t>(at) : -1);
   }
-  crcs.join();
-  for (size_t i = 0; i < views.size(); ++i) WriteU32Attr(datasets[i].get(), "crc32", records[i].crc32, tmp + ": " + records[i].path);
-  datasets.clear();
   WriteManifest(f, records, WeightsMetaJson(m), tmp);
   H5C(file.Close(), tmp);
+  return offsets;
+}
+
+// Writes the tensors' bytes at their offsets and makes the file durable; meanwhile, on a second
+// thread, the SHA-256 of the whole file in file order: the data from memory, HDF5's metadata
+// between the data regions from the file (disjoint from what is being written).
+std::string WriteDataAndHash(const std::string& tmp, const std::vector<WeightsView>& views,
+                             const std::vector<TensorRecord>& records, const std::vector<int64_t>& offsets,
+                             int64_t* file_bytes) {
+  int fd = open(tmp.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) TESSERA_THROW(IoError, tmp, ": cannot open for writing: ", std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (fstat(fd, &st) != 0) TESSERA_THROW(IoError, tmp, ": fstat failed: ", std::strerror(errno));
+  *file_bytes = st.st_size;
+  std::vector<size_t> order;  // the data regions in file order
+  for (size_t i = 0; i < records.size(); ++i)
+    if (offsets[i] >= 0) order.push_back(i);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return offsets[a] < offsets[b]; });
+  std::string sha;
+  std::exception_ptr sha_error;
+  std::thread hasher([&] {
+    try {
+      Sha256 h;
+      std::vector<char> gap;
+      int64_t at = 0;
+      auto hash_file = [&](int64_t from, int64_t to) {
+        gap.resize(static_cast<size_t>(to - from));
+        for (size_t got = 0; got < gap.size();) {
+          ssize_t r = pread(fd, gap.data() + got, gap.size() - got, static_cast<off_t>(from + static_cast<int64_t>(got)));
+          if (r < 0 && errno == EINTR) continue;
+          if (r <= 0) TESSERA_THROW(IoError, tmp, ": reading the layout back failed: ", std::strerror(errno));
+          got += static_cast<size_t>(r);
+        }
+        h.Update(gap.data(), gap.size());
+      };
+      for (size_t i : order) {
+        if (offsets[i] < at || offsets[i] + records[i].bytes > *file_bytes)
+          TESSERA_THROW(IoError, tmp, ": ", records[i].path, ": HDF5 laid out overlapping or out-of-file data");
+        hash_file(at, offsets[i]);
+        h.Update(views[i].data, static_cast<size_t>(records[i].bytes));
+        at = offsets[i] + records[i].bytes;
+      }
+      hash_file(at, *file_bytes);
+      sha = h.FinalHex();
+    } catch (...) {
+      sha_error = std::current_exception();
+    }
+  });
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join{hasher};
+  for (size_t i : order) PwriteAll(fd, static_cast<const char*>(views[i].data), static_cast<size_t>(records[i].bytes), offsets[i], tmp);
+  if (fdatasync(fd) != 0) TESSERA_THROW(IoError, tmp, ": fdatasync failed: ", std::strerror(errno));
+  hasher.join();
+  if (sha_error) std::rethrow_exception(sha_error);
+  return sha;
 }
 
 // The metadata of an open weights file (or the /model part of a checkpoint), checked.
@@ -150,14 +219,13 @@ WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& 
   }
   const std::string tmp = TempNameBeside(path);
   try {
-    Hdf5Lock lock;
-    WriteWeightsLocked(tmp, m, tensors, out.tensors);
-  } catch (...) {
-    unlink(tmp.c_str());
-    throw;
-  }
-  try {
-    FsyncPath(tmp, false);
+    ComputeCrcs(tensors, out.tensors);
+    std::vector<int64_t> offsets;
+    {
+      Hdf5Lock lock;
+      offsets = LayOutFile(tmp, m, out.tensors);
+    }
+    out.sha256 = WriteDataAndHash(tmp, tensors, out.tensors, offsets, &out.file_bytes);
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
       TESSERA_THROW(IoError, path, ": cannot rename ", tmp, " into place: ", std::strerror(errno));
     FsyncParent(path);
@@ -165,8 +233,6 @@ WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& 
     unlink(tmp.c_str());
     throw;
   }
-  struct stat st {};
-  if (stat(path.c_str(), &st) == 0) out.file_bytes = st.st_size;
   return out;
 }
 
@@ -185,7 +251,7 @@ WeightsInfo ReadWeights(const std::string& path, const TensorSink& sink, const W
   for (const TensorRecord& t : info.tensors) {
     void* dest = nullptr;
     TensorReadResult r = ReadTensorData(file.get(), t, size, [&] { return dest = sink(t); }, path);
-    if (dest != nullptr) checks.Add([&t, dest, r, &path] { CheckTensorCrc(t, dest, r, path); });
+    if (dest != nullptr && o.check_crc) checks.Add([&t, dest, r, &path] { CheckTensorCrc(t, dest, r, path); });
   }
   checks.Finish();
   return info;

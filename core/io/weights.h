@@ -38,9 +38,12 @@ struct WeightsView {
 struct WeightsWriteResult {
   std::vector<TensorRecord> tensors;  // as written, with CRCs
   int64_t file_bytes = 0;
+  std::string sha256;  // of the whole file, as sha256sum prints it
 };
 // Writes a weights file at `path`: under a temporary name beside it, fsynced, then renamed into
-// place (an existing file is replaced atomically). The CRC-32 of every tensor is computed here.
+// place (an existing file is replaced atomically). HDF5 lays out the file (every dataset allocated
+// contiguous); the tensors' bytes are then written straight to their offsets, while the file's
+// SHA-256 is computed on a second thread from memory. The CRC-32 of every tensor is computed here.
 WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& meta,
                                     const std::vector<WeightsView>& tensors);
 
@@ -51,6 +54,9 @@ struct WeightsReadOptions {
   // damaged or crafted: for the user's own files only (resuming, fine-tuning, publishing them),
   // never for what a store or a server is handed.
   bool allow_legacy = false;
+  // Check every tensor's CRC-32. A caller that checks the whole file's SHA-256 against a manifest
+  // it trusts (the model store) needs no second checksum of the same bytes.
+  bool check_crc = true;
 };
 
 struct WeightsInfo {
