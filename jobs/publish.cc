@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "core/io/checksum.h"
 #include "core/io/durable.h"
@@ -49,31 +50,36 @@ std::string Env(const char* name) {
   return v ? v : "";
 }
 
-void AddDataset(store::Lineage& l, const std::string& path) {
-  if (path.empty()) return;
-  store::FileDigest* d = l.add_datasets();
-  d->set_name(fs::absolute(path).lexically_normal().string());
-  try {
-    int64_t bytes = 0;
-    d->set_sha256(io::Sha256File(path, &bytes));
-    d->set_bytes(bytes);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "tessera: warning: lineage: no checksum for the dataset file: %s\n", e.what());
-  }
-}
-
 }  // namespace
 
+std::vector<store::FileDigest> DatasetDigests(const JobSpec& spec) {
+  std::vector<store::FileDigest> out;
+  const DataSpec& d = spec.data();
+  for (const std::string& path : {d.train_images(), d.train_labels(), d.test_images(), d.test_labels(), d.train_path(),
+                                  d.test_path()}) {
+    if (path.empty()) continue;
+    store::FileDigest f;
+    f.set_name(fs::absolute(path).lexically_normal().string());
+    try {
+      int64_t bytes = 0;
+      f.set_sha256(io::Sha256File(path, &bytes));
+      f.set_bytes(bytes);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "tessera: warning: lineage: no checksum for the dataset file: %s\n", e.what());
+    }
+    out.push_back(f);
+  }
+  return out;
+}
+
 store::Lineage LineageOf(const JobSpec& spec, int64_t step, int world_size, const std::string& run_dir,
-                         const std::string& checkpoint, const InitSource* init) {
+                         const std::string& checkpoint, const InitSource* init,
+                         const std::vector<store::FileDigest>* datasets) {
   store::Lineage l;
   l.set_job_name(spec.name());
   l.set_job_spec(ToText(spec));
   l.set_source_commit(SourceCommit());
-  const DataSpec& d = spec.data();
-  for (const std::string& p : {d.train_images(), d.train_labels(), d.test_images(), d.test_labels(), d.train_path(),
-                               d.test_path()})
-    AddDataset(l, p);
+  for (const store::FileDigest& f : datasets ? *datasets : DatasetDigests(spec)) *l.add_datasets() = f;
   if (!Env("SLURM_JOB_ID").empty()) {
     store::SlurmJob* s = l.mutable_slurm();
     s->set_job_id(Env("SLURM_JOB_ID"));
@@ -147,12 +153,49 @@ std::vector<std::string> InitFromWeights(const InitSource& source, nn::FlatParam
     Tensor src = staged[i].dtype() == params.values().dtype() ? staged[i] : staged[i].Cast(params.values().dtype());
     params.values().Slice0(targets[i]->offset, targets[i]->offset + targets[i]->numel).CopyFrom(src);
   }
+  if (staged.empty())
+    TESSERA_THROW(ConfigError, "train.init_from: ", source.reference, " (", source.weights_path, ") has no tensor of the "
+                  "model's names and shapes: it is of a different model, and nothing would be fine-tuned");
   std::vector<std::string> lines;
   for (const auto& e : params.entries()) {
     auto it = outcome.find(e.name);
     lines.push_back(e.name + ": " + (it != outcome.end() ? it->second : "re-initialised (not in " + source.reference + ")"));
   }
   return lines;
+}
+
+void WriteInitRecord(const std::string& run_dir, const InitSource& s) {
+  nlohmann::json j = {{"reference", s.reference},
+                      {"weights_path", fs::absolute(s.weights_path).lexically_normal().string()},
+                      {"from_store", s.from_store}};
+  if (s.from_store)
+    j["parent"] = {{"store", s.parent.store()}, {"model", s.parent.model()}, {"version", s.parent.version()},
+                   {"weights_sha256", s.parent.weights_sha256()}, {"reference", s.parent.reference()}};
+  io::WriteFileAtomically(run_dir + "/init_from.json", j.dump(2) + "\n");
+}
+
+std::unique_ptr<InitSource> ReadInitRecord(const std::string& run_dir) {
+  const std::string path = run_dir + "/init_from.json";
+  if (!io::Exists(path)) return nullptr;
+  nlohmann::json j = nlohmann::json::parse(io::ReadSmallFile(path, 1 << 20, "an init_from record"), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) TESSERA_THROW(IoError, path, ": is not a valid init_from record");
+  auto s = std::make_unique<InitSource>();
+  try {
+    s->reference = j.at("reference").get<std::string>();
+    s->weights_path = j.at("weights_path").get<std::string>();
+    s->from_store = j.at("from_store").get<bool>();
+    if (s->from_store) {
+      const nlohmann::json& p = j.at("parent");
+      s->parent.set_store(p.at("store").get<std::string>());
+      s->parent.set_model(p.at("model").get<std::string>());
+      s->parent.set_version(p.at("version").get<int64_t>());
+      s->parent.set_weights_sha256(p.at("weights_sha256").get<std::string>());
+      s->parent.set_reference(p.at("reference").get<std::string>());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    TESSERA_THROW(IoError, path, ": is not a valid init_from record: ", e.what());
+  }
+  return s;
 }
 
 store::PublishResult PublishWeights(const JobSpec& spec, nn::FlatParameters& params, const Tensor& values,

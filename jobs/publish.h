@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,12 +22,15 @@ store::Architecture ArchitectureOf(const JobSpec& spec, const Shape& example, in
 store::Architecture ArchitectureOf(const JobSpec& spec);
 
 struct InitSource;
+// The job's data files with their sizes and sha256 (missing files are left out with a warning).
+std::vector<store::FileDigest> DatasetDigests(const JobSpec& spec);
 // What a version records about how it was made: the job and its resolved spec, this build's
-// source commit, the data files with their sha256, the Slurm job (from SLURM_* variables), the
-// parallel layout, step, run directory, checkpoint, host and user, and the parent the job started
-// from (`init`, resolved when the job started; null: none).
+// source commit, the data files with their sha256 (`datasets`: computed here when null), the Slurm
+// job (from SLURM_* variables), the parallel layout, step, run directory, checkpoint, host and
+// user, and the parent the job started from (`init`, as resolved when the job started; null: none).
 store::Lineage LineageOf(const JobSpec& spec, int64_t step, int world_size, const std::string& run_dir,
-                         const std::string& checkpoint, const InitSource* init);
+                         const std::string& checkpoint, const InitSource* init,
+                         const std::vector<store::FileDigest>* datasets = nullptr);
 
 // Where train.init_from points.
 struct InitSource {
@@ -40,9 +44,17 @@ struct InitSource {
 // IoError naming the reference.
 InitSource ResolveInitFrom(const std::string& reference);
 
+// RUN_DIR/init_from.json: train.init_from as it was resolved when the run started, so that a
+// resumed run (or `tessera store publish` of its checkpoint) names the parent it really started
+// from, even after the alias has moved or the parent has been deleted. Read returns null when the
+// run directory has no record.
+void WriteInitRecord(const std::string& run_dir, const InitSource& source);
+std::unique_ptr<InitSource> ReadInitRecord(const std::string& run_dir);
+
 // Copies every tensor of `source` whose name and shape match a parameter of `params`; the other
 // parameters keep their initial values (a new head for a different number of classes, say).
-// Returns one line per parameter saying which happened, for the log.
+// Returns one line per parameter saying which happened, for the log. ConfigError when no tensor
+// at all matches (a different model: nothing would be fine-tuned).
 std::vector<std::string> InitFromWeights(const InitSource& source, nn::FlatParameters& params);
 
 // Publishes the parameters of `params` as `values` holds them (the flat buffer itself, or a copy

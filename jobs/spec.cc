@@ -273,16 +273,10 @@ void ValidatePublish(const JobSpec& s, Validator& v, bool check_files) {
   }
   v.Require(p.metric() == "test_accuracy" || p.metric() == "test_f1" || p.metric() == "test_loss", "publish.metric",
             "must be test_accuracy, test_f1 or test_loss, got '" + p.metric() + "'");
+  // Only the form is checked here: a requeued fine-tune resumes from its own checkpoint and needs
+  // its parent no more (which may have been deleted since). A fresh start resolves it.
   const std::string& init = s.train().init_from();
-  if (init.rfind("store://", 0) == 0) {
-    check("train.init_from", [&] {
-      store::VersionRef ref = store::ParseVersionRef(init);
-      if (check_files) store::Store(ref.root).Resolve(ref.model, ref.ref);
-    });
-  } else if (!init.empty() && check_files) {
-    struct stat st;
-    v.Require(::stat(init.c_str(), &st) == 0, "train.init_from", "no such checkpoint file or directory: " + init);
-  }
+  if (init.rfind("store://", 0) == 0) check("train.init_from", [&] { store::ParseVersionRef(init); });
 }
 
 void ValidateRest(const JobSpec& s, Validator& v, bool check_files) {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -66,6 +67,7 @@ class TrainingRun {
   void FinishCheckpoints();
   void PublishIfAsked();
   void WriteSummary();
+  void RecordPublishInSummary();
 
   dist::CollectiveOptions Collective(dist::ReduceOp op = dist::ReduceOp::kSum) const {
     dist::CollectiveOptions o;
@@ -102,7 +104,9 @@ class TrainingRun {
   std::string resume_path_;
   double resumed_lr_ = 0;
   bool already_complete_ = false;  // the run directory's checkpoint is at the last step
-  std::unique_ptr<InitSource> init_;  // train.init_from, resolved at the start
+  std::unique_ptr<InitSource> init_;  // train.init_from, as resolved when the run first started
+  // publish { }: the data files' sha256 for the lineage, computed on rank 0 while training runs.
+  std::future<std::vector<store::FileDigest>> dataset_digests_;
 
   std::unique_ptr<dist::Reducer> reducer_;
   std::unique_ptr<dist::ProcessGroup> ckpt_group_;  // the checkpoint writer's own collectives
@@ -143,6 +147,8 @@ TrainingRun::TrainingRun(const JobSpec& spec, const TrainerOptions& opt)
   plan_ = PlanResume(cs.dir().empty() ? opt.run_dir + "/checkpoints" : cs.dir(), opt, group_, timeout_s_);
   log_ = std::make_unique<RunLog>(opt.run_dir, spec, rank_, world_, opt.progress, !plan_.candidates.empty());
   SetNumThreads(t_.threads());
+  if (lead_ && !spec.publish().store().empty())
+    dataset_digests_ = std::async(std::launch::async, [&spec] { return DatasetDigests(spec); });
   OpenData();
   BuildModelAndOptimizer();
   StartFromCheckpointOrWeights();
@@ -189,12 +195,16 @@ void TrainingRun::BuildModelAndOptimizer() {
   layout_ = MakeCheckpointLayout(*params_, optimizer_.get());
 }
 
-// A checkpoint to continue from wins; otherwise train.init_from's weights, if any.
+// A checkpoint to continue from wins; otherwise train.init_from's weights, if any. A resumed run
+// takes its parent from the record its first start left (the reference may resolve differently
+// by now, or not at all).
 void TrainingRun::StartFromCheckpointOrWeights() {
-  if (!t_.init_from().empty()) init_ = std::make_unique<InitSource>(ResolveInitFrom(t_.init_from()));
+  if (!plan_.candidates.empty()) init_ = ReadInitRecord(opt_.run_dir);
+  else if (!t_.init_from().empty()) init_ = std::make_unique<InitSource>(ResolveInitFrom(t_.init_from()));
   if (plan_.candidates.empty()) {
     if (init_) {
       std::vector<std::string> lines = InitFromWeights(*init_, *params_);
+      if (lead_) WriteInitRecord(opt_.run_dir, *init_);
       log_->Say("init_from: %s (%s)\n", init_->reference.c_str(), init_->weights_path.c_str());
       for (const std::string& l : lines) log_->Say("  %s\n", l.c_str());
       log_->Emit({{"event", "init_from"}, {"reference", init_->reference}, {"weights", init_->weights_path},
@@ -449,6 +459,7 @@ TrainSummary TrainingRun::Run() {
   datasets::Loader loader(*train_data_, *sampler_, LoaderOptionsFor(spec_, true));
   summary_.name = spec_.name();
   t_window_ = Clock::now();
+  last_save_ = Clock::now();  // every_minutes counts from the first step, not from the set-up
   int epoch = 0;
   datasets::Batch batch;
   while (step_ < total_steps_) {
@@ -477,8 +488,11 @@ TrainSummary TrainingRun::Run() {
     writer_->Wait();
     ReportCheckpoints();
   }
-  PublishIfAsked();
+  // The summary first: a publish that fails leaves the run's own record complete (and a run
+  // directory evaluated again publishes then).
   WriteSummary();
+  PublishIfAsked();
+  RecordPublishInSummary();
   return summary_;
 }
 
@@ -489,34 +503,40 @@ void TrainingRun::FinishCheckpoints() {
     Save(schedule_->At(step_ - 1));
 }
 
-// Rank 0 publishes; every rank learns the version (or that it failed) from rank 0.
+// Rank 0 publishes (or finds the run published already) and every rank learns the version, or
+// that it failed, from rank 0: one broadcast on every rank, whatever rank 0 found.
 void TrainingRun::PublishIfAsked() {
   const PublishSpec& p = spec_.publish();
   if (p.store().empty()) return;
-  if (already_complete_) {  // a finished run evaluated again is not published again
-    std::ifstream in(opt_.run_dir + "/summary.json");
-    json s = json::parse(in, nullptr, false);
-    if (!s.is_discarded() && s.value("published_version", 0) > 0) {
-      summary_.published_version = s["published_version"].get<int64_t>();
-      summary_.published_model = s.value("published_model", "");
-      summary_.published_dir = s.value("published_dir", "");
-      log_->Say("publish: already published as version %lld\n", static_cast<long long>(summary_.published_version));
-      return;
-    }
-  }
+  summary_.published_model = p.model().empty() ? spec_.name() : p.model();
   std::string error;
   store::PublishResult result;
+  bool again = false;  // a finished run evaluated again, already published: nothing new
   if (lead_) {
     try {
-      const bool best = p.when() == PublishSpec::BEST && best_step_ >= 0;
-      const EvalResult& eval = best ? best_eval_ : last_eval_;
-      const int64_t at = best ? best_step_ : step_;
-      std::map<std::string, double> metrics;
-      const json evaluation = EvalJson(eval);
-      for (auto& [name, value] : evaluation.items()) metrics[name] = value.get<double>();
-      store::Lineage lineage = LineageOf(spec_, at, world_, opt_.run_dir, best ? "" : summary_.checkpoint, init_.get());
-      result = PublishWeights(spec_, *params_, best ? best_values_ : params_->values(),
-                              ArchitectureOf(spec_, train_data_->example_shape(), classes_), metrics, lineage);
+      if (already_complete_) {
+        std::ifstream in(opt_.run_dir + "/summary.json");
+        json s = json::parse(in, nullptr, false);
+        if (!s.is_discarded() && s.value("published_version", int64_t{0}) > 0) {
+          result.version = s["published_version"].get<int64_t>();
+          result.dir = s.value("published_dir", "");
+          again = true;
+        }
+      }
+      if (!again) {
+        const bool best = p.when() == PublishSpec::BEST && best_step_ >= 0;
+        const EvalResult& eval = best ? best_eval_ : last_eval_;
+        const int64_t at = best ? best_step_ : step_;
+        std::map<std::string, double> metrics;
+        const json evaluation = EvalJson(eval);
+        for (auto& [name, value] : evaluation.items()) metrics[name] = value.get<double>();
+        const std::vector<store::FileDigest> datasets =
+            dataset_digests_.valid() ? dataset_digests_.get() : DatasetDigests(spec_);
+        store::Lineage lineage =
+            LineageOf(spec_, at, world_, opt_.run_dir, best ? "" : summary_.checkpoint, init_.get(), &datasets);
+        result = PublishWeights(spec_, *params_, best ? best_values_ : params_->values(),
+                                ArchitectureOf(spec_, train_data_->example_shape(), classes_), metrics, lineage);
+      }
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -532,12 +552,30 @@ void TrainingRun::PublishIfAsked() {
     TESSERA_THROW(IoError, "publish to ", p.store(), ": rank 0 could not publish (rank 0 reports why)");
   }
   summary_.published_version = version;
-  summary_.published_model = p.model().empty() ? spec_.name() : p.model();
   summary_.published_dir = result.dir;
+  if (again) {
+    log_->Say("publish: already published as version %lld\n", static_cast<long long>(version));
+    return;
+  }
+  log_->set_quiet(false);  // a finished run published only now records it
   log_->Emit({{"event", "publish"}, {"store", p.store()}, {"model", summary_.published_model}, {"version", version},
               {"alias", p.alias()}, {"dir", result.dir}, {"bytes", result.bytes}});
   log_->Say("publish: %s version %lld in %s%s%s\n", summary_.published_model.c_str(), static_cast<long long>(version),
             p.store().c_str(), p.alias().empty() ? "" : ", alias ", p.alias().c_str());
+}
+
+// summary.json gains the published version (rank 0).
+void TrainingRun::RecordPublishInSummary() {
+  if (!lead_ || summary_.published_version <= 0) return;
+  const std::string path = opt_.run_dir + "/summary.json";
+  std::ifstream in(path);
+  json s = json::parse(in, nullptr, false);
+  if (s.is_discarded() || !s.is_object()) s = json::object();
+  s["published_store"] = spec_.publish().store();
+  s["published_model"] = summary_.published_model;
+  s["published_version"] = summary_.published_version;
+  s["published_dir"] = summary_.published_dir;
+  log_->WriteSummary(s);
 }
 
 void TrainingRun::WriteSummary() {
@@ -583,12 +621,6 @@ void TrainingRun::WriteSummary() {
             {"resumed_from_step", summary_.resumed_from_step},
             {"checkpoint", summary_.checkpoint},
             {"tessera_version", TESSERA_VERSION}};
-  if (summary_.published_version > 0) {
-    s["published_store"] = spec_.publish().store();
-    s["published_model"] = summary_.published_model;
-    s["published_version"] = summary_.published_version;
-    s["published_dir"] = summary_.published_dir;
-  }
   log_->WriteSummary(s);
 }
 

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -103,7 +104,7 @@ int List(const StoreArgs& a) {
       j["version"] = v;
       j["dir"] = info.dir;
       j["aliases"] = info.aliases;
-      j["lineage"].erase("job_spec");
+      if (j.contains("lineage") && j["lineage"].is_object()) j["lineage"].erase("job_spec");
       out.push_back(j);
     } else {
       std::printf("%7lld  %-20s %8lld %9s %12lld  %s\n", static_cast<long long>(v), m.created().c_str(),
@@ -140,7 +141,8 @@ int Show(const StoreArgs& a) {
               arch.input_dtype().c_str(), ShapeString(Shape(arch.input_shape().begin(), arch.input_shape().end())).c_str(),
               arch.classes());
   std::printf("  metrics:  ");
-  for (const auto& [name, value] : m.metrics()) std::printf(" %s %.4f", name.c_str(), value);
+  std::map<std::string, double> sorted(m.metrics().begin(), m.metrics().end());
+  for (const auto& [name, value] : sorted) std::printf(" %s %.4f", name.c_str(), value);
   std::printf("\n  lineage:   job '%s' at step %lld, world size %d, commit %s\n", l.job_name().c_str(),
               static_cast<long long>(l.step()), l.world_size(), l.source_commit().c_str());
   if (l.has_parent())
@@ -201,14 +203,11 @@ int Publish(const StoreArgs& a) {
       for (const char* k : {"test_loss", "test_accuracy", "test_precision", "test_recall", "test_f1"})
         if (s.contains(k) && s[k].is_number()) req.metrics[k] = s[k].get<double>();
   }
-  std::unique_ptr<jobs::InitSource> init;
-  if (!spec.train().init_from().empty()) {
-    try {
-      init = std::make_unique<jobs::InitSource>(jobs::ResolveInitFrom(spec.train().init_from()));
-    } catch (const Error& e) {
-      std::fprintf(stderr, "tessera: warning: lineage: the job's train.init_from no longer resolves: %s\n", e.what());
-    }
-  }
+  // The parent as the run resolved it when it started (RUN_DIR/init_from.json).
+  std::unique_ptr<jobs::InitSource> init = run_dir.empty() ? nullptr : jobs::ReadInitRecord(run_dir);
+  if (!init && !spec.train().init_from().empty())
+    std::fprintf(stderr, "tessera: warning: lineage: the job started from %s, but no run directory records what it "
+                 "resolved to; the version names no parent\n", spec.train().init_from().c_str());
   req.lineage = jobs::LineageOf(spec, info.meta.step, info.kind == "checkpoint" ? info.meta.world_size : 1, run_dir,
                                 info.kind == "checkpoint" ? path : "", init.get());
   store::Store st(Root(a));
@@ -252,6 +251,7 @@ int Rollback(const StoreArgs& a) {
 
 int Gc(const StoreArgs& a) {
   store::VersionRef r = Ref(a, a.ref);
+  if (r.explicit_ref) TESSERA_THROW(ConfigError, "store gc ", a.ref, ": gc takes a model, not a version");
   store::Store st(r.root);
   store::GcResult g = st.Gc(r.model, a.keep, a.dry_run);
   auto list = [](const std::vector<int64_t>& v) {

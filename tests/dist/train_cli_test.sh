@@ -47,6 +47,20 @@ assert sum(map(sum, two["confusion_matrix"])) == 240, two["confusion_matrix"]
 print("1 rank and 2 ranks agree: test loss", one["test_loss"], two["test_loss"])
 PY
 
+# Publishing under mpirun: rank 0 publishes, every rank learns the version; the 2-rank version's
+# weights match the 1-rank one's within tolerance, and its lineage records the layout.
+"$MPIRUN" -np 2 --oversubscribe "$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/pub" --set publish.store="$DIR/store" \
+  --set publish.alias=production > "$DIR/pub.out" 2>&1 || { cat "$DIR/pub.out"; fail "2 ranks with publish"; }
+grep -q "published: blobs version 1" "$DIR/pub.out" || { cat "$DIR/pub.out"; fail "no version published"; }
+"$TESSERA" store verify blobs@production --store "$DIR/store" > /dev/null || fail "the published version does not verify"
+grep -q "world_size: 2" "$DIR/store/blobs/1/manifest.pbtxt" || fail "the lineage does not record 2 ranks"
+# A publish that fails on rank 0 fails the job on every rank (the store root is a file).
+: > "$DIR/not-a-dir"
+"$MPIRUN" -np 2 --oversubscribe "$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/pubfail" --set publish.store="$DIR/not-a-dir" \
+  > "$DIR/pubfail.out" 2>&1 && fail "a failed publish must fail the job"
+grep -q "publish to $DIR/not-a-dir" "$DIR/pubfail.out" || { cat "$DIR/pubfail.out"; fail "the publish error is not reported"; }
+[ -f "$DIR/pubfail/checkpoints/latest" ] || fail "the final checkpoint must be committed before publishing"
+
 # A spec that asks for 3 data-parallel ranks while 2 were launched fails at once, on every rank.
 start=$(date +%s)
 "$MPIRUN" -np 2 --oversubscribe "$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/bad" --set parallel.data=4 \

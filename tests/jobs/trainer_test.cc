@@ -361,6 +361,20 @@ TEST(Trainer, PublishesAndFineTunesFromTheStore) {
   EXPECT_EQ(l2.parent().weights_sha256(), m1.files(0).sha256());
   EXPECT_EQ(st.Resolve("blobs", "production"), 1) << "a publish without an alias moves none";
   EXPECT_EQ(st.Resolve("blobs", "latest"), 2);
+
+  // Resumed later (more steps), after the alias has moved: the parent is still the version the
+  // run started from, as its run directory recorded it; the reference is not resolved again.
+  st.SetAlias("blobs", "production", 2);
+  tune.mutable_train()->set_steps(30);
+  o.progress = false;
+  TrainSummary c = Train(tune, o);
+  EXPECT_EQ(c.resumed_from_step, 20);
+  ASSERT_EQ(c.published_version, 3);
+  EXPECT_EQ(st.ReadManifest("blobs", 3).lineage().parent().version(), 1);
+  // Evaluated again once complete: not published again.
+  TrainSummary d = Train(tune, o);
+  EXPECT_EQ(d.published_version, 3);
+  EXPECT_EQ(st.Versions("blobs").size(), 3u);
 }
 
 // publish.when: BEST publishes the weights of the best evaluation, not the last one.
