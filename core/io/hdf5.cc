@@ -374,6 +374,20 @@ std::vector<std::string> DatasetPaths(hid_t file, const std::string& where) {
   return out;
 }
 
+Hdf5Handle Dataspace(const std::vector<int64_t>& shape, const std::string& where) {
+  if (shape.empty()) return Hdf5Handle(H5C(H5Screate(H5S_SCALAR), where), H5Sclose);
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  return Hdf5Handle(H5C(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), where), H5Sclose);
+}
+
+Hdf5Handle PreallocatedContiguous(const std::string& where) {
+  Hdf5Handle dcpl(H5C(H5Pcreate(H5P_DATASET_CREATE), where), H5Pclose);
+  H5C(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS), where);
+  H5C(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), where);
+  H5C(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), where);
+  return dcpl;
+}
+
 hid_t FileFloatType(DType t, const std::string& what) {
   switch (t) {
     case DType::kF32: return H5T_IEEE_F32LE;

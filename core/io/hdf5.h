@@ -168,6 +168,12 @@ void WriteStringDataset(hid_t file, const char* name, const std::string& text, c
 // Every dataset below the root, as "/model/0.weight"; at most kMaxObjects.
 std::vector<std::string> DatasetPaths(hid_t file, const std::string& where);
 
+// A dataspace of `shape` (scalar for an empty shape).
+Hdf5Handle Dataspace(const std::vector<int64_t>& shape, const std::string& where);
+// Dataset creation for data written straight to the file by pwrite: contiguous, allocated when the
+// dataset is created (so H5Dget_offset names its place), never filled.
+Hdf5Handle PreallocatedContiguous(const std::string& where);
+
 // The file and memory types of the float dtypes tessera stores (f32, f64).
 hid_t FileFloatType(DType t, const std::string& what);
 hid_t MemFloatType(DType t);

@@ -56,12 +56,6 @@ TensorRecord RecordFor(const WeightsView& v, const std::string& where) {
   return r;
 }
 
-Hdf5Handle Space(const std::vector<int64_t>& shape, const std::string& where) {
-  if (shape.empty()) return Hdf5Handle(H5C(H5Screate(H5S_SCALAR), where), H5Sclose);
-  std::vector<hsize_t> dims(shape.begin(), shape.end());
-  return Hdf5Handle(H5C(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), where), H5Sclose);
-}
-
 // Every tensor's CRC-32, on two threads (the tensors split between them).
 void ComputeCrcs(const std::vector<WeightsView>& views, std::vector<TensorRecord>& records) {
   auto part = [&](size_t first) {
@@ -84,14 +78,11 @@ std::vector<int64_t> LayOutFile(const std::string& tmp, const WeightsMeta& m, co
   if (!m.source.empty()) WriteStringAttr(f, "source_checkpoint", m.source, tmp);
   Hdf5Handle lcpl(H5C(H5Pcreate(H5P_LINK_CREATE), tmp), H5Pclose);
   H5C(H5Pset_create_intermediate_group(lcpl.get(), 1), tmp);
-  Hdf5Handle dcpl(H5C(H5Pcreate(H5P_DATASET_CREATE), tmp), H5Pclose);
-  H5C(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS), tmp);
-  H5C(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), tmp);
-  H5C(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), tmp);
+  Hdf5Handle dcpl = PreallocatedContiguous(tmp);
   std::vector<int64_t> offsets;
   for (const TensorRecord& r : records) {
     const std::string where = tmp + ": " + r.path;
-    Hdf5Handle space = Space(r.shape, where);
+    Hdf5Handle space = Dataspace(r.shape, where);
     Hdf5Handle ds(H5C(H5Dcreate2(f, r.path.c_str(), FileFloatType(r.dtype, where), space.get(), lcpl.get(), dcpl.get(),
                                  H5P_DEFAULT),
                       where),

@@ -48,12 +48,6 @@ void RequireStorableDType(DType t, const std::string& what) {
     TESSERA_THROW(ValueError, what, ": checkpoints hold f32 and f64 tensors, not ", DTypeName(t));
 }
 
-Hdf5Handle Space(const Shape& shape, const std::string& where) {
-  if (shape.empty()) return Hdf5Handle(H5C(H5Screate(H5S_SCALAR), where), H5Sclose);
-  std::vector<hsize_t> dims(shape.begin(), shape.end());
-  return Hdf5Handle(H5C(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), where), H5Sclose);
-}
-
 // TESSERA_CHECKPOINT_TRACE=1 prints how long each phase took, per rank, to stderr.
 class PhaseTrace {
  public:
@@ -241,14 +235,11 @@ void CreateLaidOutFile(const Job& job, const SavePaths& p, int64_t* offsets) {
                       tmp);
   Hdf5Handle lcpl(H5C(H5Pcreate(H5P_LINK_CREATE), tmp), H5Pclose);
   H5C(H5Pset_create_intermediate_group(lcpl.get(), 1), tmp);
-  Hdf5Handle dcpl(H5C(H5Pcreate(H5P_DATASET_CREATE), tmp), H5Pclose);
-  H5C(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS), tmp);
-  H5C(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), tmp);
-  H5C(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), tmp);
+  Hdf5Handle dcpl = io::PreallocatedContiguous(tmp);
   for (size_t d = 0; d < job.count(); ++d) {
     const auto& e = job.entries[d];
     std::string where = tmp + ": " + e.path;
-    Hdf5Handle space = Space(e.shape, where);
+    Hdf5Handle space = io::Dataspace(e.shape, where);
     Hdf5Handle ds(H5C(H5Dcreate2(f, e.path.c_str(), io::FileFloatType(job.buffer_dtypes[e.buffer], where), space.get(),
                                  lcpl.get(), dcpl.get(), H5P_DEFAULT),
                       where),
@@ -264,7 +255,7 @@ void CreateLaidOutFile(const Job& job, const SavePaths& p, int64_t* offsets) {
     rs.push_back(m.seed);
     rs.push_back(static_cast<uint64_t>(r < static_cast<int>(m.rank_next_example.size()) ? m.rank_next_example[r] : 0));
   }
-  Hdf5Handle rspace = Space({job.world, 2}, tmp);
+  Hdf5Handle rspace = io::Dataspace({job.world, 2}, tmp);
   Hdf5Handle rds(
       H5C(H5Dcreate2(f, "/rng/rank_state", H5T_STD_U64LE, rspace.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
           tmp + ": /rng/rank_state"),
