@@ -1,0 +1,238 @@
+// TrainingRun (jobs/training_run.h): the loop -- the step, its log window, checkpoints and
+// evaluations.
+#include "jobs/training_run.h"
+
+namespace tessera::jobs::internal {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string FormatDuration(double s) {
+  if (s < 0 || !std::isfinite(s)) return "?";
+  char buf[32];
+  int t = static_cast<int>(s + 0.5);
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", t / 3600, t / 60 % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%ds", t);
+  return buf;
+}
+
+}  // namespace
+
+// ---- the loop ---------------------------------------------------------------------------------
+
+// Accumulate over micro-steps, reduce, check, clip, step. Returns the step's global mean loss.
+double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
+  const int64_t n = batch.features.dim(0);
+  const int accumulate = t_.accumulate_steps();
+  // The examples of this step over all ranks: each rank scales its loss by its share, so that the
+  // sum of the ranks' gradients is the gradient of the global mean loss.
+  const int64_t in_epoch = (step_ % steps_per_epoch_) * global_batch_;
+  const int64_t n_global = std::min<int64_t>(global_batch_, dataset_size_ - in_epoch);
+  params_->ZeroGrad();
+  double step_loss = 0;
+  for (int k = 0; k < accumulate; ++k) {
+    int64_t lo = n * k / accumulate, hi = n * (k + 1) / accumulate;
+    if (reducer_) reducer_->set_enabled(k == accumulate - 1);
+    if (lo == hi) continue;
+    Tensor x = batch.features.Slice0(lo, hi), y = batch.labels.Slice0(lo, hi);
+    const double w = static_cast<double>(hi - lo) / static_cast<double>(n_global);
+    // Dropout masks follow the examples, so they do not depend on the number of ranks.
+    net_->SetBatchPosition(
+        static_cast<uint64_t>(step_ * global_batch_ + sampler_->LocalOffset(step_ % steps_per_epoch_) + lo));
+    step_loss += w * loss_fn_.Forward(net_->Forward(x), y).Item();
+    net_->Backward(loss_fn_.Backward(w));
+  }
+  if (reducer_) reducer_->Finish();
+  // After the all-reduce every rank holds the same gradients: checking them (rather than this
+  // rank's share of the loss) makes every rank stop at the same step with the same message.
+  if (!std::isfinite(step_loss) || (reducer_ && !std::isfinite(ops::SumSquares(params_->grads()))))
+    TESSERA_THROW(Error, "the training loss or its gradients became non-finite at step ", step_ + 1,
+                  "; lower optimizer.lr or set optimizer.clip_grad_norm");
+  const double clip = spec_.optimizer().clip_grad_norm();
+  if (clip > 0) optim::ClipGradNorm(params_->grads(), clip);  // gradients are global after the reduce
+  optimizer_->Step(lr);
+  ++step_;
+  window_loss_ += step_loss;
+  ++window_steps_;
+  window_samples_ += n;
+  total_samples_ += n;
+  return step_loss;
+}
+
+// Every log_every_steps: the job's loss and throughput (summed over ranks), the event and the
+// progress line; a time-based checkpoint when one is due.
+void TrainingRun::LogWindow(double lr, int epoch) {
+  auto now = Clock::now();
+  double dt = window_time_ + Seconds(t_window_, now);
+  window_time_ = 0;
+  train_seconds_ += dt;
+  double rank_sps = dt > 0 ? window_samples_ / dt : 0;
+  double loss = window_loss_, job_sps = rank_sps;
+  // A time-based checkpoint is due by rank 0's clock (so that every rank agrees).
+  const double every_minutes = spec_.checkpoint().every_minutes();
+  double due = writer_ && every_minutes > 0 && lead_ && Seconds(last_save_, now) >= every_minutes * 60;
+  if (group_) {
+    Tensor v = Tensor::FromVector({window_loss_, rank_sps, due}, {3}, DType::kF64);
+    group_->AllReduce(v, Collective())->Wait();
+    loss = v.data<double>()[0];
+    job_sps = v.data<double>()[1];
+    due = v.data<double>()[2];
+    log_->RankEvent({{"event", "train"}, {"step", step_}, {"rank", rank_}, {"samples_per_sec", rank_sps}});
+  }
+  loss /= static_cast<double>(window_steps_);
+  double eta = train_seconds_ / static_cast<double>(step_ - start_step_) * static_cast<double>(total_steps_ - step_);
+  json ev = {{"event", "train"}, {"step", step_}, {"epoch", epoch + 1}, {"loss", loss}, {"lr", lr},
+             {"samples_per_sec", job_sps}, {"eta_seconds", eta}, {"elapsed_seconds", Seconds(t_start_, now)}};
+  if (group_) ev["rank0_samples_per_sec"] = rank_sps;
+  log_->Emit(ev);
+  char line[256];
+  std::snprintf(line, sizeof line, "step %lld/%lld  epoch %d  loss %.4f  lr %.3g  %.0f samples/s  ETA %s",
+                static_cast<long long>(step_), static_cast<long long>(total_steps_), epoch + 1, loss, lr, job_sps,
+                FormatDuration(eta).c_str());
+  log_->StepLine(line);
+  last_window_loss_ = loss;
+  window_loss_ = 0;
+  window_steps_ = 0;
+  window_samples_ = 0;
+  t_window_ = Clock::now();
+  if (due > 0 && step_ < total_steps_) Save(lr);
+}
+
+void TrainingRun::CheckpointAfterStep(double lr) {
+  if (!writer_) return;
+  const CheckpointSpec& cs = spec_.checkpoint();
+  if (cs.every_steps() > 0 && step_ % cs.every_steps() == 0) Save(lr);
+  if (step_ == total_steps_ && cs.save_final()) Save(lr);
+  ReportCheckpoints();
+}
+
+void TrainingRun::EvaluateAt(int64_t step, int epoch) {
+  auto t0 = Clock::now();
+  last_eval_ = Evaluate(*net_, *test_data_, eval_norm_, spec_.data().eval_batch_size(), out_classes_, group_, timeout_s_);
+  json j = EvalJson(last_eval_);
+  j["event"] = "eval";
+  j["step"] = step;
+  j["epoch"] = epoch;
+  j["eval_seconds"] = Seconds(t0, Clock::now());
+  log_->Emit(j);
+  log_->Say("eval  step %lld  epoch %d  test loss %.4f  accuracy %.4f  macro F1 %.4f\n", static_cast<long long>(step),
+            epoch, last_eval_.loss, last_eval_.cm.Accuracy(), last_eval_.cm.MacroF1());
+  if (lead_ && !spec_.publish().store().empty() && spec_.publish().when() == PublishSpec::BEST) {
+    bool larger_better = true;
+    double v = MetricValue(last_eval_, spec_.publish().metric(), &larger_better);
+    if (best_step_ < 0 || (larger_better ? v > best_metric_ : v < best_metric_)) {
+      best_metric_ = v;
+      best_step_ = step;
+      best_eval_ = last_eval_;
+      if (!best_values_.defined()) best_values_ = Tensor::Empty({params_->numel()}, params_->values().dtype());
+      best_values_.CopyFrom(params_->values());
+    }
+  }
+  t_window_ = Clock::now();  // evaluation time does not count towards throughput
+}
+
+// ---- checkpoints ------------------------------------------------------------------------------
+
+// The checkpoint of the state after `at` steps (lr: the rate of the last step).
+CheckpointMeta TrainingRun::MetaAt(int64_t at, double lr) const {
+  CheckpointMeta m;
+  m.tessera_version = TESSERA_VERSION;
+  m.step = at;
+  m.epoch = at / steps_per_epoch_;
+  m.step_in_epoch = at % steps_per_epoch_;
+  m.steps_per_epoch = steps_per_epoch_;
+  m.global_batch = global_batch_;
+  const int64_t per_epoch = spec_.data().drop_last() ? steps_per_epoch_ * global_batch_ : dataset_size_;
+  m.samples_seen = m.epoch * per_epoch + std::min(m.step_in_epoch * global_batch_, per_epoch);
+  m.seed = t_.seed();
+  const int64_t len = std::min<int64_t>(global_batch_, dataset_size_ - m.step_in_epoch * global_batch_);
+  for (int r = 0; r < world_; ++r) m.rank_next_example.push_back(at * global_batch_ + len * r / world_);
+  m.world_size = world_;
+  m.data_parallel = world_;
+  m.zero_stage = spec_.parallel().zero_stage();
+  m.tensor_parallel = std::max(1, spec_.parallel().tensor());
+  m.pipeline_parallel = std::max(1, spec_.parallel().pipeline());
+  m.optimizer = optimizer_->name();
+  m.optimizer_step = optimizer_->step_count();
+  m.lr_schedule = ScheduleDescription(spec_.optimizer(), total_steps_);
+  m.lr = lr;
+  m.job_spec = ToText(spec_);
+  m.dtype = "float32";
+  return m;
+}
+
+void TrainingRun::Save(double lr) {
+  if (step_ == last_saved_step_) return;
+  last_saved_step_ = step_;
+  double stall = writer_->Save(layout_, MetaAt(step_, lr));
+  last_save_ = Clock::now();
+  log_->Emit({{"event", "checkpoint_started"}, {"step", step_}, {"stall_seconds", stall}});
+}
+
+void TrainingRun::ReportCheckpoints() {
+  if (!writer_) return;
+  writer_->ThrowIfFailed();
+  for (const CheckpointSaveReport& r : writer_->TakeReports()) {
+    if (!lead_) continue;
+    summary_.checkpoint = r.path;
+    double mbs = r.write_seconds > 0 ? r.bytes / r.write_seconds / 1e6 : 0;
+    log_->Emit({{"event", "checkpoint"}, {"step", r.step}, {"path", r.path}, {"bytes", r.bytes},
+                {"write_seconds", r.write_seconds}, {"mb_per_sec", mbs}});
+    log_->Say("checkpoint: step %lld -> %s (%.1f MB in %.2f s, in the background)\n", static_cast<long long>(r.step),
+              r.path.c_str(), r.bytes / 1e6, r.write_seconds);
+  }
+}
+
+// ---- the run ----------------------------------------------------------------------------------
+
+TrainSummary TrainingRun::Run() {
+  datasets::Loader loader(*train_data_, *sampler_, LoaderOptionsFor(spec_, true));
+  summary_.name = spec_.name();
+  t_window_ = Clock::now();
+  last_save_ = Clock::now();  // every_minutes counts from the first step, not from the set-up
+  int epoch = 0;
+  datasets::Batch batch;
+  while (step_ < total_steps_) {
+    epoch = static_cast<int>(step_ / steps_per_epoch_);
+    loader.StartEpoch(epoch, step_ % steps_per_epoch_);
+    while (step_ < total_steps_ && loader.Next(&batch)) {
+      const double lr = schedule_->At(step_);
+      TrainStep(batch, lr);
+      if (step_ % t_.log_every_steps() == 0 || step_ == total_steps_) LogWindow(lr, epoch);
+      CheckpointAfterStep(lr);
+      const bool end_of_epoch = step_ % steps_per_epoch_ == 0;
+      const bool eval_now = t_.eval_every_steps() > 0 ? step_ % t_.eval_every_steps() == 0 : end_of_epoch;
+      if (eval_now && step_ < total_steps_) {
+        if (window_samples_ > 0) window_time_ += Seconds(t_window_, Clock::now());
+        log_->EndLine();
+        EvaluateAt(step_, epoch + 1);
+      }
+    }
+  }
+  log_->EndLine();
+  if (window_samples_ > 0) train_seconds_ += window_time_ + Seconds(t_window_, Clock::now());
+  FinishCheckpoints();
+  log_->set_quiet(already_complete_);
+  EvaluateAt(step_, static_cast<int>(std::max<int64_t>(step_ - 1, 0) / steps_per_epoch_) + 1);
+  if (writer_) {
+    writer_->Wait();
+    ReportCheckpoints();
+  }
+  // The summary first: a publish that fails leaves the run's own record complete (and a run
+  // directory evaluated again publishes then).
+  WriteSummary();
+  PublishIfAsked();
+  RecordPublishInSummary();
+  return summary_;
+}
+
+// Resumed from elsewhere with nothing left to do: keep the state in this run directory too.
+void TrainingRun::FinishCheckpoints() {
+  if (writer_ && spec_.checkpoint().save_final() && step_ == start_step_ && start_step_ > 0 &&
+      FindLatestCheckpoint(plan_.ckpt_dir).empty())
+    Save(schedule_->At(step_ - 1));
+}
+
+// Rank 0 publishes (or finds the run published already) and every rank learns the version, or
+}  // namespace tessera::jobs::internal
