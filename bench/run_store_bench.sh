@@ -21,7 +21,7 @@ sync
 sleep 2
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 disk=$(df -h --output=source,fstype,size "$SCRATCH" | tail -1 | tr -s ' ')
-"$BIN" --dir "$SCRATCH" --repeats "$REPEATS" 2> "$SCRATCH/repeats.txt" > "$SCRATCH/result.json"
+"$BIN" --dir "$SCRATCH" --repeats "$REPEATS" --warmup 2 2> "$SCRATCH/repeats.txt" > "$SCRATCH/result.json"
 cat "$SCRATCH/repeats.txt" >&2
 /usr/bin/python3 - "$SCRATCH/result.json" "$SCRATCH/repeats.txt" "$OUT" "$load_start" "$disk" <<'PY'
 import json, sys, platform, datetime, subprocess
@@ -36,7 +36,7 @@ m, r = res["median"], res["ratio"]
 mb = res["bytes"] / 1e6
 with open(out + "/store_io.md", "w") as f:
     f.write("# Model store: publish and load against cp + sync (bench/run_store_bench.sh)\n\n")
-    f.write("%s; %s; disk %s; load at start %s; %d counted repeats after 1 warm-up, interleaved.\n\n"
+    f.write("%s; %s; disk %s; load at start %s; %d counted repeats after 2 warm-ups, interleaved.\n\n"
             % (res["date"], res["machine"], disk, load, res["repeats"]))
     f.write("A %.0f MB model (an MLP of eight 4096 x 4096 Linear layers, %d tensors, random float32 weights).\n\n" % (mb, res["tensors"]))
     f.write("| operation | tessera (median) | peer (median) | peer / tessera |\n| --- | --- | --- | --- |\n")

@@ -168,12 +168,13 @@ PublishResult Store::Publish(const PublishRequest& req) {
   try {
     // 1. The files, each durable under its final name inside the hidden staging directory.
     const std::string weights = (stage / kWeightsFile).string();
-    io::WeightsWriteResult written = io::WriteWeightsFile(weights, req.weights_meta, req.weights);
+    // Each file fsynced; their names inside the private stage are made durable by one fsync of it.
+    io::WeightsWriteResult written = io::WriteWeightsFile(weights, req.weights_meta, req.weights, false);
     if (chmod(weights.c_str(), 0444) != 0) TESSERA_THROW(IoError, weights, ": chmod failed: ", std::strerror(errno));
     const int64_t weights_bytes = written.file_bytes;
     const std::string& weights_sha = written.sha256;
     const std::string arch = TextProto(req.architecture);
-    io::WriteFileAtomically((stage / kArchitectureFile).string(), arch, 0444);
+    io::WriteFileAtomically((stage / kArchitectureFile).string(), arch, 0444, false);
     VersionManifest m;
     m.set_model(req.model);
     m.set_created(io::UtcNow());
@@ -184,12 +185,11 @@ PublishResult Store::Publish(const PublishRequest& req) {
     for (const auto& [name, value] : req.metrics) (*m.mutable_metrics())[name] = value;
     *m.mutable_lineage() = req.lineage;
     const std::string manifest = TextProto(m);
-    io::WriteFileAtomically((stage / kManifestFile).string(), manifest, 0444);
+    io::WriteFileAtomically((stage / kManifestFile).string(), manifest, 0444, false);
     result.bytes = weights_bytes + static_cast<int64_t>(arch.size() + manifest.size());
     // 2. Read back as a reader will, then make the directory entries durable.
     VerifyStaged(stage, m, written);
     io::FsyncPath(stage.string(), true);
-    io::FsyncPath(staging.string(), true);
     // 3. Visible in one step, under the next free number.
     result.version = ClaimNextNumber(model_dir, stage, token, &result.attempts);
   } catch (...) {

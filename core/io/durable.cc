@@ -66,7 +66,7 @@ std::string TempNameBeside(const std::string& path) {
   return (p.parent_path() / ("." + p.filename().string() + ".tmp-" + UniqueToken())).string();
 }
 
-void WriteFileAtomically(const std::string& path, const std::string& contents, unsigned mode) {
+void WriteFileAtomically(const std::string& path, const std::string& contents, unsigned mode, bool sync_directory) {
   const std::string tmp = TempNameBeside(path);
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) TESSERA_THROW(IoError, tmp, ": cannot create: ", std::strerror(errno));
@@ -86,7 +86,7 @@ void WriteFileAtomically(const std::string& path, const std::string& contents, u
     unlink(tmp.c_str());
     throw;
   }
-  FsyncParent(path);
+  if (sync_directory) FsyncParent(path);
 }
 
 bool RenameNoReplace(const fs::path& from, const fs::path& to) {

@@ -29,8 +29,11 @@ void CreateDurableDirectories(const fs::path& dir);
 // "<dir>/.<name>.tmp-<token>": a hidden name beside `path` that no reader looks at.
 std::string TempNameBeside(const std::string& path);
 // Writes `contents` to `path` atomically and durably (temporary name, fsync, rename, fsync of the
-// directory). `mode`: the final file's permission bits.
-void WriteFileAtomically(const std::string& path, const std::string& contents, unsigned mode = 0644);
+// directory). `mode`: the final file's permission bits. `sync_directory` false leaves the
+// directory's fsync to the caller (several files written into one private directory, which is
+// then fsynced once).
+void WriteFileAtomically(const std::string& path, const std::string& contents, unsigned mode = 0644,
+                         bool sync_directory = true);
 // Renames `from` to `to` unless `to` exists; returns false (and leaves both) when it does. Uses
 // renameat2(RENAME_NOREPLACE) where the file system has it; elsewhere (NFS) a plain rename(),
 // which refuses a non-empty directory as the target but would replace an empty one or a file.

@@ -195,7 +195,7 @@ WeightsInfo ReadInfoLocked(hid_t file, const std::string& path, const WeightsRea
 }  // namespace
 
 WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& meta,
-                                    const std::vector<WeightsView>& tensors) {
+                                    const std::vector<WeightsView>& tensors, bool sync_directory) {
   WeightsMeta m = meta;
   m.format_version = kFormatVersion;
   m.tessera_version = TESSERA_VERSION;
@@ -219,7 +219,7 @@ WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& 
     out.sha256 = WriteDataAndHash(tmp, tensors, out.tensors, offsets, &out.file_bytes);
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
       TESSERA_THROW(IoError, path, ": cannot rename ", tmp, " into place: ", std::strerror(errno));
-    FsyncParent(path);
+    if (sync_directory) FsyncParent(path);
   } catch (...) {
     unlink(tmp.c_str());
     throw;

@@ -44,8 +44,10 @@ struct WeightsWriteResult {
 // place (an existing file is replaced atomically). HDF5 lays out the file (every dataset allocated
 // contiguous); the tensors' bytes are then written straight to their offsets, while the file's
 // SHA-256 is computed on a second thread from memory. The CRC-32 of every tensor is computed here.
+// `sync_directory` false leaves the fsync of the directory (which makes the rename durable) to the
+// caller, as for WriteFileAtomically.
 WeightsWriteResult WriteWeightsFile(const std::string& path, const WeightsMeta& meta,
-                                    const std::vector<WeightsView>& tensors);
+                                    const std::vector<WeightsView>& tensors, bool sync_directory = true);
 
 // What a reader accepts beyond a model file of the current format.
 struct WeightsReadOptions {
