@@ -1,0 +1,366 @@
+// The checkpoint writer: several ranks writing one checkpoint over an in-process process
+// group, the asynchronous writer (snapshots, reports, failures, the same step saved again), and
+// no HDF5 call outside the HDF5 lock.
+#include <gtest/gtest.h>
+
+#include <dlfcn.h>
+#include <zlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "dist/process_group.h"
+#include "tests/jobs/checkpoint/fixture.h"
+
+namespace tessera::jobs::ckpt_test {
+namespace {
+
+// ---- several ranks writing one checkpoint ----------------------------------------------------
+
+// An in-process process group over threads: Broadcast and AllGather, synchronous, with a deadline.
+class ThreadRendezvous {
+ public:
+  explicit ThreadRendezvous(int n) : n_(n), slots_(n) {}
+  // Deposits this rank's bytes, waits for every rank, lets `read` see all of them, waits again.
+  void Exchange(int rank, const void* data, size_t n, const std::function<void(const std::vector<std::string>&)>& read,
+                double timeout_s) {
+    slots_[rank].assign(static_cast<const char*>(data), n);
+    Arrive(rank, timeout_s);
+    read(slots_);
+    Arrive(rank, timeout_s);
+  }
+
+ private:
+  void Arrive(int rank, double timeout_s) {
+    std::unique_lock<std::mutex> l(mu_);
+    const uint64_t gen = gen_;
+    if (++arrived_ == n_) {
+      arrived_ = 0;
+      ++gen_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(l, std::chrono::duration<double>(timeout_s), [&] { return gen_ != gen; }))
+      TESSERA_THROW(dist::CommTimeoutError, "thread group: rank ", rank, " timed out after ", timeout_s, " s");
+  }
+  const int n_;
+  std::vector<std::string> slots_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  uint64_t gen_ = 0;
+};
+
+class DoneWork : public dist::Work {
+ public:
+  explicit DoneWork(uint64_t seq) : seq_(seq) {}
+  void Wait() override {}
+  bool IsCompleted() override { return true; }
+  uint64_t sequence() const override { return seq_; }
+
+ private:
+  uint64_t seq_;
+};
+
+class ThreadGroup : public dist::ProcessGroup {
+ public:
+  ThreadGroup(ThreadRendezvous& rv, int rank, int size) : rv_(rv), rank_(rank), size_(size) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "threads"; }
+  std::shared_ptr<dist::Work> AllGather(const Tensor& input, Tensor& output, const dist::CollectiveOptions& o) override {
+    EXPECT_EQ(output.nbytes(), input.nbytes() * size_);
+    rv_.Exchange(
+        rank_, input.raw_data(), input.nbytes(),
+        [&](const std::vector<std::string>& all) {
+          for (int r = 0; r < size_; ++r) {
+            EXPECT_EQ(all[r].size(), input.nbytes());
+            std::memcpy(static_cast<char*>(output.raw_data()) + r * input.nbytes(), all[r].data(), input.nbytes());
+          }
+        },
+        o.timeout_s);
+    return std::make_shared<DoneWork>(++seq_);
+  }
+  std::shared_ptr<dist::Work> Broadcast(Tensor& t, int root, const dist::CollectiveOptions& o) override {
+    rv_.Exchange(
+        rank_, t.raw_data(), t.nbytes(),
+        [&](const std::vector<std::string>& all) {
+          EXPECT_EQ(all[root].size(), t.nbytes());
+          if (rank_ != root) std::memcpy(t.raw_data(), all[root].data(), t.nbytes());
+        },
+        o.timeout_s);
+    return std::make_shared<DoneWork>(++seq_);
+  }
+  std::shared_ptr<dist::Work> AllReduce(Tensor&, const dist::CollectiveOptions&) override { return Unsupported("AllReduce"); }
+  std::shared_ptr<dist::Work> ReduceScatter(const Tensor&, Tensor&, const dist::CollectiveOptions&) override {
+    return Unsupported("ReduceScatter");
+  }
+  std::shared_ptr<dist::Work> Barrier(const dist::CollectiveOptions&) override { return Unsupported("Barrier"); }
+  std::unique_ptr<dist::ProcessGroup> Split(int, int) override {
+    TESSERA_THROW(dist::CommError, "thread group: Split is not supported");
+  }
+
+ private:
+  std::shared_ptr<dist::Work> Unsupported(const char* what) {
+    TESSERA_THROW(dist::CommError, "thread group: ", what, " is not supported");
+  }
+  ThreadRendezvous& rv_;
+  int rank_, size_;
+  uint64_t seq_ = 0;
+};
+
+TEST_F(CheckpointTest, SeveralRanksEachWriteTheirSliceOfOneCheckpoint) {
+  State saved = MakeMlp(51, OptKind::kAdam, 3);
+  const CheckpointLayout full = saved.Layout();
+  const int64_t n = full.flat_size;
+  for (int world : {2, 3, 5}) {
+    SCOPED_TRACE("world " + std::to_string(world));
+    ThreadRendezvous rv(world);
+    std::vector<std::unique_ptr<ThreadGroup>> groups;
+    std::vector<CheckpointLayout> layouts;
+    for (int r = 0; r < world; ++r) {
+      groups.push_back(std::make_unique<ThreadGroup>(rv, r, world));
+      // Each rank holds only the slice it owns, [r n / w, (r + 1) n / w): it cannot write more.
+      const int64_t lo = n * r / world, hi = n * (r + 1) / world;
+      CheckpointLayout l = full;
+      for (auto& b : l.buffers) b = {b.data.Slice0(lo, hi).Clone(), lo};
+      layouts.push_back(l);
+    }
+    std::vector<std::exception_ptr> errors(world);
+    std::vector<std::vector<CheckpointSaveReport>> reports(world);
+    std::vector<std::thread> threads;
+    const std::string ckpt_dir = Path("world" + std::to_string(world));
+    for (int r = 0; r < world; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          CheckpointWriterOptions o;
+          o.dir = ckpt_dir;
+          o.group = groups[r].get();
+          o.timeout_s = 10;  // a rank that fails alone makes the others time out, not hang
+          CheckpointWriter w(o);
+          CheckpointMeta m = MakeMeta(3, saved.opt.get());
+          m.world_size = world;
+          m.data_parallel = world;
+          m.zero_stage = 1;
+          m.rank_next_example.clear();
+          for (int k = 0; k < world; ++k) m.rank_next_example.push_back(100 + k);
+          {
+            // Save() makes an HDF5 call without the HDF5 lock (SaveMakesNoHdf5CallOutsideTheHdf5Lock);
+            // ranks sharing one process would race in it (HDF5's initialisation crashes), so the
+            // test holds the lock around it. The background write takes the lock itself.
+            Hdf5Lock lock;
+            w.Save(layouts[r], m);
+          }
+          w.Wait();
+          reports[r] = w.TakeReports();
+        } catch (...) {
+          errors[r] = std::current_exception();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int r = 0; r < world; ++r) {
+      if (!errors[r]) continue;
+      try {
+        std::rethrow_exception(errors[r]);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "rank " << r << ": " << e.what();
+      }
+    }
+    int64_t rank_bytes = 0;
+    for (int r = 0; r < world; ++r) {
+      ASSERT_EQ(reports[r].size(), 1u) << "rank " << r;
+      EXPECT_EQ(reports[r][0].step, 3);
+      EXPECT_EQ(reports[r][0].bytes, TensorBytes(full));
+      EXPECT_EQ(reports[r][0].path.empty(), r != 0);
+      rank_bytes += reports[r][0].rank_bytes;
+    }
+    EXPECT_EQ(rank_bytes, TensorBytes(full)) << "every byte written exactly once";
+    const std::string path = reports[0][0].path;
+    EXPECT_TRUE(VerifyCheckpoint(path).empty());
+    CheckpointInfo info = ReadCheckpointInfo(path);
+    EXPECT_EQ(info.meta.world_size, world);
+    EXPECT_EQ(info.meta.zero_stage, 1);
+    State fresh = MakeMlp(52, OptKind::kAdam, 0);
+    ExpectBitwiseRoundTrip(path, saved, fresh);
+    // The CRC combined from the ranks' pieces is zlib's CRC of the whole tensor.
+    for (const auto& e : full.entries) {
+      const size_t bytes = static_cast<size_t>(NumElements(e.shape)) * 4;
+      uint32_t crc = static_cast<uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(BytesAt(full, e.buffer, e.offset)), bytes));
+      EXPECT_EQ(CrcAttr(path, e.path), crc) << e.path;
+    }
+    std::vector<hsize_t> dims;
+    std::vector<uint64_t> rs = ReadU64Dataset(path, "/rng/rank_state", &dims);
+    EXPECT_EQ(dims, (std::vector<hsize_t>{static_cast<hsize_t>(world), 2}));
+    for (int r = 0; r < world && rs.size() == 2u * world; ++r) {
+      EXPECT_EQ(rs[2 * r], MakeMeta(3, nullptr).seed);
+      EXPECT_EQ(rs[2 * r + 1], 100u + r);
+    }
+  }
+}
+
+// ---- the asynchronous writer ------------------------------------------------------------------
+
+// Clones of a layout's buffers: the state as it is now.
+CheckpointLayout Snapshot(const CheckpointLayout& l) {
+  CheckpointLayout s = l;
+  for (auto& b : s.buffers) b.data = b.data.Clone();
+  return s;
+}
+
+TEST_F(CheckpointTest, WriterSnapshotsAtSaveAndReportsEachCommit) {
+  State s = MakeMlp(181, OptKind::kAdam, 2);
+  const CheckpointLayout l = s.Layout();
+  PhiloxGenerator g(5);
+  auto train_on = [&] {
+    RandomGrads(*s.params, g);
+    s.opt->Step(0.01);
+  };
+  CheckpointWriterOptions o;
+  o.dir = Path("ckpts");
+  CheckpointWriter w(o);
+  // Save copies the state before it returns, so training may go on at once: each checkpoint
+  // holds the state at its Save call. The second Save waits for the first write.
+  const CheckpointLayout at1 = Snapshot(l);
+  EXPECT_GE(w.Save(l, MakeMeta(2, s.opt.get())), 0);
+  train_on();
+  const CheckpointLayout at2 = Snapshot(l);
+  ASSERT_NE(FirstDifference(at1, at2), "");
+  EXPECT_GE(w.Save(l, MakeMeta(3, s.opt.get())), 0);
+  train_on();
+  w.Wait();
+  EXPECT_FALSE(w.busy());
+  std::vector<CheckpointSaveReport> r = w.TakeReports();
+  ASSERT_EQ(r.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(r[i].step, i + 2);
+    EXPECT_EQ(r[i].path, Path("ckpts/step-0000000" + std::to_string(i + 2) + "/checkpoint.h5"));
+    EXPECT_EQ(r[i].bytes, TensorBytes(l));
+    EXPECT_EQ(r[i].rank_bytes, TensorBytes(l));
+    EXPECT_GE(r[i].write_seconds, 0);
+  }
+  EXPECT_TRUE(w.TakeReports().empty());
+  for (int i = 0; i < 2; ++i) {
+    State fresh = MakeMlp(182, OptKind::kAdam, 0);
+    CheckpointLayout got = fresh.Layout();
+    CheckpointInfo info = LoadCheckpoint(r[i].path, got);
+    EXPECT_EQ(info.meta.step, i + 2);
+    EXPECT_EQ(info.meta.optimizer_step, 2 + i);
+    EXPECT_EQ(FirstDifference(i == 0 ? at1 : at2, got), "") << "checkpoint " << i + 2;
+  }
+}
+
+TEST_F(CheckpointTest, SavingTheSameStepAgainReplacesIt) {
+  State s = MakeMlp(185, OptKind::kAdam, 1);
+  const std::string first = Save(s, 4);
+  PhiloxGenerator g(6);
+  RandomGrads(*s.params, g);
+  s.opt->Step(0.01);
+  const std::string second = Save(s, 4);
+  EXPECT_EQ(first, second);
+  State fresh = MakeMlp(186, OptKind::kAdam, 0);
+  LoadCheckpoint(second, fresh.Layout());
+  EXPECT_EQ(FirstDifference(s.Layout(), fresh.Layout()), "");
+  EXPECT_EQ(DirNames(Path("ckpts")), (std::set<std::string>{"latest", "step-00000004"}));
+}
+
+TEST_F(CheckpointTest, BackgroundFailuresAreRethrownWithThePath) {
+  State s = MakeMlp(191, OptKind::kAdam, 1);
+  std::ofstream(Path("a-file")) << "not a directory\n";
+  for (const std::string& dir : {Path("a-file"), Path("a-file/checkpoints")}) {
+    SCOPED_TRACE(dir);
+    CheckpointWriterOptions o;
+    o.dir = dir;
+    {  // Save starts the write and returns; Wait() rethrows its failure, once.
+      CheckpointWriter w(o);
+      w.Save(s.Layout(), MakeMeta(1, s.opt.get()));
+      EXPECT_CONTAINS(ThrownMessage<IoError>([&] { w.Wait(); }), dir);
+      w.Wait();
+      w.ThrowIfFailed();
+      EXPECT_TRUE(w.TakeReports().empty());
+    }
+    {  // The next Save rethrows it too; ThrowIfFailed() once the write has finished.
+      CheckpointWriter w(o);
+      w.Save(s.Layout(), MakeMeta(1, s.opt.get()));
+      EXPECT_CONTAINS(ThrownMessage<IoError>([&] { w.Save(s.Layout(), MakeMeta(2, s.opt.get())); }), dir);
+      w.Save(s.Layout(), MakeMeta(3, s.opt.get()));
+      for (int i = 0; i < 1000 && w.busy(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      ASSERT_FALSE(w.busy());
+      EXPECT_CONTAINS(ThrownMessage<IoError>([&] { w.ThrowIfFailed(); }), dir);
+    }
+    EXPECT_TRUE(fs::is_regular_file(Path("a-file")));
+  }
+  // A layout whose buffers do not hold the flat range this rank writes is refused at once.
+  CheckpointWriterOptions o;
+  o.dir = Path("ckpts");
+  CheckpointWriter w(o);
+  CheckpointLayout l = s.Layout();
+  l.buffers[1].data = l.buffers[1].data.Slice0(0, 10);
+  std::string msg = ThrownMessage<ValueError>([&] { w.Save(l, MakeMeta(1, s.opt.get())); });
+  EXPECT_CONTAINS(msg, "checkpoint buffer 1");
+  EXPECT_FALSE(fs::exists(Path("ckpts/step-00000001")));
+}
+
+// ---- HDF5 calls outside the HDF5 lock -----------------------------------------------------------
+
+// Every HDF5 call in the process must hold io::Hdf5Mutex() (core/io/hdf5.h): Debian's
+// HDF5 is not thread-safe. This binary interposes H5open(), which HDF5 runs at the start of every
+// API call that may initialise the library and which every predefined type (H5T_IEEE_F32LE,
+// H5T_NATIVE_FLOAT, ...) calls when it is used. While a thread is watched, an H5open() on it
+// while nobody holds the mutex is counted.
+std::atomic<std::thread::id> g_watched_thread{};
+std::atomic<int> g_unlocked_hdf5_calls{0};
+
+// Save() once checked each buffer's dtype through HDF5 (H5T_IEEE_F32LE calls H5open()) on the
+// caller's thread without the lock: several writers saving at once before HDF5 was initialised
+// crashed in H5I_register. Save() now checks dtypes without HDF5; this test keeps it so.
+TEST_F(CheckpointTest, SaveMakesNoHdf5CallOutsideTheHdf5Lock) {
+  State s = MakeMlp(201, OptKind::kAdam, 1);
+  CheckpointWriterOptions o;
+  o.dir = Path("ckpts");
+  CheckpointWriter w(o);
+  {  // The detector works: an HDF5 type used without the lock is counted; with it, not.
+    g_unlocked_hdf5_calls = 0;
+    g_watched_thread = std::this_thread::get_id();
+    hid_t t = H5T_NATIVE_FLOAT;
+    g_watched_thread = std::thread::id();
+    EXPECT_GE(t, 0);
+    ASSERT_EQ(g_unlocked_hdf5_calls.load(), 1) << "the H5open() interposer is not in effect";
+    g_unlocked_hdf5_calls = 0;
+    Hdf5Lock lock;
+    g_watched_thread = std::this_thread::get_id();
+    t = H5T_NATIVE_FLOAT;
+    g_watched_thread = std::thread::id();
+    ASSERT_EQ(g_unlocked_hdf5_calls.load(), 0);
+  }
+  g_watched_thread = std::this_thread::get_id();
+  w.Save(s.Layout(), MakeMeta(1, s.opt.get()));  // the background thread is not watched
+  g_watched_thread = std::thread::id();
+  w.Wait();
+  EXPECT_EQ(g_unlocked_hdf5_calls.load(), 0)
+      << "CheckpointWriter::Save made " << g_unlocked_hdf5_calls.load()
+      << " HDF5 call(s) (H5open, through FileType's H5T_IEEE_F32LE) on the caller's thread without holding "
+         "io::Hdf5Mutex()";
+}
+
+}  // namespace
+}  // namespace tessera::jobs::ckpt_test
+
+// The interposer: counts H5open() calls on the watched thread made while Hdf5Mutex() is free, and
+// forwards every call to HDF5's own H5open().
+extern "C" herr_t H5open(void) {
+  using tessera::jobs::ckpt_test::g_watched_thread;
+  if (g_watched_thread.load() == std::this_thread::get_id()) {
+    std::mutex& m = tessera::io::Hdf5Mutex();
+    if (m.try_lock()) {  // free: the watched thread does not hold it (and it never tries while holding it)
+      m.unlock();
+      ++tessera::jobs::ckpt_test::g_unlocked_hdf5_calls;
+    }
+  }
+  static const auto real = reinterpret_cast<herr_t (*)(void)>(dlsym(RTLD_NEXT, "H5open"));
+  return real ? real() : -1;
+}
