@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "core/models.h"
 #include "core/nn/module.h"
@@ -38,32 +39,7 @@
 namespace tessera::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
-
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-// Drops the file's clean pages from the page cache, so the next read comes from the disk.
-void DropCache(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) TESSERA_THROW(IoError, path, ": cannot open: ", std::strerror(errno));
-  fdatasync(fd);
-  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  close(fd);
-}
-
-double Min(const std::vector<double>& v) { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
-
-double TimeCommand(const std::string& cmd) {
-  auto t0 = Clock::now();
-  if (std::system(cmd.c_str()) != 0) TESSERA_THROW(Error, "failed: ", cmd);
-  return Seconds(t0, Clock::now());
-}
 
 std::unique_ptr<nn::Sequential> Build(const std::string& model) {
   if (model == "w2") return models::BuildCnn({});

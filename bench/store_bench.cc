@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "core/random.h"
 #include "store/store.h"
@@ -39,30 +40,8 @@
 namespace tessera::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 namespace fs = std::filesystem;
-
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-void DropCache(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) TESSERA_THROW(IoError, path, ": cannot open: ", std::strerror(errno));
-  fdatasync(fd);
-  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  close(fd);
-}
-
-double TimeCommand(const std::string& cmd) {
-  auto t0 = Clock::now();
-  if (std::system(cmd.c_str()) != 0) TESSERA_THROW(Error, "failed: ", cmd);
-  return Seconds(t0, Clock::now());
-}
 
 int Run(int argc, char** argv) {
   std::string dir;

@@ -258,7 +258,7 @@ void ValidateOptimizer(const JobSpec& s, Validator& v) {
 
 // publish { ... } and train.init_from: names the store accepts, a reference that parses (and, when
 // files are checked, resolves).
-void ValidatePublish(const JobSpec& s, Validator& v, bool check_files) {
+void ValidatePublish(const JobSpec& s, Validator& v) {
   auto check = [&](const char* field, const std::function<void()>& fn) {
     try {
       fn();
@@ -279,7 +279,7 @@ void ValidatePublish(const JobSpec& s, Validator& v, bool check_files) {
   if (init.rfind("store://", 0) == 0) check("train.init_from", [&] { store::ParseVersionRef(init); });
 }
 
-void ValidateRest(const JobSpec& s, Validator& v, bool check_files) {
+void ValidateRest(const JobSpec& s, Validator& v) {
   const TrainSpec& t = s.train();
   v.Require(t.steps() > 0 || t.epochs() >= 1, "train.epochs", "must be >= 1 (or set train.steps)" + Got(t.epochs()));
   v.Require(t.steps() >= 0, "train.steps", "must be >= 0 (0: use train.epochs)" + Got(t.steps()));
@@ -302,7 +302,7 @@ void ValidateRest(const JobSpec& s, Validator& v, bool check_files) {
   v.Require(c.every_steps() >= 0, "checkpoint.every_steps", "must be >= 0" + Got(c.every_steps()));
   v.Require(c.every_minutes() >= 0, "checkpoint.every_minutes", "must be >= 0" + Got(c.every_minutes()));
   v.Require(c.keep_last() >= 1, "checkpoint.keep_last", "must be >= 1" + Got(c.keep_last()));
-  ValidatePublish(s, v, check_files);
+  ValidatePublish(s, v);
 }
 
 void ResolvePath(std::string* p, const std::string& base) {
@@ -468,7 +468,7 @@ JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& ove
   ValidateModel(spec, v);
   ValidateData(spec, v, check_files);
   ValidateOptimizer(spec, v);
-  ValidateRest(spec, v, check_files);
+  ValidateRest(spec, v);
   if (!v.errors().empty()) TESSERA_THROW(ConfigError, Join(v.errors()));
   return spec;
 }

@@ -70,6 +70,16 @@ std::string Metric(const store::VersionManifest& m, const char* name) {
   return buf;
 }
 
+// A version for --json: its manifest (without the long job spec), number, directory and aliases.
+json VersionJson(const store::VersionInfo& info) {
+  json j = ToJson(info.manifest);
+  j["version"] = info.version;
+  j["dir"] = info.dir;
+  j["aliases"] = info.aliases;
+  if (j.contains("lineage") && j["lineage"].is_object()) j["lineage"].erase("job_spec");
+  return j;
+}
+
 int64_t Bytes(const store::VersionManifest& m) {
   int64_t b = 0;
   for (const auto& f : m.files()) b += f.bytes();
@@ -96,18 +106,12 @@ int List(const StoreArgs& a) {
   json out = json::array();
   if (!a.json)
     std::printf("%7s  %-20s %8s %9s %12s  %s\n", "VERSION", "CREATED", "STEP", "TEST_ACC", "BYTES", "ALIASES");
-  for (int64_t v : st.Versions(a.model)) {
-    store::VersionInfo info = st.Describe(a.model, v);
+  for (const store::VersionInfo& info : st.DescribeAll(a.model)) {
     const store::VersionManifest& m = info.manifest;
     if (a.json) {
-      json j = ToJson(m);
-      j["version"] = v;
-      j["dir"] = info.dir;
-      j["aliases"] = info.aliases;
-      if (j.contains("lineage") && j["lineage"].is_object()) j["lineage"].erase("job_spec");
-      out.push_back(j);
+      out.push_back(VersionJson(info));
     } else {
-      std::printf("%7lld  %-20s %8lld %9s %12lld  %s\n", static_cast<long long>(v), m.created().c_str(),
+      std::printf("%7lld  %-20s %8lld %9s %12lld  %s\n", static_cast<long long>(info.version), m.created().c_str(),
                   static_cast<long long>(m.lineage().step()), Metric(m, "test_accuracy").c_str(),
                   static_cast<long long>(Bytes(m)), Join(info.aliases).c_str());
     }
@@ -124,10 +128,8 @@ int Show(const StoreArgs& a) {
   store::Architecture arch = st.ReadArchitecture(r.model, v);
   const store::VersionManifest& m = info.manifest;
   if (a.json) {
-    json j = ToJson(m);
-    j["version"] = v;
-    j["dir"] = info.dir;
-    j["aliases"] = info.aliases;
+    json j = VersionJson(info);
+    j["lineage"]["job_spec"] = m.lineage().job_spec();  // show: the whole of it
     j["architecture"] = ToJson(arch);
     std::printf("%s\n", j.dump(2).c_str());
     return 0;

@@ -163,16 +163,42 @@ Architecture Store::ReadArchitecture(const std::string& model, int64_t version) 
   return ReadArchitectureChecked(VersionDir(model, version), ReadManifest(model, version));
 }
 
+namespace {
+
+// The names pointing at `version` of `all` (ascending) with `aliases`: "latest" first.
+std::vector<std::string> NamesOf(int64_t version, const std::vector<int64_t>& all,
+                                 const std::map<std::string, int64_t>& aliases) {
+  std::vector<std::string> names;
+  if (!all.empty() && all.back() == version) names.push_back("latest");
+  for (const auto& [name, v] : aliases)
+    if (v == version) names.push_back(name);
+  return names;
+}
+
+}  // namespace
+
 VersionInfo Store::Describe(const std::string& model, int64_t version) const {
   VersionInfo info;
   info.version = version;
   info.dir = VersionDir(model, version);
   info.manifest = ReadManifest(model, version);
-  std::vector<int64_t> all = Versions(model);
-  if (!all.empty() && all.back() == version) info.aliases.push_back("latest");
-  for (const auto& [name, v] : Aliases(model))
-    if (v == version) info.aliases.push_back(name);
+  info.aliases = NamesOf(version, Versions(model), Aliases(model));
   return info;
+}
+
+std::vector<VersionInfo> Store::DescribeAll(const std::string& model) const {
+  const std::vector<int64_t> all = Versions(model);
+  const std::map<std::string, int64_t> aliases = Aliases(model);
+  std::vector<VersionInfo> out;
+  for (int64_t v : all) {
+    VersionInfo info;
+    info.version = v;
+    info.dir = VersionDir(model, v);
+    info.manifest = ReadManifest(model, v);
+    info.aliases = NamesOf(v, all, aliases);
+    out.push_back(std::move(info));
+  }
+  return out;
 }
 
 std::vector<std::string> Store::Verify(const std::string& model, int64_t version) const {

@@ -123,6 +123,8 @@ class Store {
   int64_t Resolve(const std::string& model, const std::string& ref) const;
   std::string VersionDir(const std::string& model, int64_t version) const;
   VersionInfo Describe(const std::string& model, int64_t version) const;
+  // Describe() of every version, ascending, listing the directory and the aliases once.
+  std::vector<VersionInfo> DescribeAll(const std::string& model) const;
   VersionManifest ReadManifest(const std::string& model, int64_t version) const;
   Architecture ReadArchitecture(const std::string& model, int64_t version) const;
   // Checks the manifest and architecture, the size and sha256 of every file against the manifest,

@@ -68,10 +68,7 @@ std::string Sha256File(const std::string& path, int64_t* bytes) {
   // O_NONBLOCK and fstat: what is opened is checked, not a name that could be swapped for a FIFO.
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) TESSERA_THROW(IoError, path, ": cannot open: ", std::strerror(errno));
-  struct Closer {
-    int fd;
-    ~Closer() { close(fd); }
-  } closer{fd};
+  ScopedFd closer(fd);
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
     TESSERA_THROW(IoError, path, ": is not a regular file; refusing to checksum it");

@@ -17,6 +17,10 @@
 
 namespace tessera::io {
 
+ScopedFd::~ScopedFd() {
+  if (fd >= 0) close(fd);
+}
+
 void FsyncPath(const std::string& path, bool directory) {
   int fd = open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0));
   if (fd < 0) TESSERA_THROW(IoError, path, ": cannot open to sync: ", std::strerror(errno));

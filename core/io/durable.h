@@ -17,6 +17,16 @@ namespace tessera::io {
 
 namespace fs = std::filesystem;
 
+// Closes a file descriptor when it goes out of scope (close errors ignored: for descriptors only
+// read from, or whose writes were made durable with an fsync that was checked).
+struct ScopedFd {
+  int fd = -1;
+  explicit ScopedFd(int f) : fd(f) {}
+  ~ScopedFd();
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+};
+
 // fsync() of a file or a directory.
 void FsyncPath(const std::string& path, bool directory);
 // fsync() of the directory holding `path` (".", for a bare name).

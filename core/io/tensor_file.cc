@@ -146,6 +146,15 @@ std::vector<std::string> CheckManifestIntegrity(const Manifest& m, const json& n
   return problems;
 }
 
+json CommonRootAttributes(const std::string& format, int format_version, const std::string& tessera_version,
+                          const std::string& created, int64_t step, const std::string& job_spec,
+                          const std::string& dtype) {
+  json j = {{"format_version", format_version}, {"tessera_version", tessera_version}, {"created", created},
+            {"step", step}, {"job_spec", job_spec}, {"dtype", dtype}};
+  if (format_version >= 2) j["format"] = format;  // format 1 files did not copy it
+  return j;
+}
+
 void WriteRootAttributes(hid_t file, const json& attrs, const std::string& where) {
   for (auto it = attrs.begin(); it != attrs.end(); ++it) {
     const json& v = it.value();

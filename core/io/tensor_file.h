@@ -76,6 +76,13 @@ Manifest ReadManifest(hid_t file, int format_version, const std::string& where);
 // one line per problem, "" problems when they agree.
 std::vector<std::string> CheckManifestIntegrity(const Manifest& m, const json& now, const std::string& where);
 
+// The root attributes every tessera file has, as JSON (the attributes and the manifest's copy come
+// from it): format (since format 2, so the manifest's CRC covers it), format_version,
+// tessera_version, created, step, job_spec, dtype.
+json CommonRootAttributes(const std::string& format, int format_version, const std::string& tessera_version,
+                          const std::string& created, int64_t step, const std::string& job_spec,
+                          const std::string& dtype);
+
 // Writes each member of `attrs` as a root attribute: strings as UTF-8 strings, integers as int64,
 // reals as float64 (the attributes and the manifest's copy come from one JSON object).
 void WriteRootAttributes(hid_t file, const json& attrs, const std::string& where);

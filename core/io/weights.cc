@@ -25,10 +25,7 @@ namespace tessera::io {
 #define H5C(call, where) TESSERA_H5_CHECK(IoError, call, where)
 
 json WeightsMetaJson(const WeightsMeta& m) {
-  json j = {{"format_version", m.format_version}, {"tessera_version", m.tessera_version}, {"created", m.created},
-            {"step", m.step}, {"job_spec", m.job_spec}, {"dtype", m.dtype}};
-  if (m.format_version >= 2) j["format"] = kModelFormat;  // covered by the manifest's CRC since format 2
-  return j;
+  return CommonRootAttributes(kModelFormat, m.format_version, m.tessera_version, m.created, m.step, m.job_spec, m.dtype);
 }
 
 namespace {
@@ -105,10 +102,7 @@ std::string WriteDataAndHash(const std::string& tmp, const std::vector<WeightsVi
                              int64_t* file_bytes) {
   int fd = open(tmp.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) TESSERA_THROW(IoError, tmp, ": cannot open for writing: ", std::strerror(errno));
-  struct Closer {
-    int fd;
-    ~Closer() { close(fd); }
-  } closer{fd};
+  ScopedFd closer(fd);
   struct stat st {};
   if (fstat(fd, &st) != 0) TESSERA_THROW(IoError, tmp, ": fstat failed: ", std::strerror(errno));
   *file_bytes = st.st_size;

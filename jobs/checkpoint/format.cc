@@ -35,11 +35,8 @@ void OwnedRange(int64_t n, int r, int w, int64_t* lo, int64_t* hi) {
 }
 
 json MetaJson(const CheckpointMeta& m, const std::string& kind) {
-  json j = {{"format_version", m.format_version}, {"tessera_version", m.tessera_version}, {"created", m.created},
-            {"step", m.step}, {"job_spec", m.job_spec}, {"dtype", m.dtype}};
-  // Since format 2 the format itself is in the manifest's copy, so that damage to it is told
-  // apart from a file of another kind.
-  if (m.format_version >= 2) j["format"] = kind == "checkpoint" ? io::kCheckpointFormat : io::kModelFormat;
+  json j = io::CommonRootAttributes(kind == "checkpoint" ? io::kCheckpointFormat : io::kModelFormat, m.format_version,
+                                    m.tessera_version, m.created, m.step, m.job_spec, m.dtype);
   if (kind == "checkpoint") {
     j["epoch"] = m.epoch;
     j["step_in_epoch"] = m.step_in_epoch;

@@ -35,6 +35,16 @@ void WriteBlobs(const fs::path& path, int n, uint64_t seed) {
   }
 }
 
+// A fresh directory holding train.csv (600 blobs) and test.csv (300).
+fs::path FreshBlobsDir(const std::string& tag) {
+  fs::path dir = fs::temp_directory_path() / ("tessera_trainer_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  WriteBlobs(dir / "train.csv", 600, 1);
+  WriteBlobs(dir / "test.csv", 300, 2);
+  return dir;
+}
+
 std::vector<json> ReadJsonLines(const fs::path& p) {
   std::vector<json> out;
   std::ifstream in(p);
@@ -44,10 +54,7 @@ std::vector<json> ReadJsonLines(const fs::path& p) {
 }
 
 TEST(Trainer, CsvRunWritesACompleteRunDirectoryAndLearns) {
-  fs::path dir = fs::temp_directory_path() / ("tessera_trainer_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  WriteBlobs(dir / "train.csv", 600, 1);
-  WriteBlobs(dir / "test.csv", 300, 2);
+  fs::path dir = FreshBlobsDir("csv");
   std::ofstream(dir / "job.pbtxt") << "name: \"blobs\"\n"
                                       "model { mlp { in_features: 4 hidden: 16 out_features: 3 } }\n"
                                       "data { kind: CSV train_path: \"train.csv\" test_path: \"test.csv\" batch_size: 30 }\n"
@@ -114,10 +121,7 @@ TEST(Trainer, ModelAndDataShapeMismatchIsAClearError) {
 // The checkpoint policy: every_steps, every_minutes (checked at log lines) and the final step; a
 // run resumed from a mid-run checkpoint ends with bitwise the same state as the uninterrupted run.
 TEST(Trainer, CheckpointPolicyAndExactResumeFromAMidRunCheckpoint) {
-  fs::path dir = fs::temp_directory_path() / ("tessera_trainer_ckpt_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  WriteBlobs(dir / "train.csv", 600, 1);
-  WriteBlobs(dir / "test.csv", 300, 2);
+  fs::path dir = FreshBlobsDir("ckpt");
   std::ofstream(dir / "job.pbtxt")
       << "name: \"blobs\"\n"
          "model { mlp { in_features: 4 hidden: 16 out_features: 3 dropout: 0.2 } }\n"
@@ -196,11 +200,7 @@ struct BlobsJob {
   fs::path dir;
   JobSpec spec;
   explicit BlobsJob(const std::string& tag, const std::string& extra = "") {
-    dir = fs::temp_directory_path() / ("tessera_trainer_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    WriteBlobs(dir / "train.csv", 600, 1);
-    WriteBlobs(dir / "test.csv", 300, 2);
+    dir = FreshBlobsDir(tag);
     std::ofstream(dir / "job.pbtxt") << "name: \"blobs\"\n"
                                         "model { mlp { in_features: 4 hidden: 16 out_features: 3 } }\n"
                                         "data { kind: CSV train_path: \"train.csv\" test_path: \"test.csv\" batch_size: 30 }\n"
@@ -338,7 +338,9 @@ TEST(Trainer, PublishesAndFineTunesFromTheStore) {
   io::WeightsInfo w = io::ReadWeightsInfo(st.VersionDir("blobs", 1) + "/weights.h5");
   for (const io::TensorRecord& t : w.tensors)
     for (const CheckpointTensor& c : final_ckpt.tensors)
-      if (c.path == t.path) EXPECT_EQ(c.crc32, t.crc32) << t.path;
+      if (c.path == t.path) {
+        EXPECT_EQ(c.crc32, t.crc32) << t.path;
+      }
 
   JobSpec tune = job.spec;
   tune.mutable_model()->mutable_mlp()->set_out_features(4);  // a new head
