@@ -19,6 +19,7 @@
 #include "core/io/checksum.h"
 #include "core/io/hdf5.h"
 #include "core/io/weights.h"
+#include "tests/datasets/test_util.h"  // ThrownMessage (exact error class), EXPECT_CONTAINS
 
 #if defined(__SANITIZE_ADDRESS__)
 // HDF5 and Open MPI keep process-lifetime allocations: leaks are not what this test looks for.
@@ -33,23 +34,7 @@ using json = nlohmann::json;
 
 #define H5T(call) TESSERA_H5_CHECK(IoError, call, "test")
 
-// The message of exactly ErrorType thrown by fn (a failure otherwise).
-template <typename ErrorType, typename Fn>
-std::string Thrown(Fn&& fn) {
-  try {
-    fn();
-  } catch (const ErrorType& e) {
-    EXPECT_EQ(typeid(e), typeid(ErrorType)) << e.what();
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "threw nothing";
-  return "";
-}
-
-#define EXPECT_HAS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected \"" << (part) << "\" in: " << (text)
+using datasets::testing::ThrownMessage;
 
 class WeightsTest : public ::testing::Test {
  protected:
@@ -137,14 +122,14 @@ TEST_F(WeightsTest, AnArrayWhereAScalarAttributeBelongsIsRefused) {
   // The stack overrun of a scalar read into an 8-byte variable: refused before any read.
   for (int n : {2, 1000}) {
     const std::string path = Edited("array.h5", [&](hid_t f) { ReplaceAttrWithArray(f, "step", n); });
-    std::string msg = Thrown<IoError>([&] { ReadWeightsInfo(path); });
-    EXPECT_HAS(msg, path + " @step: holds " + std::to_string(n) + " values; expected a single integer");
+    std::string msg = ThrownMessage<IoError>([&] { ReadWeightsInfo(path); });
+    EXPECT_CONTAINS(msg, path + " @step: holds " + std::to_string(n) + " values; expected a single integer");
   }
   const std::string crc = Edited("crc_array.h5", [&](hid_t f) {
     Hdf5Handle d(H5T(H5Dopen2(f, "model/0.weight", H5P_DEFAULT)), H5Dclose);
     ReplaceAttrWithArray(d.get(), "crc32", 64);
   });
-  EXPECT_HAS(Thrown<IoError>([&] { ReadAll(crc); }), "/model/0.weight @crc32: holds 64 values");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadAll(crc); }), "/model/0.weight @crc32: holds 64 values");
 }
 
 TEST_F(WeightsTest, AnAttributeOfTheWrongTypeIsRefused) {
@@ -152,17 +137,17 @@ TEST_F(WeightsTest, AnAttributeOfTheWrongTypeIsRefused) {
     H5T(H5Adelete(f, "step"));
     WriteStringAttr(f, "step", "forty-two", "test");
   });
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(path); }), "@step: is a string; expected integer");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(path); }), "@step: is a string; expected integer");
   const std::string neg = Edited("neg_step.h5", [&](hid_t f) {
     H5T(H5Adelete(f, "step"));
     WriteIntAttr(f, "step", -5, "test");
   });
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(neg); }), "@step: -5 is outside [0, ");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(neg); }), "@step: -5 is outside [0, ");
   const std::string job = Edited("int_job.h5", [&](hid_t f) {
     H5T(H5Adelete(f, "job_spec"));
     WriteIntAttr(f, "job_spec", 3, "test");
   });
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(job); }), "@job_spec: is an integer; expected string");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(job); }), "@job_spec: is an integer; expected string");
 }
 
 // A dataset that was never written (HDF5 allocates contiguous storage late) with a manifest that
@@ -185,14 +170,14 @@ TEST_F(WeightsTest, DeclaredSizesWithoutTheDataAllocateNothing) {
   const std::string huge = unwritten("huge.h5", hsize_t{1} << 20, hsize_t{1} << 20);  // 4 TiB declared
   EXPECT_LT(fs::file_size(huge), 100000u);
   int asked = 0;
-  EXPECT_HAS(Thrown<IoError>([&] { ReadAll(huge, &asked); }), "/manifest lists 4398046511104 bytes of tensors");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadAll(huge, &asked); }), "/manifest lists 4398046511104 bytes of tensors");
   const std::string small = unwritten("small.h5", 10, 20);  // fits in the file, but is not in it
   ASSERT_GT(fs::file_size(small), 800u + 24u);
-  EXPECT_HAS(Thrown<IoError>([&] { ReadAll(small, &asked); }), "/model/0.weight: declares 800 bytes of data but stores 0");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadAll(small, &asked); }), "/model/0.weight: declares 800 bytes of data but stores 0");
   EXPECT_EQ(asked, 0) << "a buffer was requested for a tensor the file does not hold";
   std::vector<std::string> problems = VerifyWeights(small);
   ASSERT_FALSE(problems.empty());
-  EXPECT_HAS(problems[0], "declares 800 bytes");
+  EXPECT_CONTAINS(problems[0], "declares 800 bytes");
 }
 
 TEST_F(WeightsTest, DataBeyondTheEndOfTheFileIsTruncation) {
@@ -205,7 +190,7 @@ TEST_F(WeightsTest, DataBeyondTheEndOfTheFileIsTruncation) {
     const std::string bad = Path("cut.h5");
     fs::copy_file(good, bad, fs::copy_options::overwrite_existing);
     fs::resize_file(bad, cut);
-    Thrown<IoError>([&] { ReadAll(bad); });
+    ThrownMessage<IoError>([&] { ReadAll(bad); });
   }
 }
 
@@ -257,9 +242,9 @@ TEST_F(WeightsTest, ALyingManifestIsCaughtEntryByEntry) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     const std::string path = Edited("lie.h5", [&](hid_t f) { SetManifest(f, c.lie(json::parse(ManifestText(f)))); });
-    std::string msg = Thrown<IoError>([&] { ReadAll(path); });
-    EXPECT_HAS(msg, path);
-    EXPECT_HAS(msg, c.message);
+    std::string msg = ThrownMessage<IoError>([&] { ReadAll(path); });
+    EXPECT_CONTAINS(msg, path);
+    EXPECT_CONTAINS(msg, c.message);
   }
 }
 
@@ -273,7 +258,7 @@ TEST_F(WeightsTest, ADatasetOfTheWrongTypeOrLayoutIsRefused) {
     int64_t v[3] = {1, 2, 3};
     H5T(H5Dwrite(d.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v));
   });
-  EXPECT_HAS(Thrown<IoError>([&] { ReadAll(ints); }), "/model/0.bias: is an integer of 8 bytes, not IEEE float32 or float64");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadAll(ints); }), "/model/0.bias: is an integer of 8 bytes, not IEEE float32 or float64");
   const std::string chunked = Edited("chunked.h5", [&](hid_t f) {
     H5T(H5Ldelete(f, "model/0.bias", H5P_DEFAULT));
     hsize_t n = 3, chunk = 3;
@@ -285,7 +270,7 @@ TEST_F(WeightsTest, ADatasetOfTheWrongTypeOrLayoutIsRefused) {
                  H5Dclose);
     H5T(H5Dwrite(d.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, b0_.data()));
   });
-  EXPECT_HAS(Thrown<IoError>([&] { ReadAll(chunked); }), "/model/0.bias: is stored in chunks");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadAll(chunked); }), "/model/0.bias: is stored in chunks");
   // A soft or external link in a tensor's place could point anywhere, another file included.
   for (bool external : {false, true}) {
     const std::string linked = Edited("linked.h5", [&](hid_t f) {
@@ -293,19 +278,19 @@ TEST_F(WeightsTest, ADatasetOfTheWrongTypeOrLayoutIsRefused) {
       if (external) H5T(H5Lcreate_external("/etc/passwd", "/x", f, "model/0.bias", H5P_DEFAULT, H5P_DEFAULT));
       else H5T(H5Lcreate_soft("/model/0.weight", f, "model/0.bias", H5P_DEFAULT, H5P_DEFAULT));
     });
-    EXPECT_HAS(Thrown<IoError>([&] { ReadAll(linked); }), "/model/0.bias is a soft or external link");
+    EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadAll(linked); }), "/model/0.bias is a soft or external link");
   }
 }
 
 TEST_F(WeightsTest, WhatIsNotARegularFileIsRefusedWithoutReading) {
   const std::string fifo = Path("fifo.h5");
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(fifo); }), "is not a regular file (a FIFO, device or socket)");
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(dir_.string()); }), "is a directory");
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(Path("missing.h5")); }), "no such file");
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo("/dev/zero"); }), "is not a regular file");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(fifo); }), "is not a regular file (a FIFO, device or socket)");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(dir_.string()); }), "is a directory");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(Path("missing.h5")); }), "no such file");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo("/dev/zero"); }), "is not a regular file");
   std::ofstream(Path("text.h5")) << "not hdf5";
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(Path("text.h5")); }), "not an HDF5 file");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(Path("text.h5")); }), "not an HDF5 file");
 }
 
 TEST_F(WeightsTest, ANewerFormatIsAFormatErrorAndCorruptDataIsNamed) {
@@ -315,19 +300,19 @@ TEST_F(WeightsTest, ANewerFormatIsAFormatErrorAndCorruptDataIsNamed) {
     WriteIntAttr(f, "format_version", 7, "test");
     H5T(H5Ldelete(f, "manifest", H5P_DEFAULT));
   });
-  EXPECT_HAS(Thrown<FormatError>([&] { ReadWeightsInfo(newer); }), "tessera.model format version 7");
+  EXPECT_CONTAINS(ThrownMessage<FormatError>([&] { ReadWeightsInfo(newer); }), "tessera.model format version 7");
   // The same attribute damaged, with a sound manifest recording format 2: damage, an IoError.
   const std::string damaged = Edited("damaged.h5", [&](hid_t f) {
     H5T(H5Adelete(f, "format_version"));
     WriteIntAttr(f, "format_version", 7, "test");
   });
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(damaged); }),
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(damaged); }),
              "format_version is 7 but the manifest recorded 2: the attribute is damaged");
   const std::string other = Edited("other.h5", [&](hid_t f) {
     H5T(H5Adelete(f, "format"));
     WriteStringAttr(f, "format", "pytorch.pickle", "test");
   });
-  EXPECT_HAS(Thrown<FormatError>([&] { ReadWeightsInfo(other); }), "format is 'pytorch.pickle'");
+  EXPECT_CONTAINS(ThrownMessage<FormatError>([&] { ReadWeightsInfo(other); }), "format is 'pytorch.pickle'");
   // One flipped byte inside a tensor: the CRC names it.
   const std::string flipped = Path("flipped.h5");
   fs::copy_file(Good("f.h5"), flipped);
@@ -344,10 +329,10 @@ TEST_F(WeightsTest, ANewerFormatIsAFormatErrorAndCorruptDataIsNamed) {
   c ^= 0x10;
   ASSERT_EQ(pwrite(fd, &c, 1, offset + 5), 1);
   close(fd);
-  EXPECT_HAS(Thrown<IoError>([&] { ReadAll(flipped); }), "/model/0.weight: CRC-32 mismatch");
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadAll(flipped); }), "/model/0.weight: CRC-32 mismatch");
   std::vector<std::string> problems = VerifyWeights(flipped);
   ASSERT_EQ(problems.size(), 1u);
-  EXPECT_HAS(problems[0], "/model/0.weight: CRC-32 mismatch");
+  EXPECT_CONTAINS(problems[0], "/model/0.weight: CRC-32 mismatch");
 }
 
 // Variable-length strings live in HDF5's global heap, which has no checksum; HDF5 1.10 overruns a
@@ -367,10 +352,10 @@ TEST_F(WeightsTest, VariableLengthStringsOnlyInLegacyFiles) {
       WriteIntAttr(f, "format_version", version, "test");
     });
   };
-  EXPECT_HAS(Thrown<IoError>([&] { ReadWeightsInfo(with_vlen_job_spec("v2.h5", 2)); }),
+  EXPECT_CONTAINS(ThrownMessage<IoError>([&] { ReadWeightsInfo(with_vlen_job_spec("v2.h5", 2)); }),
              "@job_spec: is a variable-length string; tessera files of this format hold fixed-length strings");
   const std::string v1 = with_vlen_job_spec("v1.h5", 1);
-  EXPECT_HAS(Thrown<FormatError>([&] { ReadWeightsInfo(v1); }), "format version 1");  // not for a store or server
+  EXPECT_CONTAINS(ThrownMessage<FormatError>([&] { ReadWeightsInfo(v1); }), "format version 1");  // not for a store or server
   WeightsInfo legacy = ReadWeightsInfo(v1, WeightsReadOptions{false, true});
   EXPECT_EQ(legacy.meta.format_version, 1);
   EXPECT_EQ(legacy.meta.job_spec, "name: \"x\"");
