@@ -6,6 +6,22 @@
 
 namespace tessera::models {
 
+void NormalizeExamples(Tensor& x, float scale, const std::vector<float>& mean, const std::vector<float>& std) {
+  if (scale == 1.0f && mean.empty() && std.empty()) return;
+  const int64_t n = x.dim(0), channels = x.dim(1);
+  if (n == 0 || channels == 0) return;
+  const int64_t inner = x.numel() / (n * channels);
+  float* p0 = x.data<float>();
+  for (int64_t c = 0; c < channels; ++c) {
+    const float m = mean.empty() ? 0.0f : mean[mean.size() == 1 ? 0 : c];
+    const float s = std.empty() ? 1.0f : std[std.size() == 1 ? 0 : c];
+    for (int64_t i = 0; i < n; ++i) {
+      float* p = p0 + (i * channels + c) * inner;
+      for (int64_t k = 0; k < inner; ++k) p[k] = (p[k] * scale - m) / s;
+    }
+  }
+}
+
 std::unique_ptr<nn::Sequential> BuildModel(const ModelSpec& m, const Shape& example, int classes) {
   std::string shape = ShapeString(example);
   if (m.has_mlp()) {

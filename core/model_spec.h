@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "core/model_spec.pb.h"
 #include "core/nn/module.h"
@@ -21,6 +22,12 @@ int64_t OutFeatures(const ModelSpec& spec);
 // The example shape the spec itself implies: [in_channels, height, width] for a CNN,
 // [in_features] for an MLP (whose Flatten accepts any shape of that many values).
 Shape ImpliedExampleShape(const ModelSpec& spec);
+
+// Prepares examples [n, C, ...] (f32, on the host) as training did: x * scale, then (x - mean) / std
+// per channel (dim 1), where mean and std hold one value for all channels or one per channel (empty:
+// 0 and 1). The loader and the server both call this, so a served input is prepared bit for bit
+// as the trainer's evaluation prepared it. The caller checks the value counts.
+void NormalizeExamples(Tensor& x, float scale, const std::vector<float>& mean, const std::vector<float>& std);
 
 // "mlp 784-512-256-10 relu", "cnn 1x28x28 conv 32,64 k3 fc 128-10".
 std::string DescribeModel(const ModelSpec& spec);

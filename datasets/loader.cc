@@ -5,6 +5,7 @@
 #include <cstring>
 #include <utility>
 
+#include "core/model_spec.h"
 #include "core/random.h"
 
 namespace tessera::datasets {
@@ -50,20 +51,7 @@ void Normalize(Tensor& features, const LoaderOptions& o) {
   const Shape example_shape(features.shape().begin() + 1, features.shape().end());
   CheckPerChannel("mean", o.mean, example_shape[0], example_shape);
   CheckPerChannel("std", o.std, example_shape[0], example_shape);
-  if (o.scale == 1.0f && o.mean.empty() && o.std.empty()) return;
-  const int64_t n = features.dim(0), channels = features.dim(1);
-  if (n == 0 || channels == 0) return;
-  const int64_t inner = features.numel() / (n * channels);
-  float* x = features.data<float>();
-  const float scale = o.scale;
-  for (int64_t c = 0; c < channels; ++c) {
-    const float m = o.mean.empty() ? 0.0f : o.mean[o.mean.size() == 1 ? 0 : c];
-    const float s = o.std.empty() ? 1.0f : o.std[o.std.size() == 1 ? 0 : c];
-    for (int64_t i = 0; i < n; ++i) {
-      float* p = x + (i * channels + c) * inner;
-      for (int64_t k = 0; k < inner; ++k) p[k] = (p[k] * scale - m) / s;
-    }
-  }
+  models::NormalizeExamples(features, o.scale, o.mean, o.std);
 }
 
 void Augment(Tensor& features, const LoaderOptions& o, int64_t epoch, int64_t first_position) {

@@ -4,6 +4,7 @@
 //   tessera validate JOB [--set FIELD=VALUE]...                check a job spec, run nothing
 //   tessera ckpt inspect|verify PATH, tessera ckpt export PATH OUT.h5
 //   tessera store list|show|publish|alias|rollback|gc|verify ...   the model store
+//   tessera serve --store ROOT [--model NAME@POLICY]...           the inference server
 //   tessera --version
 #include <unistd.h>
 
@@ -31,7 +32,7 @@ int main(int argc, char** argv) {
   }
 #endif
   CLI::App app{"tessera: train neural networks on one machine or a cluster (CPU and CUDA), publish them to a model "
-               "store"};
+               "store, and serve them"};
   app.set_version_flag("--version", std::string("tessera ") + TESSERA_VERSION + " (commit " + SourceCommit() +
                                         ", CUDA " + (TESSERA_USE_CUDA ? "on" : "off") + ", MPI " +
                                         (TESSERA_USE_MPI ? "on" : "off") + ")");
@@ -45,11 +46,12 @@ int main(int argc, char** argv) {
       "  tessera ckpt inspect runs/a    tessera ckpt verify runs/a    tessera ckpt export runs/a model.h5\n"
       "  tessera store publish runs/a --store models --model fmnist-cnn --alias staging\n"
       "  tessera store list --store models    tessera store show fmnist-cnn@staging --store models\n"
+      "  tessera serve --store models --model fmnist-cnn@production   (KServe v2 / Triton protocol on :8000, :8001)\n"
       "Every field of a job spec, with its default: docs/job-spec.md; the model store: docs/model-store.md");
 
   launch::RunState state{&argc, &argv};
   std::vector<launch::Command> commands = launch::AddTrainCommands(app, state);
-  for (auto* add : {&launch::AddCkptCommands, &launch::AddStoreCommands})
+  for (auto* add : {&launch::AddCkptCommands, &launch::AddStoreCommands, &launch::AddServeCommands})
     for (launch::Command& c : add(app)) commands.push_back(std::move(c));
   CLI11_PARSE(app, argc, argv);
   try {

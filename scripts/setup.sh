@@ -14,6 +14,7 @@ PACKAGES=(
   libhdf5-dev libhdf5-openmpi-dev hdf5-tools
   libprotobuf-dev protobuf-compiler
   libgtest-dev libcli11-dev nlohmann-json3-dev libssl-dev libdeflate-dev
+  libcpp-httplib-dev libgrpc++-dev protobuf-compiler-grpc curl
   dataset-fashion-mnist
   python3-h5py python3-numpy python3-torch
 )

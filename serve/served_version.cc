@@ -1,0 +1,191 @@
+#include "serve/served_version.h"
+
+#include <malloc.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "core/allocator.h"
+#include "core/model_spec.h"
+
+namespace tessera::serve {
+namespace {
+
+constexpr const char* kInputName = "input";
+
+// Lays every parameter of `net` over `weights` (in NamedParameters() order) and returns the
+// element offset of each, by the path the weights file uses ("/model/0.weight").
+std::map<std::string, int64_t> LayOut(nn::Sequential& net, Tensor& weights, bool allocate) {
+  std::map<std::string, int64_t> offsets;
+  int64_t total = 0;
+  for (auto& [name, p] : net.NamedParameters()) {
+    offsets["/model/" + name] = total;
+    total += NumElements(p->shape);
+  }
+  if (allocate) weights = Tensor::Zeros({total});
+  for (auto& [name, p] : net.NamedParameters()) {
+    p->offset = offsets["/model/" + name];
+    p->value = weights.View(p->offset, p->shape);
+  }
+  return offsets;
+}
+
+// What Logits() relies on, from a file that may be hostile: a datatype it can take, and one mean
+// and std for all channels or one per channel.
+void CheckPreparation(const std::string& where, const store::Architecture& a, const Shape& example) {
+  if (a.input_dtype() != "UINT8" && a.input_dtype() != "FP32")
+    TESSERA_THROW(ConfigError, where, ": model.pbtxt's input_dtype '", a.input_dtype(), "' is not UINT8 or FP32");
+  if (example.empty()) TESSERA_THROW(ConfigError, where, ": model.pbtxt has no input_shape");
+  const int64_t channels = example[0];
+  const auto& n = a.normalize();
+  for (int64_t count : {static_cast<int64_t>(n.mean_size()), static_cast<int64_t>(n.std_size())})
+    if (count > 1 && count != channels)
+      TESSERA_THROW(ConfigError, where, ": model.pbtxt's normalize has ", count, " values for ", channels,
+                    " channels (1 or one per channel)");
+  for (float s : n.std())
+    if (!(s != 0.0f) || !std::isfinite(s)) TESSERA_THROW(ConfigError, where, ": model.pbtxt's normalize.std holds ", s);
+}
+
+}  // namespace
+
+std::shared_ptr<ServedVersion> ServedVersion::Load(const store::Store& store, const std::string& model,
+                                                   int64_t version, const BatchOptions& options,
+                                                   ServerMetrics* metrics) {
+  std::shared_ptr<ServedVersion> v(new ServedVersion());
+  v->model_ = model;
+  v->version_ = version;
+  v->options_ = options;
+  const std::string where = detail::StrCat(model, " version ", version);
+  store::Architecture arch = store.ReadArchitecture(model, version);
+  v->example_.assign(arch.input_shape().begin(), arch.input_shape().end());
+  std::unique_ptr<nn::Sequential> first = models::BuildModel(arch.model(), v->example_);
+  std::map<std::string, int64_t> offsets = LayOut(*first, v->weights_, true);
+  std::map<std::string, Shape> shapes;
+  for (auto& [name, p] : first->NamedParameters()) shapes["/model/" + name] = p->shape;
+  CheckPreparation(where, arch, v->example_);
+  std::map<std::string, bool> seen;
+  std::vector<std::pair<Tensor, int64_t>> staged;  // tensors stored in another dtype, converted below
+  store.Load(model, version, [&](const io::TensorRecord& t) -> void* {
+    auto it = offsets.find(t.path);
+    if (it == offsets.end()) return nullptr;
+    // Store::Load checks the file against the manifest; the tensors must also be the network's.
+    if (Shape(t.shape) != shapes[t.path])
+      TESSERA_THROW(ConfigError, where, ": ", t.path, " has shape ", ShapeString(t.shape),
+                    " but model.pbtxt's network needs ", ShapeString(shapes[t.path]));
+    seen[t.path] = true;
+    if (t.dtype == DType::kF32) return v->weights_.View(it->second, t.shape).raw_data();
+    staged.emplace_back(Tensor::Empty(t.shape, t.dtype), it->second);
+    return staged.back().first.raw_data();
+  });
+  for (const auto& [path, shape] : shapes)
+    if (!seen.count(path)) TESSERA_THROW(ConfigError, where, ": weights.h5 has no tensor ", path);
+  for (auto& [t, offset] : staged) v->weights_.View(offset, t.shape()).CopyFrom(t.Cast(DType::kF32));
+  v->architecture_ = arch;
+  v->example_numel_ = NumElements(v->example_);
+  v->out_features_ = models::OutFeatures(arch.model());
+  v->weights_bytes_ = static_cast<int64_t>(v->weights_.nbytes());
+
+  first->SetTraining(false);
+  v->replicas_.push_back(std::move(first));
+  for (int w = 1; w < std::max(1, options.workers); ++w) {
+    v->replicas_.push_back(models::BuildModel(arch.model(), v->example_));
+    LayOut(*v->replicas_.back(), v->weights_, false);
+    v->replicas_.back()->SetTraining(false);
+  }
+  // Warm-up: one batch through every replica, so the first request pays no first-touch costs and a
+  // version whose network cannot run is refused here rather than on a request.
+  std::vector<float> x(static_cast<size_t>(v->example_numel_) * options.max_batch_size, 0.0f);
+  std::vector<float> y(static_cast<size_t>(v->out_features_) * options.max_batch_size);
+  for (int w = 0; w < static_cast<int>(v->replicas_.size()); ++w) v->Forward(w, x.data(), options.max_batch_size, y.data());
+
+  ServedVersion* self = v.get();
+  std::string label = model;
+  v->batcher_ = std::make_unique<Batcher>(
+      options, v->example_numel_, v->out_features_,
+      [self](int worker, const float* xs, int64_t n, float* ys) { self->Forward(worker, xs, n, ys); },
+      [metrics, label](double queue_s, int64_t batch) {
+        if (!metrics) return;
+        metrics->queue_time.Observe({label}, queue_s);
+        metrics->batch_size.Observe({label}, static_cast<double>(batch));
+      });
+  return v;
+}
+
+ServedVersion::~ServedVersion() {
+  batcher_.reset();  // finishes what is queued and joins the workers
+  replicas_.clear();
+  weights_ = Tensor();
+  // The freed blocks would stay in tessera's caching allocator and in malloc's arenas; give them
+  // back, so a server that swaps versions all day holds the memory of the versions it serves.
+  GetAllocator(Device::CPU()).EmptyCache();
+  malloc_trim(0);
+}
+
+void ServedVersion::Forward(int worker, const float* x, int64_t n, float* y) {
+  Shape shape{n};
+  shape.insert(shape.end(), example_.begin(), example_.end());
+  Tensor in = Tensor::Empty(shape);
+  std::memcpy(in.raw_data(), x, in.nbytes());
+  Tensor out = replicas_[static_cast<size_t>(worker)]->Forward(in);
+  std::memcpy(y, out.raw_data(), sizeof(float) * static_cast<size_t>(n * out_features_));
+}
+
+std::vector<TensorMetadata> ServedVersion::Inputs() const {
+  Shape shape{-1};
+  shape.insert(shape.end(), example_.begin(), example_.end());
+  return {{kInputName, architecture_.input_dtype(), shape}};
+}
+
+std::vector<TensorMetadata> ServedVersion::Outputs() const {
+  return {{"logits", "FP32", {-1, out_features_}},
+          {"probabilities", "FP32", {-1, out_features_}},
+          {"classes", "INT64", {-1, -1}}};
+}
+
+int64_t ServedVersion::CheckInput(const InputTensor& in) const {
+  const std::string where = "input '" + in.name + "'";
+  if (in.name != kInputName)
+    throw RequestError(400, detail::StrCat("model ", model_, " version ", version_, " has one input, '", kInputName,
+                                           "'; the request names '", in.name, "'"));
+  const std::string& dtype = architecture_.input_dtype();
+  if (in.datatype != dtype && in.datatype != "FP32")
+    throw RequestError(400, detail::StrCat(where, ": datatype ", in.datatype, " is not accepted; model ", model_,
+                                           " takes ", dtype, dtype == "FP32" ? "" : " or FP32"));
+  const Shape& s = in.shape;
+  const bool full = s.size() == example_.size() + 1 && std::equal(example_.begin(), example_.end(), s.begin() + 1);
+  const bool flat = s.size() == 2 && s[1] == example_numel_;
+  if (!full && !flat) {
+    Shape want{-1};
+    want.insert(want.end(), example_.begin(), example_.end());
+    throw RequestError(400, detail::StrCat(where, ": shape ", ShapeString(s), " does not fit the model, which takes ",
+                                           ShapeString(want), " or [-1, ", example_numel_, "] (a batch first)"));
+  }
+  if (s[0] < 1 || s[0] > options_.max_batch_size)
+    throw RequestError(400, detail::StrCat(where, ": a batch of ", s[0], " examples; the server takes 1 to ",
+                                           options_.max_batch_size, " per request (--max-batch-size)"));
+  if (static_cast<int64_t>(in.values.size()) != s[0] * example_numel_)
+    throw RequestError(400, detail::StrCat(where, ": ", in.values.size(), " values for shape ", ShapeString(s)));
+  if (in.datatype == "UINT8")
+    for (size_t i = 0; i < in.values.size(); ++i)
+      if (!(in.values[i] >= 0 && in.values[i] <= 255))
+        throw RequestError(400, detail::StrCat(where, ": element ", i, " (", in.values[i], ") is not a UINT8"));
+  return s[0];
+}
+
+std::vector<float> ServedVersion::Logits(const InputTensor& input, int64_t* rows) const {
+  const int64_t n = CheckInput(input);
+  Shape shape{n};
+  shape.insert(shape.end(), example_.begin(), example_.end());
+  Tensor x = Tensor::Empty(shape);
+  std::memcpy(x.raw_data(), input.values.data(), x.nbytes());
+  const models::Normalize& norm = architecture_.normalize();
+  models::NormalizeExamples(x, norm.scale(), {norm.mean().begin(), norm.mean().end()},
+                            {norm.std().begin(), norm.std().end()});
+  std::vector<float> logits(static_cast<size_t>(n * out_features_));
+  batcher_->Run(x.data<float>(), n, logits.data());
+  *rows = n;
+  return logits;
+}
+
+}  // namespace tessera::serve
