@@ -194,6 +194,7 @@ void Repository::PollModel(const std::string& name, const VersionPolicy& policy)
       log_(detail::StrCat(name, ": ", error, serving.empty() ? "" : "; still serving version " + Join(Keys(serving))));
     m.last_error = error;
   }
+  ReleaseFreedMemory();
   if (!changed) return;
   log_(detail::StrCat(name, " (", policy.Describe(), ") serves version ", Join(Keys(serving)), ", by default ", def,
                       " (was ", Join(Keys(before.serving)), ")"));

@@ -1,5 +1,6 @@
 #include "serve/served_version.h"
 
+#include <hdf5.h>
 #include <malloc.h>
 
 #include <cmath>
@@ -118,7 +119,12 @@ ServedVersion::~ServedVersion() {
   weights_ = Tensor();
   // The freed blocks would stay in tessera's caching allocator and in malloc's arenas; give them
   // back, so a server that swaps versions all day holds the memory of the versions it serves.
+  ReleaseFreedMemory();
+}
+
+void ReleaseFreedMemory() {
   GetAllocator(Device::CPU()).EmptyCache();
+  H5garbage_collect();  // HDF5's free lists keep what each load read
   malloc_trim(0);
 }
 

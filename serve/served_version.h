@@ -65,4 +65,8 @@ class ServedVersion {
   std::unique_ptr<Batcher> batcher_;
 };
 
+// Gives memory freed since the last call back to the system: tessera's caching allocator, HDF5's
+// free lists and malloc's arenas. After a version is freed and after each load.
+void ReleaseFreedMemory();
+
 }  // namespace tessera::serve
