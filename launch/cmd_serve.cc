@@ -53,7 +53,7 @@ std::vector<Command> AddServeCommands(CLI::App& app) {
       "Examples:\n"
       "  tessera serve --store models --model fmnist-cnn@production\n"
       "  curl localhost:8000/v2/models/fmnist-cnn\n"
-      "  curl -X POST localhost:8000/v2/models/fmnist-cnn/infer -d @request.json\n"
+      "  curl -X POST localhost:8000/v2/models/fmnist-cnn/infer -H 'Content-Type: application/json' -d @request.json\n"
       "The API, version policies, swaps, metrics and limits: docs/serving.md");
   return {{s, [o, models, threads, no_batching] {
              if (o->repository.store_root.empty()) {
@@ -61,7 +61,14 @@ std::vector<Command> AddServeCommands(CLI::App& app) {
                if (!env) TESSERA_THROW(ConfigError, "which model store? Give --store ROOT or set TESSERA_STORE");
                o->repository.store_root = env;
              }
-             for (const std::string& m : *models) o->repository.models.push_back(serve::ParseModelPolicy(m));
+             for (const std::string& m : *models) {
+               serve::ModelPolicy p = serve::ParseModelPolicy(m);
+               for (const serve::ModelPolicy& q : o->repository.models)
+                 if (q.model == p.model)
+                   TESSERA_THROW(ConfigError, "--model names ", p.model, " twice; give one policy per model (",
+                                 p.model, "@1,3 serves two versions)");
+               o->repository.models.push_back(p);
+             }
              if (*threads > 0) SetNumThreads(*threads);
              o->repository.batching.batching = !*no_batching;
              return serve::RunServer(*o);

@@ -227,7 +227,7 @@ class InferenceService final : public pb::GRPCInferenceService::Service {
       if (!token_.empty()) {
         auto it = ctx->client_metadata().find("authorization");
         const std::string got = it == ctx->client_metadata().end() ? "" : std::string(it->second.data(), it->second.size());
-        if (got != "Bearer " + token_) throw RequestError(401, "this server wants metadata 'authorization: Bearer TOKEN'");
+        if (got.rfind("Bearer ", 0) != 0 || !SameToken(got.substr(7), token_)) throw RequestError(401, "this server wants metadata 'authorization: Bearer TOKEN'");
       }
       fn();
       return grpc::Status::OK;

@@ -26,14 +26,6 @@ void AnswerError(httplib::Response& res, const RequestError& e) {
   if (e.retry_after_s() > 0) res.set_header("Retry-After", std::to_string(static_cast<int>(std::ceil(e.retry_after_s()))));
 }
 
-// Equal-time comparison, so the token cannot be guessed a byte at a time from response times.
-bool SameToken(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
 bool OpenEndpoint(const std::string& path) { return path.rfind("/v2/health/", 0) == 0 || path == "/metrics"; }
 
 const char* kModelPath = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
@@ -108,6 +100,9 @@ void HttpServer::Routes() {
   s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     std::string why = res.status == 404   ? "no such endpoint: " + req.method + " " + req.path
+                      : res.status == 413 && req.get_header_value("Content-Type") == "application/x-www-form-urlencoded"
+                          ? "the body was sent as a form (application/x-www-form-urlencoded, curl -d's default), which "
+                            "is limited to 8 KiB: send it with 'Content-Type: application/json'"
                       : res.status == 413 ? "the request body is larger than this server takes (--max-body-bytes)"
                                           : "HTTP status " + std::to_string(res.status);
     res.set_content(ErrorJson(why), "application/json");

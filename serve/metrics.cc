@@ -111,7 +111,7 @@ ServerMetrics::ServerMetrics()
               MetricFamily::kHistogram, {"model", "protocol"}, kLatencyBuckets),
       queue_time("tessera_serve_queue_duration_seconds", "Time a request waited for its batch to start.",
                  MetricFamily::kHistogram, {"model"}, kLatencyBuckets),
-      batch_size("tessera_serve_batch_size", "Examples per forward pass the batcher ran.", MetricFamily::kHistogram,
+      batch_size("tessera_serve_batch_size", "Examples in the forward pass that answered each request (one observation per request).", MetricFamily::kHistogram,
                  {"model"}, kBatchBuckets),
       loaded("tessera_serve_version_loaded", "1 for each version loaded and serving.", MetricFamily::kGauge,
              {"model", "version"}),

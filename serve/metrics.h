@@ -52,7 +52,7 @@ struct ServerMetrics {
   MetricFamily failures;        // tessera_serve_request_failures_total{model,version,protocol,status}
   MetricFamily latency;         // tessera_serve_request_duration_seconds{model,protocol}
   MetricFamily queue_time;      // tessera_serve_queue_duration_seconds{model}
-  MetricFamily batch_size;      // tessera_serve_batch_size{model}
+  MetricFamily batch_size;      // tessera_serve_batch_size{model}, per request
   MetricFamily loaded;          // tessera_serve_version_loaded{model,version} (1 while loaded)
   MetricFamily swaps;           // tessera_serve_swaps_total{model}
   MetricFamily load_failures;   // tessera_serve_load_failures_total{model,version}

@@ -75,6 +75,13 @@ std::vector<float> DecodeRaw(const std::string& where, const std::string& t, con
   return out;
 }
 
+bool SameToken(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
 std::string OutputTensor::RawBytes() const {
   std::string out;
   if (datatype == "FP32") out.assign(reinterpret_cast<const char*>(f32.data()), f32.size() * sizeof(float));

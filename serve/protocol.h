@@ -84,4 +84,8 @@ std::vector<float> DecodeRaw(const std::string& where, const std::string& dataty
 // 400 naming `where` otherwise.
 int64_t CheckedElementCount(const std::string& where, const Shape& shape, int64_t limit);
 
+// Equal-time comparison of a bearer token, so it cannot be guessed a byte at a time from response
+// times (HTTP and gRPC both check tokens with it).
+bool SameToken(const std::string& got, const std::string& want);
+
 }  // namespace tessera::serve

@@ -174,6 +174,8 @@ void Repository::PollModel(const std::string& name, const VersionPolicy& policy)
   } catch (const std::exception& e) {  // the store itself: no such model or alias, unreadable
     error = e.what();
   }
+  if (error.empty() && wanted.empty() && before.serving.empty())
+    error = detail::StrCat("no version to serve in store ", options_.store_root, " (policy ", policy.Describe(), ")");
   std::map<int64_t, std::shared_ptr<const ServedVersion>> serving;
   for (int64_t v : wanted)
     if (loaded.count(v)) serving[v] = loaded[v];

@@ -61,7 +61,8 @@ int RunServer(ServerOptions o) {
   std::unique_ptr<GrpcServer> grpc;
   int grpc_port = -1;
   if (o.grpc_port >= 0) {
-    grpc = std::make_unique<GrpcServer>(repository, metrics, o.http.host, o.grpc_port, o.http.auth_token, draining);
+    grpc = std::make_unique<GrpcServer>(repository, metrics, o.http.host, o.grpc_port, o.http.auth_token, draining,
+                                        o.http.max_body_bytes);
     grpc_port = grpc->port();
   }
   std::thread http_thread([&http] { http.Serve(); });

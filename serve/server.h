@@ -18,8 +18,9 @@ struct ServerOptions {
   std::string port_file;  // once listening: {"http": PORT, "grpc": PORT, "pid": PID}, written atomically
 };
 
-// Runs the server until SIGTERM or SIGINT; returns the exit status. Errors at start (no store, a
-// port in use, no model loads) are thrown as tessera::Error.
+// Runs the server until SIGTERM or SIGINT; returns the exit status. A port in use or a bad token
+// file is thrown as tessera::Error; a store with nothing to serve yet is not an error (the server
+// starts, says so in the log, and answers not ready until a version loads).
 int RunServer(ServerOptions options);
 
 }  // namespace tessera::serve

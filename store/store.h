@@ -132,8 +132,8 @@ class Store {
   // the weights' tensors: one line per problem, each naming the model, version and file.
   std::vector<std::string> Verify(const std::string& model, int64_t version) const;
   // Reads version `version` of `model`: the manifest and architecture, then the weights into the
-  // buffers `sink` gives, checking every CRC and, concurrently, the file's sha256 against the
-  // manifest. IoError naming the file on any mismatch.
+  // buffers `sink` gives, checking, concurrently, the file's sha256 against the manifest (which
+  // covers every byte the per-tensor CRCs would). IoError naming the file on any mismatch.
   LoadedVersion Load(const std::string& model, int64_t version, const io::TensorSink& sink) const;
 
   // ---- writing ----------------------------------------------------------------------------------
