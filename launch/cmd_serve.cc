@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "core/device.h"
 #include "core/threads.h"
 #include "launch/commands.h"
 #include "serve/grpc_server.h"
@@ -37,6 +38,10 @@ std::vector<Command> AddServeCommands(CLI::App& app) {
       ->check(CLI::Range(1, 64))->capture_default_str();
   s->add_option("--threads", *threads, "Intra-op threads of the forward pass (default: $TESSERA_NUM_THREADS or 1)")
       ->check(CLI::Range(1, 256));
+  auto device = std::make_shared<std::string>("cpu");
+  s->add_option("--device", *device, "Where the forward pass runs: cpu, or cuda / cuda:N (a build with CUDA, on a "
+                                     "machine with a GPU)")
+      ->capture_default_str();
   s->add_option("--max-queue", o->repository.batching.max_queue,
                 "Requests waiting per version before the server answers 503 with Retry-After")
       ->check(CLI::Range(1, 1000000))->capture_default_str();
@@ -55,7 +60,20 @@ std::vector<Command> AddServeCommands(CLI::App& app) {
       "  curl localhost:8000/v2/models/fmnist-cnn\n"
       "  curl -X POST localhost:8000/v2/models/fmnist-cnn/infer -H 'Content-Type: application/json' -d @request.json\n"
       "The API, version policies, swaps, metrics and limits: docs/serving.md");
-  return {{s, [o, models, threads, no_batching] {
+  return {{s, [o, models, threads, no_batching, device] {
+             if (*device != "cpu") {
+               std::string why;
+               const bool cuda = device->rfind("cuda", 0) == 0;
+               const std::string index = cuda && device->size() > 5 && (*device)[4] == ':' ? device->substr(5) : "0";
+               if (!cuda || (device->size() > 4 && (*device)[4] != ':') || index.empty() ||
+                   index.find_first_not_of("0123456789") != std::string::npos || index.size() > 3)
+                 TESSERA_THROW(ConfigError, "--device '", *device, "': expected cpu, cuda or cuda:N");
+               if (!CudaAvailable(&why)) TESSERA_THROW(ConfigError, "--device ", *device, ": no GPU here (", why, ")");
+               const int n = std::stoi(index);
+               if (n >= CudaDeviceCount())
+                 TESSERA_THROW(ConfigError, "--device ", *device, ": this machine has ", CudaDeviceCount(), " GPUs");
+               o->repository.batching.device = Device::CUDA(n);
+             }
              if (o->repository.store_root.empty()) {
                const char* env = std::getenv("TESSERA_STORE");
                if (!env) TESSERA_THROW(ConfigError, "which model store? Give --store ROOT or set TESSERA_STORE");

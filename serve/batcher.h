@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/device.h"
+
 namespace tessera::serve {
 
 struct BatchOptions {
@@ -25,6 +27,7 @@ struct BatchOptions {
   int workers = 1;                   // batches run at once
   int max_queue = 1024;              // requests waiting; beyond this, 503
   bool batching = true;              // false: every request runs alone, as it arrives
+  Device device = Device::CPU();     // where the workers run the forward pass (the weights live there)
 };
 
 class Batcher {

@@ -87,6 +87,10 @@ std::shared_ptr<ServedVersion> ServedVersion::Load(const store::Store& store, co
   v->out_features_ = models::OutFeatures(arch.model());
   v->weights_bytes_ = static_cast<int64_t>(v->weights_.nbytes());
 
+  if (!options.device.is_cpu()) {  // read on the host, then one copy to the device for every replica
+    v->weights_ = v->weights_.To(options.device);
+    LayOut(*first, v->weights_, false);
+  }
   first->SetTraining(false);
   v->replicas_.push_back(std::move(first));
   for (int w = 1; w < std::max(1, options.workers); ++w) {
@@ -133,7 +137,9 @@ void ServedVersion::Forward(int worker, const float* x, int64_t n, float* y) {
   shape.insert(shape.end(), example_.begin(), example_.end());
   Tensor in = Tensor::Empty(shape);
   std::memcpy(in.raw_data(), x, in.nbytes());
+  if (!options_.device.is_cpu()) in = in.To(options_.device);
   Tensor out = replicas_[static_cast<size_t>(worker)]->Forward(in);
+  if (!out.device().is_cpu()) out = out.To(Device::CPU());
   std::memcpy(y, out.raw_data(), sizeof(float) * static_cast<size_t>(n * out_features_));
 }
 

@@ -338,6 +338,23 @@ TEST_F(RepositoryTest, LatestNAndSpecificVersions) {
   EXPECT_EQ(some.State("m").serving, (std::vector<int64_t>{1, 3}));
 }
 
+TEST_F(RepositoryTest, CudaWorkersAnswerWhatCpuWorkersAnswer) {
+  std::string why;
+  if (!CudaAvailable(&why)) GTEST_SKIP() << "no GPU: " << why;
+  Publish(0.7f);
+  Repository cpu(Options("m"), &metrics_, Log());
+  RepositoryOptions o = Options("m");
+  o.batching.device = Device::CUDA(0);
+  Repository gpu(o, &metrics_, Log());
+  cpu.Poll();
+  gpu.Poll();
+  std::vector<float> x = {1, -2, 0.5f, 3, 0.25f, 4, -1, 2};
+  int64_t rows = 0;
+  std::vector<float> a = cpu.Get("m", "")->Logits(Input(x), &rows), b = gpu.Get("m", "")->Logits(Input(x), &rows);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5) << i;
+}
+
 TEST(ModelPolicy, ParsesEveryFormAndNamesWhatIsWrong) {
   EXPECT_EQ(ParseModelPolicy("m").policy.Describe(), "latest");
   EXPECT_EQ(ParseModelPolicy("m@latest:3").policy.Describe(), "latest:3");
