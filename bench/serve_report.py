@@ -82,7 +82,7 @@ met = {
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
 meta = {"date": datetime.date.today().isoformat(), "machine": "%s, %d cores" % (cpu, os.cpu_count()),
         "kernel": platform.release(), "load_at_start": load_start, "load_at_end": load_end, "peer": peer_versions,
-        "tessera": tessera_version, "model_version": vdir, "model_source": source, "rounds": max(int(r["round"]) for r in rows if "round" in r)}
+        "tessera": tessera_version, "model_version": "/".join(os.path.normpath(vdir).split(os.sep)[-2:]), "model_source": source, "rounds": max(int(r["round"]) for r in rows if "round" in r)}
 json.dump({"meta": meta, "logits_check": logits, "cells": table, "targets": targets, "met": met, "runs": rows},
           open(os.path.join(out, "serve.json"), "w"), indent=1)
 

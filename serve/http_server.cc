@@ -156,7 +156,11 @@ void HttpServer::Routes() {
         if (h.empty() || *end != '\0' || header_length < 1)
           throw RequestError(400, "Inference-Header-Content-Length '" + h + "' is not a positive byte count");
       }
-      repository_.Get(model, req.matches[2]);  // a bad or unknown name is answered before the body is read
+      try {  // a name with path tricks is answered before the body is read
+        store::ValidateModelName(model);
+      } catch (const store::StoreError& e) {
+        throw RequestError(400, e.what());
+      }
       InferRequest request = ParseHttpInfer(req.body, header_length, model, req.matches[2], options_.limits);
       Inference done = RunInference(repository_, request);
       version_label = done.response.version;

@@ -196,7 +196,8 @@ void Repository::PollModel(const std::string& name, const VersionPolicy& policy)
       log_(detail::StrCat(name, ": ", error, serving.empty() ? "" : "; still serving version " + Join(Keys(serving))));
     m.last_error = error;
   }
-  ReleaseFreedMemory();
+  // Only after a load or a swap: at every poll it would also drop the workers' cached buffers.
+  if (changed || failed.size() != before.failed.size()) ReleaseFreedMemory();
   if (!changed) return;
   log_(detail::StrCat(name, " (", policy.Describe(), ") serves version ", Join(Keys(serving)), ", by default ", def,
                       " (was ", Join(Keys(before.serving)), ")"));

@@ -186,12 +186,6 @@ TEST(Batcher, AFullQueueIsRefusedWith503AndRetryAfter) {
 
 class RepositoryTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = ::testing::TempDir() + "tessera_serve_XXXXXX";
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    root_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(root_); }
   int64_t Publish(float seed, const std::string& alias = "") {
     store::PublishRequest r = mlp_.Request("m", seed);
     r.alias = alias;
@@ -223,7 +217,8 @@ class RepositoryTest : public ::testing::Test {
   InputTensor Input(std::vector<float> v) {
     return {"input", "FP32", {static_cast<int64_t>(v.size() / 4), 4}, std::move(v)};
   }
-  std::string root_;
+  datasets::testing::ScratchDir scratch_;
+  std::string root_ = scratch_.File("store");
   store::Mlp mlp_;
   ServerMetrics metrics_;
   std::vector<std::string> log_;

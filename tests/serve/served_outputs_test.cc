@@ -19,6 +19,7 @@
 #include "jobs/publish.h"
 #include "jobs/spec.h"
 #include "serve/http_server.h"
+#include "tests/datasets/test_util.h"
 
 namespace tessera::serve {
 namespace {
@@ -35,8 +36,8 @@ TEST(ServedOutputs, EqualTheTrainersEvaluationOnFashionMnist) {
   nn::FlatParameters params(*net, Device::CPU(), DType::kF32, 7);
   net->SetTraining(false);
 
-  std::string root = ::testing::TempDir() + "tessera_served_XXXXXX";
-  ASSERT_NE(mkdtemp(root.data()), nullptr);
+  datasets::testing::ScratchDir scratch;
+  const std::string root = scratch.File("store");
   store::PublishRequest pub;
   pub.model = "w1";
   for (const auto& e : params.entries()) pub.weights.push_back({e.name, e.param->shape, DType::kF32, e.param->value.raw_data()});
@@ -96,7 +97,6 @@ TEST(ServedOutputs, EqualTheTrainersEvaluationOnFashionMnist) {
   EXPECT_LE(worst, 1e-6) << "served logits differ from the trainer's evaluation";
   server.Stop();
   serving.join();
-  fs::remove_all(root);
 }
 
 }  // namespace
