@@ -124,7 +124,8 @@ void TrainingRun::JoinRanks() {
     ckpt_group_ = group_->Split(0, rank_);
   }
   const CheckpointSpec& cs = spec_.checkpoint();
-  if (cs.every_steps() > 0 || cs.every_minutes() > 0 || cs.save_final()) {
+  // A preemptible run can always checkpoint, whatever the spec asks for otherwise.
+  if (cs.every_steps() > 0 || cs.every_minutes() > 0 || cs.save_final() || opt_.preemptible) {
     CheckpointWriterOptions wo;
     wo.dir = plan_.ckpt_dir;
     wo.keep_last = cs.keep_last();
@@ -167,6 +168,12 @@ void TrainingRun::Announce() {
 }
 
 }  // namespace internal
+
+std::string DefaultRunDir(const std::string& name, std::time_t when) {
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&when));
+  return "runs/" + name + "-" + stamp;
+}
 
 TrainSummary Train(const JobSpec& spec, const TrainerOptions& opt) { return internal::TrainingRun(spec, opt).Run(); }
 

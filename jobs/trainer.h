@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,9 @@ struct TrainSummary {
   // publish { store ... }: the version published at the end (0: none).
   int64_t published_version = 0;
   std::string published_model, published_dir;
+  // TrainerOptions::preemptible: the signal the run stopped on (0: it ran to the end). The
+  // checkpoint of the step it stopped after is committed; summary.json is not written.
+  int preempted_by = 0;
 };
 
 struct TrainerOptions {
@@ -58,7 +62,13 @@ struct TrainerOptions {
   enum class Resume { kAuto, kRequire, kNever };
   Resume resume = Resume::kAuto;
   std::string resume_from;  // a specific checkpoint (file or directory) to continue from
+  // Stop at the next step boundary, with a committed checkpoint, once a signal watched by
+  // WatchPreemptSignals (jobs/preemption.h) has reached any rank.
+  bool preemptible = false;
 };
+
+// runs/NAME-YYYYmmdd-HHMMSS (local time `when`): where a run goes when no directory is named.
+std::string DefaultRunDir(const std::string& name, std::time_t when);
 
 // Runs `spec` (already validated by LoadJobSpec) to completion.
 TrainSummary Train(const JobSpec& spec, const TrainerOptions& options);

@@ -132,6 +132,36 @@ void TrainingRun::EvaluateAt(int64_t step, int epoch) {
   t_window_ = Clock::now();  // evaluation time does not count towards throughput
 }
 
+// ---- preemption (jobs/preemption.h) -------------------------------------------------------------
+
+// Whether any rank has received a preemption signal: one all-reduce of the signal number per step.
+bool TrainingRun::PreemptionAgreed() {
+  double sig = PreemptSignalReceived();
+  if (group_) {
+    Tensor v = Tensor::FromVector({sig}, {1}, DType::kF64);
+    group_->AllReduce(v, Collective(dist::ReduceOp::kMax))->Wait();
+    sig = v.data<double>()[0];
+  }
+  summary_.preempted_by = static_cast<int>(sig);
+  return sig != 0;
+}
+
+// Save the state after this step (or wait for the save of it already in flight), commit it, say so.
+void TrainingRun::StopForPreemption(double lr) {
+  log_->EndLine();
+  const std::string sig = SignalName(summary_.preempted_by);
+  log_->Say("%s: stopping after step %lld of %lld to checkpoint\n", sig.c_str(), static_cast<long long>(step_),
+            static_cast<long long>(total_steps_));
+  Save(lr);
+  writer_->Wait();
+  ReportCheckpoints();
+  log_->Emit({{"event", "preempted"}, {"step", step_}, {"signal", sig}, {"checkpoint", summary_.checkpoint}});
+  log_->Say("preempted: the checkpoint of step %lld is committed (%s); the run resumes from it when started again "
+            "with the same run directory\n",
+            static_cast<long long>(step_), summary_.checkpoint.c_str());
+  summary_.steps = step_;
+}
+
 // ---- checkpoints ------------------------------------------------------------------------------
 
 // The checkpoint of the state after `at` steps (lr: the rate of the last step).
@@ -201,6 +231,10 @@ TrainSummary TrainingRun::Run() {
       TrainStep(batch, lr);
       if (step_ % t_.log_every_steps() == 0 || step_ == total_steps_) LogWindow(lr, epoch);
       CheckpointAfterStep(lr);
+      if (opt_.preemptible && step_ < total_steps_ && PreemptionAgreed()) {
+        StopForPreemption(lr);
+        return summary_;
+      }
       const bool end_of_epoch = step_ % steps_per_epoch_ == 0;
       const bool eval_now = t_.eval_every_steps() > 0 ? step_ % t_.eval_every_steps() == 0 : end_of_epoch;
       if (eval_now && step_ < total_steps_) {

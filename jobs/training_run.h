@@ -20,6 +20,7 @@
 #include "dist/reducer.h"
 #include "jobs/build.h"
 #include "jobs/evaluate.h"
+#include "jobs/preemption.h"
 #include "jobs/publish.h"
 #include "jobs/resume.h"
 #include "jobs/run_log.h"
@@ -52,6 +53,8 @@ class TrainingRun {
   void LogWindow(double lr, int epoch);
   void CheckpointAfterStep(double lr);
   void EvaluateAt(int64_t step, int epoch);
+  bool PreemptionAgreed();
+  void StopForPreemption(double lr);
   // The end.
   void FinishCheckpoints();
   void PublishIfAsked();

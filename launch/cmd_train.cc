@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "dist/process_group.h"
+#include "jobs/preemption.h"
 #include "jobs/spec.h"
 #include "jobs/trainer.h"
 #include "launch/commands.h"
@@ -27,14 +28,13 @@ std::string DefaultRunDir(const std::string& name, dist::ProcessGroup* group) {
     group->Broadcast(t, 0)->Wait();
     now = static_cast<std::time_t>(*t.data<int64_t>());
   }
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
-  return "runs/" + name + "-" + stamp;
+  return jobs::DefaultRunDir(name, now);
 }
 
 struct TrainArgs {
   std::string job, run_dir, resume_from;
   std::vector<std::string> overrides;
+  std::vector<std::string> preempt_signals{"USR1", "TERM"};
   bool resume = false, no_resume = false, no_file_check = false;
 };
 
@@ -52,6 +52,11 @@ int RunTrain(const TrainArgs& a, RunState& state) {
                   " but this tessera was built without MPI (TESSERA_USE_MPI=OFF)");
 #endif
   }
+  std::vector<int> signals;
+  for (const std::string& name : a.preempt_signals)
+    if (name != "none") signals.push_back(jobs::ParseSignalName(name));
+  // After MPI_Init, so that these handlers, not the MPI library's, are the ones in place.
+  jobs::WatchPreemptSignals(signals);
   if (a.resume && a.run_dir.empty())
     TESSERA_THROW(ConfigError, "--resume continues a run directory: name it with --run-dir DIR (or give a "
                   "checkpoint with --resume-from)");
@@ -62,12 +67,20 @@ int RunTrain(const TrainArgs& a, RunState& state) {
   if (a.resume) o.resume = jobs::TrainerOptions::Resume::kRequire;
   if (a.no_resume) o.resume = jobs::TrainerOptions::Resume::kNever;
   o.resume_from = a.resume_from;
+  o.preemptible = !signals.empty();
   const bool lead = world.rank == 0;
   if (lead)
     std::printf("tessera %s: job '%s', %d rank%s (%s), run directory %s\n", TESSERA_VERSION, spec.name().c_str(),
                 world.size, world.size == 1 ? "" : "s", world.launcher.c_str(), o.run_dir.c_str());
   jobs::TrainSummary s = jobs::Train(spec, o);
-  if (lead) {
+  int status = 0;
+  if (s.preempted_by != 0) {
+    status = jobs::kExitPreempted;
+    if (lead)
+      std::printf("stopped by %s after step %lld: checkpoint committed; exit status %d (preempted: start the same "
+                  "command again, or requeue the job, to resume)\n",
+                  jobs::SignalName(s.preempted_by).c_str(), static_cast<long long>(s.steps), status);
+  } else if (lead) {
     if (s.resumed_from_step >= 0 && s.resumed_from_step == s.steps)
       std::printf("done: nothing to train (the run was complete at step %lld); test accuracy %.4f, macro F1 %.4f\n",
                   static_cast<long long>(s.steps), s.test_accuracy, s.test_f1);
@@ -83,7 +96,7 @@ int RunTrain(const TrainArgs& a, RunState& state) {
 #if TESSERA_USE_MPI
   if (state.distributed) dist::FinalizeMpi();
 #endif
-  return 0;
+  return status;
 }
 
 }  // namespace
@@ -107,6 +120,12 @@ std::vector<Command> AddTrainCommands(CLI::App& app, RunState& state) {
   CLI::Option* no_resume = train->add_flag("--no-resume", a->no_resume,
                                            "Start from scratch even if the run directory holds checkpoints (the "
                                            "checkpoints directory is renamed to checkpoints.earlier-TIME)");
+  train
+      ->add_option("--preempt-signal", a->preempt_signals,
+                   "On this signal, stop at the next step boundary with a committed checkpoint and exit with "
+                   "status 75, to be requeued and resumed (repeatable; 'none' turns it off)")
+      ->type_name("SIG")
+      ->default_str("USR1 TERM");
   resume->excludes(resume_from)->excludes(no_resume);
   resume_from->excludes(no_resume);
 

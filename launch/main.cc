@@ -5,6 +5,7 @@
 //   tessera ckpt inspect|verify PATH, tessera ckpt export PATH OUT.h5
 //   tessera store list|show|publish|alias|rollback|gc|verify ...   the model store
 //   tessera serve --store ROOT [--model NAME@POLICY]...           the inference server
+//   tessera submit JOB [--nodes N --gpus-per-node G ...] [--array LIST] [--dry-run]   to Slurm
 //   tessera --version
 #include <unistd.h>
 
@@ -47,11 +48,12 @@ int main(int argc, char** argv) {
       "  tessera store publish runs/a --store models --model fmnist-cnn --alias staging\n"
       "  tessera store list --store models    tessera store show fmnist-cnn@staging --store models\n"
       "  tessera serve --store models --model fmnist-cnn@production   (KServe v2 / Triton protocol on :8000, :8001)\n"
-      "Every field of a job spec, with its default: docs/job-spec.md; the model store: docs/model-store.md");
+      "  tessera submit jobs/examples/fmnist_cnn.pbtxt --nodes 2 --gpus-per-node 8 --time 4:00:00   (Slurm)\n"
+      "Every field of a job spec, with its default: docs/job-spec.md; the model store: docs/model-store.md; Slurm: docs/slurm.md");
 
   launch::RunState state{&argc, &argv};
   std::vector<launch::Command> commands = launch::AddTrainCommands(app, state);
-  for (auto* add : {&launch::AddCkptCommands, &launch::AddStoreCommands, &launch::AddServeCommands})
+  for (auto* add : {&launch::AddCkptCommands, &launch::AddStoreCommands, &launch::AddServeCommands, &launch::AddSubmitCommands})
     for (launch::Command& c : add(app)) commands.push_back(std::move(c));
   CLI11_PARSE(app, argc, argv);
   try {

@@ -28,6 +28,18 @@ bool ReadSlurmTasksPerNode(int* out) {
   return *out > 0;
 }
 
+// SLURM_STEP_ID (SLURM_STEPID in older releases): a number, or a name such as "batch".
+bool ReadStepId(int* out) {
+  for (const char* name : {"SLURM_STEP_ID", "SLURM_STEPID"}) {
+    const char* v = std::getenv(name);
+    if (v != nullptr && *v != '\0') {
+      *out = std::atoi(v);
+      return true;
+    }
+  }
+  return false;
+}
+
 void Check(const World& w, const char* rank_var) {
   if (w.size < 1) TESSERA_THROW(ConfigError, "the launcher reports a world of ", w.size, " ranks");
   if (w.rank >= w.size)
@@ -48,7 +60,10 @@ World DetectWorld() {
     Check(w, "OMPI_COMM_WORLD_RANK");
     return w;
   }
-  if (ReadInt("SLURM_PROCID", &w.rank)) {
+  // The batch shell of an sbatch job has SLURM_PROCID=0 and SLURM_NTASKS of the whole allocation
+  // but is one process: only a process that srun started has a step id.
+  int step = 0;
+  if (ReadStepId(&step) && ReadInt("SLURM_PROCID", &w.rank)) {
     w.launcher = "srun";
     ReadInt("SLURM_NTASKS", &w.size);
     if (!ReadInt("SLURM_LOCALID", &w.local_rank)) w.local_rank = 0;
