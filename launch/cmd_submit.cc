@@ -55,7 +55,11 @@ int RunSubmit(SubmitArgs& a) {
   o.tessera = fs::canonical("/proc/self/exe").string();
   o.job_spec = fs::absolute(a.job).lexically_normal().string();
   o.submit_dir = fs::current_path().string();
-  if (o.job_name.empty()) o.job_name = spec.name();
+  if (o.job_name.empty()) {  // the spec's name, with what sbatch cannot take replaced
+    o.job_name = spec.name();
+    for (char& c : o.job_name)
+      if (std::isspace(static_cast<unsigned char>(c)) || c == '\'' || c == '"' || c == '\\') c = '_';
+  }
   const std::string run_dir = a.run_dir.empty() ? jobs::DefaultRunDir(spec.name(), std::time(nullptr)) : a.run_dir;
   o.run_dir = fs::absolute(run_dir).lexically_normal().string();
   while (o.run_dir.size() > 1 && o.run_dir.back() == '/') o.run_dir.pop_back();

@@ -15,6 +15,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler
   libgtest-dev libcli11-dev nlohmann-json3-dev libssl-dev libdeflate-dev
   libcpp-httplib-dev libgrpc++-dev protobuf-compiler-grpc curl
+  slurmctld slurmd slurm-client munge
   dataset-fashion-mnist
   python3-h5py python3-numpy python3-torch
 )

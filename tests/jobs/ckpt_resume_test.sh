@@ -45,12 +45,6 @@ train() {  # NP RUN [ARGS...]: to completion
   launch "$@" || { cat "$2.out"; fail "$(basename "$2"): tessera train on $1 rank(s) failed"; }
   echo "  $(basename "$2"): $1 rank(s), done in $((SECONDS - t0)) s"
 }
-step_of() {  # the step of a checkpoint (file or directory), from its root attribute
-  "$PY" -c 'import h5py, sys, os
-p = sys.argv[1]
-p = os.path.join(p, "checkpoint.h5") if os.path.isdir(p) else p
-print(int(h5py.File(p, "r").attrs["step"]))' "$1"
-}
 
 compare() { "$PY" "$SRC/tests/jobs/compare_checkpoints.py" "$@"; }
 

@@ -35,3 +35,9 @@ run_tessera() {  # NP RUN_DIR OUT [ARGS...]
       "$TESSERA" train "$JOB" --run-dir "$run" "$@" > "$out" 2>&1
   fi
 }
+step_of() {  # the step of a checkpoint (file or directory), from its root attribute
+  "$PY" -c 'import h5py, sys, os
+p = sys.argv[1]
+p = os.path.join(p, "checkpoint.h5") if os.path.isdir(p) else p
+print(int(h5py.File(p, "r").attrs["step"]))' "$1"
+}
