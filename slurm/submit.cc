@@ -164,7 +164,9 @@ std::string RenderScript(const SubmitOptions& o) {
       {"TIME", o.time},
       {"PARTITION", o.partition},
       {"ACCOUNT", o.account},
-      {"SIGNAL", o.signal},
+      // mpirun's ranks are the batch shell's children: the shell takes the signal and passes it on.
+      {"SIGNAL", (o.launcher == "mpirun" ? "B:" : "") + o.signal},
+      {"PREEMPT_SIGNAL", jobs::SignalName(jobs::ParseSignalName(o.signal.substr(0, o.signal.find('@')))).substr(3)},
       {"SUBMIT_DIR", o.submit_dir},
       {"RUN_DIR", ShellQuote(o.run_dir)},
       {"TESSERA", ShellQuote(o.tessera)},

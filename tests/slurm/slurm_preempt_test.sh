@@ -7,9 +7,12 @@
 #       its run directory, finishes and publishes; its final checkpoint equals the reference's bit
 #       for bit; the version's manifest names the Slurm job id and restart count; `tessera serve`
 #       answers an infer request for that version;
+#   (b2) the same under `--launcher mpirun`, preempted through the batch shell (scancel -b), which
+#       passes the signal to mpirun and so to every rank;
 #   (c) a time-limit signal (--time 1 --signal USR1@55) reaching the ranks while a checkpoint save
 #       is in flight (a checkpoint every step), and a second signal during the preemption save:
 #       every committed checkpoint verifies, and latest is the preemption's.
+#   (d) plain scancel: SIGTERM reaches the ranks, which checkpoint; the job stays cancelled.
 # Usage: slurm_preempt_test.sh TESSERA SOURCE_DIR
 set -u
 TESSERA="$1"
@@ -97,6 +100,19 @@ kill $spid; wait $spid
 grep -q '"model_version":"1"' <<< "$resp" && grep -q '"name":"classes"' <<< "$resp" || fail "unexpected answer: $resp"
 echo "  tessera serve answered version 1: $resp"
 
+echo "== (b2) the same with mpirun inside the job: the batch shell gets the signal and passes it on"
+t0=$SECONDS
+job=$(submit "$DIR/mpirun" --launcher mpirun)
+wait_for_training "$DIR/mpirun" 60 || fail "job $job did not start training"
+scancel -b --signal=USR1 "$job" || fail "scancel -b --signal=USR1 $job failed"
+slurm_release_requeued "$job" 120 || fail "job $job was not requeued"
+r=$(slurm_wait "$job" 180)
+[ "$r" = "COMPLETED 0:0" ] || fail "job $job after the requeue: $r"
+grep -q "SIGUSR1 at .*; the ranks stop at the next step" "$DIR/mpirun/slurm-$job.out" || fail "the batch shell did not pass SIGUSR1 on"
+step=$(last_event_field "$DIR/mpirun" preempted step)
+echo -n "  job $job: preempted after step $step, requeued, resumed, $r, $((SECONDS - t0)) s; vs the uninterrupted job: "
+compare bitwise "$DIR/ref/checkpoints/latest" "$DIR/mpirun/checkpoints/latest" || fail "the mpirun job's weights differ"
+
 echo "== (c) the time-limit signal during a checkpoint save"
 # 784-1024-1024-10 (1.9M parameters, a 23 MB checkpoint) saved after every step: a save is in
 # flight whenever a step ends.
@@ -133,4 +149,15 @@ for d in "$run"/checkpoints/step-*; do
 done
 echo "  job $job: the signal came $(last_event_field "$run" preempted signal) after step $step with its save in flight;" \
      "latest is step $step; $n committed checkpoints verify; $((SECONDS - t0)) s"
+echo "== (d) scancel: the ranks checkpoint, and the job is not requeued"
+job=$(submit "$DIR/cancel")
+wait_for_training "$DIR/cancel" 60 || fail "job $job did not start training"
+scancel "$job"
+r=$(slurm_wait "$job" 60)
+[ "${r%% *}" = CANCELLED ] || fail "job $job after scancel: $r"
+sleep 1
+[ "$(slurm_state "$job")" = CANCELLED ] || fail "job $job came back after scancel: $(slurm_state "$job")"
+grep -q "the job is [A-Z]*, so it is not requeued here" "$DIR/cancel/slurm-$job.out" || fail "the log does not say why it was not requeued"
+"$TESSERA" ckpt verify "$DIR/cancel" > /dev/null || fail "the checkpoint written on scancel does not verify"
+echo "  job $job: $r; checkpoint of step $(last_event_field "$DIR/cancel" preempted step) committed; not requeued"
 echo "PASS"
