@@ -61,6 +61,45 @@ std::unique_ptr<nn::Sequential> BuildModel(const ModelSpec& m, const Shape& exam
   return BuildCnn(c);
 }
 
+namespace {
+
+// a * b + c, or -1 on overflow (or a negative operand).
+int64_t MulAdd(int64_t a, int64_t b, int64_t c) {
+  int64_t ab = 0, sum = 0;
+  if (a < 0 || b < 0 || c < 0 || __builtin_mul_overflow(a, b, &ab) || __builtin_add_overflow(ab, c, &sum)) return -1;
+  return sum;
+}
+
+// Parameters of Linear layers in -> hidden... -> out, added to `total`; -1 on overflow.
+int64_t AddLinearStack(int64_t total, int64_t in, const google::protobuf::RepeatedField<int64_t>& hidden, int64_t out) {
+  for (int64_t width : hidden) {
+    total = total < 0 ? -1 : MulAdd(in, width, total);  // weights
+    total = total < 0 ? -1 : MulAdd(width, 1, total);   // bias
+    in = width;
+  }
+  total = total < 0 ? -1 : MulAdd(in, out, total);
+  return total < 0 ? -1 : MulAdd(out, 1, total);
+}
+
+}  // namespace
+
+int64_t ParameterCount(const ModelSpec& m) {
+  if (m.has_mlp()) return AddLinearStack(0, m.mlp().in_features(), m.mlp().hidden(), m.mlp().out_features());
+  if (!m.has_cnn()) return 0;
+  const CnnSpec& s = m.cnn();
+  int64_t total = 0, c_in = s.in_channels(), h = s.height(), w = s.width();
+  const int64_t k2 = MulAdd(s.kernel(), s.kernel(), 0);
+  for (int64_t c : s.channels()) {
+    const int64_t per_out = MulAdd(c_in, k2, 1);  // a k x k filter over c_in channels, and a bias
+    total = per_out < 0 || total < 0 ? -1 : MulAdd(per_out, c, total);
+    c_in = c;
+    h /= 2;
+    w /= 2;
+  }
+  const int64_t flat = MulAdd(c_in, MulAdd(h, w, 0), 0);
+  return total < 0 || flat < 0 ? -1 : AddLinearStack(total, flat, s.hidden(), s.out_features());
+}
+
 int64_t OutFeatures(const ModelSpec& m) { return m.has_mlp() ? m.mlp().out_features() : m.cnn().out_features(); }
 
 Shape ImpliedExampleShape(const ModelSpec& m) {

@@ -19,6 +19,10 @@ std::unique_ptr<nn::Sequential> BuildModel(const ModelSpec& spec, const Shape& e
 // The number of outputs (logits) of the model.
 int64_t OutFeatures(const ModelSpec& spec);
 
+// The number of parameters BuildModel makes for `spec` (weights and biases), or -1 when a
+// product of its sizes overflows 64 bits. Sizes are taken as given: validate them first.
+int64_t ParameterCount(const ModelSpec& spec);
+
 // The example shape the spec itself implies: [in_channels, height, width] for a CNN,
 // [in_features] for an MLP (whose Flatten accepts any shape of that many values).
 Shape ImpliedExampleShape(const ModelSpec& spec);

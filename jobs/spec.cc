@@ -11,6 +11,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/io/durable.h"
+#include "core/model_spec.h"
 #include "store/store.h"
 
 namespace tessera::jobs {
@@ -100,12 +102,16 @@ std::string Join(const std::vector<std::string>& lines) {
   return out;
 }
 
+// A job spec is a small regular file: not a directory (once parsed as an empty spec), and not
+// /dev/zero or a FIFO (once read without end).
+constexpr int64_t kMaxSpecBytes = 16 << 20;
+
 std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) TESSERA_THROW(ConfigError, path, ": cannot open the job spec: ", std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  try {
+    return io::ReadSmallFile(path, kMaxSpecBytes, "a job spec");
+  } catch (const IoError& e) {
+    TESSERA_THROW(ConfigError, e.what());
+  }
 }
 
 std::string Dirname(const std::string& path) {
@@ -167,6 +173,11 @@ class Validator {
   std::vector<std::string> errors_;
 };
 
+// 2^40 parameters: 4.4 TB of fp32 weights, beyond any one process's memory.
+constexpr int64_t kMaxParameters = int64_t{1} << 40;
+// A batch's example offsets are multiplied by steps and ranks: 2^31 keeps them far from overflow.
+constexpr int64_t kMaxBatch = int64_t{1} << 31;
+
 template <typename T>
 std::string Got(T v) {
   return detail::StrCat(", got ", v);
@@ -174,6 +185,7 @@ std::string Got(T v) {
 
 void ValidateModel(const JobSpec& s, Validator& v) {
   const ModelSpec& m = s.model();
+  const size_t errors_before = v.errors().size();
   v.Require(m.family_case() != ModelSpec::FAMILY_NOT_SET, "model", "choose a model family: model { mlp { ... } } or model { cnn { ... } }");
   if (m.has_mlp()) {
     const MlpSpec& p = m.mlp();
@@ -201,6 +213,15 @@ void ValidateModel(const JobSpec& s, Validator& v) {
     v.Require(p.out_features() > 0, "model.cnn.out_features", "must be > 0" + Got(p.out_features()));
     v.Require(p.dropout() >= 0 && p.dropout() < 1, "model.cnn.dropout", "must be in [0, 1)" + Got(p.dropout()));
   }
+  if (v.errors().size() == errors_before && m.family_case() != ModelSpec::FAMILY_NOT_SET) {
+    // The sizes are positive: bound what they multiply to.
+    const int64_t n = models::ParameterCount(m);
+    const char* field = m.has_mlp() ? "model.mlp" : "model.cnn";
+    v.Require(n >= 0, field, "the layer sizes multiply past 2^63 parameters");
+    v.Require(n < 0 || n <= kMaxParameters, field,
+              detail::StrCat("the layer sizes give ", n, " parameters (", n * 4.0 / 1e9,
+                             " GB of fp32 weights alone); the most one process can hold is ", kMaxParameters));
+  }
 }
 
 void ValidateData(const JobSpec& s, Validator& v, bool check_files) {
@@ -219,12 +240,14 @@ void ValidateData(const JobSpec& s, Validator& v, bool check_files) {
     file("test_path", d.test_path());
     if (d.kind() == DataSpec::CSV) v.Require(!d.label_column().empty(), "data.label_column", "must name a column");
   }
-  v.Require(d.batch_size() >= 1, "data.batch_size", "must be >= 1" + Got(d.batch_size()));
+  v.Require(d.batch_size() >= 1 && d.batch_size() <= kMaxBatch, "data.batch_size",
+            detail::StrCat("must be in [1, ", kMaxBatch, "]", Got(d.batch_size())));
   int dp = s.parallel().data();
   v.Require(dp < 1 || d.batch_size() < 1 || d.batch_size() % dp == 0, "data.batch_size",
             detail::StrCat("the global batch ", d.batch_size(), " must divide evenly over parallel.data = ", dp, " ranks"));
   v.Require(d.prefetch() >= 1, "data.prefetch", "must be >= 1" + Got(d.prefetch()));
-  v.Require(d.eval_batch_size() >= 1, "data.eval_batch_size", "must be >= 1" + Got(d.eval_batch_size()));
+  v.Require(d.eval_batch_size() >= 1 && d.eval_batch_size() <= kMaxBatch, "data.eval_batch_size",
+            detail::StrCat("must be in [1, ", kMaxBatch, "]", Got(d.eval_batch_size())));
   const Normalize& n = d.normalize();
   v.Require(n.scale() != 0, "data.normalize.scale", "must not be 0");
   v.Require(n.mean_size() == n.std_size(), "data.normalize.mean",

@@ -2,6 +2,8 @@
 // named steps (launch checks, data, model and optimizer, where to start from, joining the ranks).
 #include "jobs/trainer.h"
 
+#include <unistd.h>
+
 #include "jobs/training_run.h"
 
 namespace tessera::jobs {
@@ -57,7 +59,19 @@ void TrainingRun::OpenData() {
   log_->Say("data: train %s\n      test  %s\n", train_data_->Describe().c_str(), test_data_->Describe().c_str());
 }
 
+// Weights and gradients alone take 8 bytes a parameter: refuse a model this machine cannot hold
+// before allocating it, rather than die of std::bad_alloc inside a layer's constructor.
+void CheckModelFitsInMemory(const ModelSpec& m) {
+  const int64_t n = models::ParameterCount(m);
+  const double need = 8.0 * static_cast<double>(n);
+  const double have = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  if (n < 0 || (have > 0 && need > have))
+    TESSERA_THROW(ConfigError, m.has_mlp() ? "model.mlp" : "model.cnn", ": ", n, " parameters need ", need / 1e9,
+                  " GB for their weights and gradients alone; this machine has ", have / 1e9, " GB of memory");
+}
+
 void TrainingRun::BuildModelAndOptimizer() {
+  CheckModelFitsInMemory(spec_.model());
   net_ = models::BuildModel(spec_.model(), train_data_->example_shape(), classes_);
   net_->set_needs_input_grad(false);
   params_ = std::make_unique<nn::FlatParameters>(*net_, Device::CPU(), DType::kF32, t_.seed());

@@ -39,5 +39,21 @@ EMPTY=$(mktemp -d)
 check ckpt-empty-dir 1 'no checkpoint there' -- "$TESSERA" ckpt verify "$EMPTY"
 check resume-nothing 1 '--resume: no committed checkpoint in' -- \
   "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --run-dir "$EMPTY" --resume
+# Not regular files: a device read without end, a directory parsed as an empty spec, a FIFO that
+# blocks the open (each once did so; now refused by name, at once).
+mkfifo "$EMPTY/fifo"
+check validate-dev-zero 1 '/dev/zero: is not a regular file .* refusing to read it as a job spec' -- \
+  timeout 10 "$TESSERA" validate /dev/zero
+check validate-directory 1 ': is a directory, not a job spec' -- timeout 10 "$TESSERA" validate "$EMPTY"
+check ckpt-verify-fifo 1 'fifo: is not a regular file .* refusing to read it as a checkpoint' -- \
+  timeout 10 "$TESSERA" ckpt verify "$EMPTY/fifo"
+check ckpt-inspect-device 1 '/dev/zero: is not a regular file' -- timeout 10 "$TESSERA" ckpt inspect /dev/zero
+# Sizes that used to pass validation and then crash (a wrapped parameter count, SIGFPE).
+check validate-huge-hidden 1 'model.mlp: the layer sizes multiply past 2\^63 parameters' -- \
+  "$TESSERA" validate "$SRC/jobs/examples/fmnist_mlp.pbtxt" --set model.mlp.hidden=23203451665043462
+check train-huge-batch 1 'data.batch_size: must be in \[1, 2147483648\], got 9223372036854775807' -- \
+  "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --set data.batch_size=9223372036854775807
+check train-too-big-for-memory 1 'model.mlp: [0-9]+ parameters need [0-9.]+ GB for their weights and gradients alone; this machine has' -- \
+  "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --set model.mlp.hidden=1000000,1000000 --run-dir "$EMPTY/big"
 rm -rf "$EMPTY"
 exit $fail

@@ -104,7 +104,10 @@ std::string ResolveCheckpoint(const std::string& path) {
   std::error_code ec;
   fs::path p(path);
   if (!fs::exists(p, ec)) TESSERA_THROW(IoError, path, ": no such file or directory");
-  if (!fs::is_directory(p, ec)) return path;
+  if (!fs::is_directory(p, ec)) {
+    io::RequireRegularFile(path, "a checkpoint");  // a FIFO or device would block or never end
+    return path;
+  }
   if (fs::is_regular_file(p / kFileName, ec)) return (p / kFileName).string();
   std::string found = FindLatestCheckpoint(path);
   if (found.empty() && fs::is_directory(p / "checkpoints", ec)) found = FindLatestCheckpoint((p / "checkpoints").string());

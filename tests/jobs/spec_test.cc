@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/model_spec.h"
 #include "jobs/spec.h"
 
 namespace tessera::jobs {
@@ -127,6 +128,31 @@ TEST_F(SpecTest, InconsistentSettings) {
   EXPECT_NE(msg.find("data.normalize.mean: mean has 1 values but std has 0"), std::string::npos) << msg;
   msg = ErrorOf(Valid("", "cnn { height: 4 width: 4 channels: 8 channels: 8 channels: 8 }"));
   EXPECT_NE(msg.find("pooling stages"), std::string::npos) << msg;
+}
+
+// Sizes that multiply past what any process could hold, or past 64 bits, are refused by validate
+// (they used to pass it, then wrap the parameter count and crash in FlatParameters).
+TEST_F(SpecTest, SizesThatMultiplyPastAnyMemoryAreRefused) {
+  std::string msg = ErrorOf(Valid(), {"model.mlp.hidden=23203451665043462"});
+  EXPECT_NE(msg.find("model.mlp: the layer sizes multiply past 2^63 parameters"), std::string::npos) << msg;
+  msg = ErrorOf(Valid(), {"model.mlp.hidden=2000000,2000000"});
+  EXPECT_NE(msg.find("model.mlp: the layer sizes give 4001592000010 parameters"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("", "cnn { channels: 4000000000 channels: 4000000000 }"));
+  EXPECT_NE(msg.find("model.cnn: the layer sizes multiply past 2^63"), std::string::npos) << msg;
+  msg = ErrorOf(Valid(), {"data.batch_size=9223372036854775807"});
+  EXPECT_NE(msg.find("data.batch_size: must be in [1, 2147483648], got 9223372036854775807"), std::string::npos) << msg;
+  msg = ErrorOf(Valid(), {"data.eval_batch_size=4294967296"});
+  EXPECT_NE(msg.find("data.eval_batch_size: must be in [1, 2147483648]"), std::string::npos) << msg;
+  EXPECT_EQ(ErrorOf(Valid(), {"model.mlp.hidden=100000,10000"}), "(no error)");  // large, but possible
+}
+
+// ParameterCount is what BuildModel builds.
+TEST_F(SpecTest, ParameterCountMatchesTheBuiltModel) {
+  for (const char* example : {"fmnist_mlp.pbtxt", "fmnist_cnn.pbtxt"}) {
+    JobSpec spec = LoadJobSpec(std::string(TESSERA_SOURCE_DIR) + "/jobs/examples/" + example, {}, false);
+    auto net = models::BuildModel(spec.model(), models::ImpliedExampleShape(spec.model()), 10);
+    EXPECT_EQ(models::ParameterCount(spec.model()), net->NumParameters()) << example;
+  }
 }
 
 TEST_F(SpecTest, OverridesApplyByFieldPath) {
