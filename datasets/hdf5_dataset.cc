@@ -1,6 +1,7 @@
 // OpenHdf5: features read on demand by hyperslab, labels held in memory.
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -93,6 +94,7 @@ class Hdf5Dataset : public Dataset {
   // Shape of a dataset's simple dataspace. Holds the lock.
   Shape DatasetShape(hid_t dataset, const std::string& name);
   void ReadLabels(hid_t dataset);  // holds the lock
+  void CheckFinite(const std::vector<int64_t>& rows, int64_t row) const;  // of staging_
 
   std::string path_, features_name_, labels_name_;
   Hdf5Handle file_, features_, file_space_;
@@ -101,6 +103,7 @@ class Hdf5Dataset : public Dataset {
   int num_classes_ = 0;
   std::vector<int32_t> labels_;
   std::vector<float> staging_;  // the unique rows of one Get, in file order
+  bool float_features_ = false;  // float data may hold NaN or Inf (checked per read); uint8 cannot
 };
 
 Hdf5Dataset::Hdf5Dataset(const std::string& path, const std::string& features_name, const std::string& labels_name)
@@ -126,6 +129,7 @@ Hdf5Dataset::Hdf5Dataset(const std::string& path, const std::string& features_na
       H5T_sign_t sign = TESSERA_H5_CHECK(DataError, H5Tget_sign(type.get()), Where(features_name));
       is_uint8 = bytes == 1 && sign == H5T_SGN_NONE;
     }
+    float_features_ = cls == H5T_FLOAT;
     if (cls != H5T_FLOAT && !is_uint8)
       TESSERA_THROW(DataError, Where(features_name), ": unsupported type ", TypeDescription(type.get()),
                     "; expected float (any width) or unsigned 8-bit integers");
@@ -233,6 +237,16 @@ void Hdf5Dataset::ReadLabels(hid_t dataset) {
   }
 }
 
+// A NaN or Inf feature would train silently into NaN weights (ReLU hides them from the loss), as
+// the CSV reader already refuses: name the example and the position.
+void Hdf5Dataset::CheckFinite(const std::vector<int64_t>& rows, int64_t row) const {
+  for (size_t r = 0; r < rows.size(); ++r)
+    for (int64_t j = 0; j < row; ++j)
+      if (!std::isfinite(staging_[r * row + j]))
+        TESSERA_THROW(DataError, Where(features_name_), ": example ", rows[r], " holds ", staging_[r * row + j],
+                      " at position ", j, " of ", row, "; features must be finite numbers");
+}
+
 void Hdf5Dataset::Get(const std::vector<int64_t>& indices, Tensor& features, Tensor& labels) {
   internal::CheckGetArgs(Describe(), size_, example_shape_, indices, features, labels);
   const size_t n = indices.size();
@@ -276,6 +290,7 @@ void Hdf5Dataset::Get(const std::vector<int64_t>& indices, Tensor& features, Ten
         DataError,
         H5Dread(features_.get(), H5T_NATIVE_FLOAT, mem.get(), file_space_.get(), H5P_DEFAULT, staging_.data()), where);
   }
+  if (float_features_) CheckFinite(rows, row);
   float* dst = features.data<float>();
   int32_t* ldst = labels.data<int32_t>();
   for (size_t i = 0; i < n; ++i) {

@@ -35,6 +35,7 @@ void TrainingRun::PublishIfAsked() {
             dataset_digests_.valid() ? dataset_digests_.get() : DatasetDigests(spec_);
         store::Lineage lineage =
             LineageOf(spec_, at, world_, opt_.run_dir, best ? "" : summary_.checkpoint, init_.get(), &datasets);
+        CheckWeightsFinite(best ? best_values_ : params_->values(), detail::StrCat("to publish (step ", at, ")"));
         result = PublishWeights(spec_, *params_, best ? best_values_ : params_->values(),
                                 ArchitectureOf(spec_, train_data_->example_shape(), classes_), metrics, lineage);
       }

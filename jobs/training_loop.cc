@@ -63,6 +63,7 @@ double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
 // Every log_every_steps: the job's loss and throughput (summed over ranks), the event and the
 // progress line; a time-based checkpoint when one is due.
 void TrainingRun::LogWindow(double lr, int epoch) {
+  CheckWeightsFinite(params_->values(), detail::StrCat("after step ", step_));
   auto now = Clock::now();
   double dt = window_time_ + Seconds(t_window_, now);
   window_time_ = 0;
@@ -192,8 +193,24 @@ CheckpointMeta TrainingRun::MetaAt(int64_t at, double lr) const {
   return m;
 }
 
+// NaN weights do not show in the loss (ReLU maps NaN to 0): check the weights themselves, one pass
+// over them, at each log window, before each save and publish, and when they are loaded.
+void TrainingRun::CheckWeightsFinite(const Tensor& values, const std::string& where) const {
+  if (std::isfinite(ops::SumSquares(values))) return;
+  std::string name = "(padding)";
+  for (const nn::FlatParameters::Entry& e : params_->entries())
+    if (!std::isfinite(ops::SumSquares(values.Slice0(e.offset, e.offset + e.numel)))) {
+      name = e.name;
+      break;
+    }
+  TESSERA_THROW(Error, "the weights hold NaN or Inf values (first in ", name, ") ", where,
+                "; nothing is saved or published. Lower optimizer.lr, set optimizer.clip_grad_norm, or check "
+                "data.normalize (features scaled too far overflow float32)");
+}
+
 void TrainingRun::Save(double lr) {
   if (step_ == last_saved_step_) return;
+  CheckWeightsFinite(params_->values(), detail::StrCat("after step ", step_));
   last_saved_step_ = step_;
   double stall = writer_->Save(layout_, MetaAt(step_, lr));
   last_save_ = Clock::now();

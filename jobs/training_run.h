@@ -68,6 +68,8 @@ class TrainingRun {
     return o;
   }
   CheckpointMeta MetaAt(int64_t at, double lr) const;
+  // Throws, naming the first parameter holding NaN or Inf, unless `values` are all finite.
+  void CheckWeightsFinite(const Tensor& values, const std::string& where) const;
   void Save(double lr);
   void ReportCheckpoints();
 

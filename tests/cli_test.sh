@@ -25,7 +25,7 @@ check validate-bad-value 1 'optimizer.lr: must be > 0, got -1' -- \
   "$TESSERA" validate "$SRC/jobs/examples/fmnist_mlp.pbtxt" --no-file-check --set optimizer.lr=-1
 check validate-bad-field 1 "no field 'epochz' in train" -- \
   "$TESSERA" validate "$SRC/jobs/examples/fmnist_mlp.pbtxt" --no-file-check --set train.epochz=1
-check train-missing-file 1 'cannot open the job spec' -- "$TESSERA" train /nonexistent/job.pbtxt
+check train-missing-file 1 'job.pbtxt: no such file \(a job spec\)' -- "$TESSERA" train /nonexistent/job.pbtxt
 check no-subcommand 106 'subcommand' -- "$TESSERA"
 check train-help-resume 0 '--resume-from' -- "$TESSERA" train --help
 check ckpt-help 0 'inspect.*verify.*export|export' -- "$TESSERA" ckpt --help
@@ -55,5 +55,10 @@ check train-huge-batch 1 'data.batch_size: must be in \[1, 2147483648\], got 922
   "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --set data.batch_size=9223372036854775807
 check train-too-big-for-memory 1 'model.mlp: [0-9]+ parameters need [0-9.]+ GB for their weights and gradients alone; this machine has' -- \
   "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --set model.mlp.hidden=1000000,1000000 --run-dir "$EMPTY/big"
+# NaN weights hide behind ReLU (the loss stays finite): the run must stop, and save nothing.
+check train-nan-weights 1 'the weights hold NaN or Inf values \(first in 1.weight\) after step 10; nothing is saved' -- \
+  "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --set data.normalize.scale=1e38 --set train.steps=60 \
+  --set train.log_every_steps=20 --set checkpoint.every_steps=10 --run-dir "$EMPTY/nan"
+[ -z "$(ls "$EMPTY/nan/checkpoints" 2>/dev/null)" ] || { echo "FAIL train-nan-weights: a checkpoint was saved"; fail=1; }
 rm -rf "$EMPTY"
 exit $fail

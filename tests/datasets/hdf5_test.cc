@@ -198,6 +198,25 @@ TEST_F(Hdf5Test, NegativeLabelIsRejected) {
   EXPECT_CONTAINS(msg, path_ + ", dataset 'labels': label -2 at row 4");
 }
 
+// NaN features once trained silently into NaN weights; the rows around them still read.
+TEST_F(Hdf5Test, NonFiniteFeatureIsADataErrorNamingTheExample) {
+  std::vector<float> f = Features();
+  f[5 * 6 + 4] = std::numeric_limits<float>::quiet_NaN();
+  {
+    Hdf5Writer w(path_);
+    w.Write("features", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {kN, 2, 3}, f.data());
+    w.Write("labels", H5T_STD_I64LE, H5T_NATIVE_INT64, {kN}, Labels().data());
+  }
+  std::unique_ptr<Dataset> d = OpenHdf5(path_, "features", "labels");
+  std::string msg = ThrownMessage<DataError>([&] {
+    Tensor x, y;
+    AllocateBatch(*d, 2, &x, &y);
+    d->Get({2, 5}, x, y);
+  });
+  EXPECT_CONTAINS(msg, path_ + ", dataset 'features': example 5 holds nan at position 4 of 6");
+  ExpectRows(*d, {4, 6, 0});
+}
+
 TEST_F(Hdf5Test, MissingAndNonHdf5Files) {
   std::string msg = ThrownMessage<IoError>([&] { OpenHdf5(dir_.File("none.h5"), "features", "labels"); });
   EXPECT_CONTAINS(msg, dir_.File("none.h5"));
