@@ -23,6 +23,7 @@ TrainingRun::TrainingRun(const JobSpec& spec, const TrainerOptions& opt)
   std::error_code ec;
   fs::create_directories(opt.run_dir, ec);
   if (ec) TESSERA_THROW(IoError, opt.run_dir, ": cannot create the run directory: ", ec.message());
+  if (lead_) lock_ = std::make_unique<RunDirLock>(opt.run_dir);  // before any clean-up of the directory
   const CheckpointSpec& cs = spec.checkpoint();
   plan_ = PlanResume(cs.dir().empty() ? opt.run_dir + "/checkpoints" : cs.dir(), opt, group_, timeout_s_);
   log_ = std::make_unique<RunLog>(opt.run_dir, spec, rank_, world_, opt.progress, !plan_.candidates.empty());

@@ -23,6 +23,7 @@
 #include "jobs/preemption.h"
 #include "jobs/publish.h"
 #include "jobs/resume.h"
+#include "jobs/run_lock.h"
 #include "jobs/run_log.h"
 #include "jobs/spec.h"
 #include "jobs/trainer.h"
@@ -81,6 +82,7 @@ class TrainingRun {
   int rank_ = 0, world_ = 1;
   bool lead_ = true;
   double timeout_s_;
+  std::unique_ptr<RunDirLock> lock_;  // rank 0's
   ResumePlan plan_;
   std::unique_ptr<RunLog> log_;
 

@@ -60,5 +60,14 @@ check train-nan-weights 1 'the weights hold NaN or Inf values \(first in 1.weigh
   "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --set data.normalize.scale=1e38 --set train.steps=60 \
   --set train.log_every_steps=20 --set checkpoint.every_steps=10 --run-dir "$EMPTY/nan"
 [ -z "$(ls "$EMPTY/nan/checkpoints" 2>/dev/null)" ] || { echo "FAIL train-nan-weights: a checkpoint was saved"; fail=1; }
+# Two runs on one run directory: the second is refused, naming the first; the first is unharmed.
+"$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --set train.epochs=2 --set checkpoint.every_steps=50 \
+  --run-dir "$EMPTY/shared" > "$EMPTY/first.out" 2>&1 &
+first=$!
+for i in $(seq 300); do grep -q '"event":"train"' "$EMPTY/shared/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+check train-run-dir-in-use 1 "the run directory $EMPTY/shared is in use by tessera pid $first on .* since" -- \
+  "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --run-dir "$EMPTY/shared"
+if wait $first && grep -q '^done: ' "$EMPTY/first.out"; then echo "ok   train-run-dir-first-unharmed"
+else echo "FAIL train-run-dir-first-unharmed:"; tail -5 "$EMPTY/first.out"; fail=1; fi
 rm -rf "$EMPTY"
 exit $fail
