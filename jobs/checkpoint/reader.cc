@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <regex>
 
 #include "core/io/check_queue.h"
 #include "core/io/hdf5.h"
@@ -162,7 +163,35 @@ std::vector<std::string> VerifyCheckpoint(const std::string& path) {
   return problems;
 }
 
+namespace {
+
+// The export is renamed over `out`: it must be a new path or a plain file of its own, never the
+// checkpoint itself, a `latest` link, a device, or a file inside a checkpoint directory.
+void CheckExportTarget(const std::string& checkpoint_path, const std::string& out) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(out, ec);
+  if (fs::exists(st)) {
+    if (fs::is_symlink(st))
+      TESSERA_THROW(IoError, out, ": is a symbolic link (a checkpoints directory's latest?); refusing to replace it: "
+                    "name a new file");
+    if (!fs::is_regular_file(st))
+      TESSERA_THROW(IoError, out, ": exists and is not a regular file; refusing to replace it: name a new file");
+    if (fs::equivalent(out, checkpoint_path, ec))
+      TESSERA_THROW(IoError, out, ": is the checkpoint being exported; name another file");
+  }
+  const fs::path parent = fs::absolute(out).lexically_normal().parent_path();
+  const std::string dir = parent.filename().string();
+  const bool step_dir = std::regex_match(dir, std::regex("\\.?step-[0-9]+(\\.partial)?"));
+  if (step_dir || fs::exists(fs::symlink_status(parent / "latest", ec)) ||
+      fs::is_regular_file(parent / "checkpoint.h5", ec))
+    TESSERA_THROW(IoError, out, ": is inside a checkpoint directory (", parent.string(),
+                  "), which tessera manages; export to a file elsewhere");
+}
+
+}  // namespace
+
 void ExportModel(const std::string& checkpoint_path, const std::string& out_path) {
+  CheckExportTarget(checkpoint_path, out_path);
   std::vector<Tensor> data;
   std::vector<io::WeightsView> views;
   io::WeightsMeta meta;

@@ -144,6 +144,23 @@ if out=$("$TESSERA" ckpt export "$run" "$work/model.h5" 2>&1) && "$TESSERA" ckpt
 else
   bad "export: $out"
 fi
+# 7. export never replaces what it must not: the checkpoint itself, `latest`, a device, a file in a
+#    checkpoint directory (once it renamed over its own input and lost the optimizer state).
+refuse_export() {  # NAME OUT EXPECTED
+  if out=$("$TESSERA" ckpt export "$run" "$2" 2>&1); then bad "export over $1 was accepted"
+  elif grep -qF -- "$3" <<<"$out"; then ok "export refuses $1: ${out#tessera: error: }"
+  else bad "export over $1: unclear error: $out"; fi
+}
+own=$(readlink -f "$latest")
+[ -d "$own" ] && own="$own/checkpoint.h5"
+refuse_export "its own input" "$own" "is the checkpoint being exported"
+refuse_export "latest" "$run/checkpoints/latest" "is a symbolic link"
+refuse_export "a device" /dev/null "is not a regular file"
+refuse_export "a new file in a step directory" "$(dirname "$own")/model.h5" "is inside a checkpoint directory"
+refuse_export "a new file in the checkpoints directory" "$run/checkpoints/model.h5" "is inside a checkpoint directory"
+"$TESSERA" ckpt verify "$run" > /dev/null 2>&1 && [ -c /dev/null ] && ok "the checkpoint and /dev/null are intact" \
+  || bad "a refused export damaged something"
+
 echo '{"/model/1.weight": [16, 4], "/model/1.bias": [16], "/model/3.weight": [3, 16], "/model/3.bias": [3]}' >"$work/model_shapes.json"
 if out=$("$PY" "$CHECK" "$work/model.h5" "$work/model_shapes.json" 2>&1); then ok "h5py vs export: $out"; else bad "h5py vs export: $out"; fi
 
