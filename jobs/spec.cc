@@ -302,7 +302,19 @@ void ValidatePublish(const JobSpec& s, Validator& v) {
   if (init.rfind("store://", 0) == 0) check("train.init_from", [&] { store::ParseVersionRef(init); });
 }
 
+// The name becomes a directory, runs/NAME-YYYYmmdd-HHMMSS: it must stay one component inside runs/.
+bool SafeInPath(const std::string& name) {
+  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-' || name.find("..") != std::string::npos)
+    return false;
+  for (char c : name)
+    if (c == '/' || c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
+  return true;
+}
+
 void ValidateRest(const JobSpec& s, Validator& v) {
+  v.Require(SafeInPath(s.name()), "name",
+            "'" + s.name() + "' cannot name a run directory: use up to 128 characters, no '/', '\\', '..' or control "
+            "characters, not starting with '.' or '-'");
   const TrainSpec& t = s.train();
   v.Require(t.steps() > 0 || t.epochs() >= 1, "train.epochs", "must be >= 1 (or set train.steps)" + Got(t.epochs()));
   v.Require(t.steps() >= 0, "train.steps", "must be >= 0 (0: use train.epochs)" + Got(t.steps()));
@@ -373,6 +385,22 @@ void ApplyOverride(JobSpec& spec, const std::string& assignment) {
     }
     walked += (walked.empty() ? "" : ".") + parts[i];
     const pb::Reflection* r = msg->GetReflection();
+    // A field of a oneof other than the one the spec chose (model.mlp.hidden on a cnn model) would
+    // silently replace the whole choice. Switching takes an explicit FIELD={} first.
+    const bool select = i + 1 == parts.size() && f->type() == pb::FieldDescriptor::TYPE_MESSAGE && value == "{}";
+    if (const pb::OneofDescriptor* o = f->containing_oneof(); o && !select) {
+      const pb::FieldDescriptor* chosen = r->GetOneofFieldDescriptor(*msg, o);
+      if (chosen && chosen != f) {
+        const std::string parent = walked.substr(0, walked.size() - parts[i].size());
+        TESSERA_THROW(ConfigError, "--set ", assignment, ": the spec's ", o->name(), " is ", parent, chosen->name(),
+                      "; setting ", walked, " would replace it with ", parts[i], " and drop every ", chosen->name(),
+                      " setting. To switch on purpose, give --set ", walked, "={} first");
+      }
+    }
+    if (select) {  // FIELD={}: choose this message (the oneof member) with its defaults
+      r->MutableMessage(msg, f)->Clear();
+      return;
+    }
     if (i + 1 < parts.size()) {
       if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE || f->is_repeated())
         TESSERA_THROW(ConfigError, "--set ", assignment, ": ", walked, " is not a message, so it has no field '", parts[i + 1], "'");
@@ -381,7 +409,7 @@ void ApplyOverride(JobSpec& spec, const std::string& assignment) {
     }
     if (f->type() == pb::FieldDescriptor::TYPE_MESSAGE)
       TESSERA_THROW(ConfigError, "--set ", assignment, ": ", walked, " is a message; set one of its fields, e.g. ",
-                    walked, ".", f->message_type()->field(0)->name(), "=...");
+                    walked, ".", f->message_type()->field(0)->name(), "=... (or ", walked, "={} for its defaults)");
     std::vector<std::string> values;
     if (f->is_repeated()) {
       r->ClearField(msg, f);

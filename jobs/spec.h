@@ -30,7 +30,9 @@ JobSpec ParseJobSpec(const std::string& text, const std::string& source);
 
 // Applies one "field.path=value" assignment. Repeated fields take a comma-separated list that
 // replaces their contents; strings are taken verbatim (no quotes needed). Throws ConfigError
-// naming the assignment and the problem (unknown field, not a scalar, bad value).
+// naming the assignment and the problem (unknown field, not a scalar, bad value). "MESSAGE={}"
+// resets a message to its defaults; a field of another member of a oneof than the one chosen (an
+// mlp field on a cnn model) is refused unless that member was chosen with "MEMBER={}" first.
 void ApplyOverride(JobSpec& spec, const std::string& assignment);
 
 // Sets every field that has a default (and the default lists of the model families) explicitly,

@@ -155,6 +155,32 @@ TEST_F(SpecTest, ParameterCountMatchesTheBuiltModel) {
   }
 }
 
+// --set model.mlp.hidden=5 on a cnn spec once turned the model into an MLP without a word.
+TEST_F(SpecTest, OverrideOfAnotherModelFamilyIsRefusedUnlessChosen) {
+  const std::string cnn = Valid("", "cnn { channels: 4 }");
+  std::string msg = ErrorOf(cnn, {"model.mlp.hidden=5"});
+  EXPECT_NE(msg.find("--set model.mlp.hidden=5: the spec's family is model.cnn; setting model.mlp would replace it"),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find("give --set model.mlp={} first"), std::string::npos) << msg;
+  JobSpec spec = LoadJobSpec(Write(cnn), {"model.mlp={}", "model.mlp.hidden=5"});
+  ASSERT_TRUE(spec.model().has_mlp());
+  EXPECT_EQ(spec.model().mlp().hidden_size(), 1);
+  EXPECT_EQ(spec.model().mlp().in_features(), 784);  // the defaults of the chosen family
+  // Within the chosen family, and outside oneofs, nothing changes.
+  EXPECT_EQ(LoadJobSpec(Write(cnn), {"model.cnn.hidden=7"}).model().cnn().hidden(0), 7);
+  EXPECT_EQ(LoadJobSpec(Write(Valid()), {"optimizer.schedule={}"}).optimizer().schedule().kind(),
+            JobSpec().optimizer().schedule().kind());
+}
+
+// The name becomes runs/NAME-STAMP: it must not climb out of runs/.
+TEST_F(SpecTest, NameThatLeavesTheRunsFolderIsRefused) {
+  for (const char* bad : {"name=../../etc", "name=a/b", "name=.hidden", "name=", "name=-rf"}) {
+    std::string msg = ErrorOf(Valid(), {bad});
+    EXPECT_NE(msg.find("cannot name a run directory"), std::string::npos) << bad << ": " << msg;
+  }
+  EXPECT_EQ(ErrorOf(Valid(), {"name=my run 2"}), "(no error)");
+}
+
 TEST_F(SpecTest, OverridesApplyByFieldPath) {
   JobSpec s = LoadJobSpec(Write(Valid()), {"train.epochs=7", "optimizer.lr=0.01", "optimizer.kind=SGD",
                                            "model.mlp.hidden=64,32", "name=renamed", "data.shuffle=false"});
