@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,9 +46,41 @@ bool ParseNumber(const std::string& field, double* value) {
   return end == field.c_str() + field.size();
 }
 
+// Where each column's value goes in an example: -1 for the label, else its feature position. With
+// `order` (the training file's feature columns), features are placed by name, and a column missing
+// from either side is an error; without, in file order. Duplicate names are refused: they cannot
+// be matched.
+std::vector<int64_t> FeatureSlots(const std::string& path, int64_t header_line, const std::vector<std::string>& names,
+                                  int64_t label_index, const std::vector<std::string>& order) {
+  std::vector<int64_t> slot(names.size(), -1);
+  std::map<std::string, int64_t> column_of;
+  for (int64_t c = 0; c < static_cast<int64_t>(names.size()); ++c) {
+    if (c == label_index) continue;
+    auto [it, fresh] = column_of.emplace(names[c], c);
+    if (!fresh)
+      TESSERA_THROW(DataError, path, ":", header_line, ": the column name ", Quote(names[c]), " appears twice (columns ",
+                    it->second + 1, " and ", c + 1, "); columns are matched by name, so each must be unique");
+    slot[c] = static_cast<int64_t>(column_of.size()) - 1;
+  }
+  if (order.empty()) return slot;
+  for (size_t k = 0; k < order.size(); ++k) {
+    auto it = column_of.find(order[k]);
+    if (it == column_of.end())
+      TESSERA_THROW(DataError, path, ":", header_line, ": no column ", Quote(order[k]),
+                    ", which the training file has; the test file's columns must be the training file's (any order)");
+    slot[it->second] = static_cast<int64_t>(k);
+    column_of.erase(it);
+  }
+  if (!column_of.empty())
+    TESSERA_THROW(DataError, path, ":", header_line, ": column ", Quote(column_of.begin()->first),
+                  " is not in the training file; the test file's columns must be the training file's (any order)");
+  return slot;
+}
+
 }  // namespace
 
-std::unique_ptr<Dataset> OpenCsv(const std::string& path, const std::string& label_column) {
+std::unique_ptr<Dataset> OpenCsv(const std::string& path, const std::string& label_column,
+                                 const std::vector<std::string>& feature_order) {
   std::ifstream in(path, std::ios::binary);
   if (!in) TESSERA_THROW(IoError, path, ": cannot open: ", std::strerror(errno));
 
@@ -90,7 +123,11 @@ std::unique_ptr<Dataset> OpenCsv(const std::string& path, const std::string& lab
                   "'; expected at least one feature column besides it");
 
   const int64_t num_features = columns - 1;
-  std::vector<float> features;
+  const std::vector<int64_t> slot = FeatureSlots(path, header_line, names, label_index, feature_order);
+  std::vector<std::string> feature_names(static_cast<size_t>(num_features));
+  for (int64_t c = 0; c < columns; ++c)
+    if (slot[c] >= 0) feature_names[slot[c]] = names[c];
+  std::vector<float> features, row(static_cast<size_t>(num_features));
   std::vector<int32_t> labels;
   int32_t max_label = 0;
   while (std::getline(in, line)) {
@@ -119,8 +156,9 @@ std::unique_ptr<Dataset> OpenCsv(const std::string& path, const std::string& lab
       if (!std::isfinite(x))
         TESSERA_THROW(DataError, path, ":", line_no, ": column ", c + 1, " ('", names[c], "'): got ", Quote(f),
                       ", expected a finite number within f32 range");
-      features.push_back(x);
+      row[slot[c]] = x;
     }
+    features.insert(features.end(), row.begin(), row.end());
   }
   if (in.bad()) TESSERA_THROW(IoError, path, ": read error after line ", line_no, ": ", std::strerror(errno));
   const int64_t n = static_cast<int64_t>(labels.size());
@@ -132,7 +170,9 @@ std::unique_ptr<Dataset> OpenCsv(const std::string& path, const std::string& lab
   std::memcpy(f.data<float>(), features.data(), features.size() * sizeof(float));
   Tensor l = Tensor::Empty({n}, DType::kI32);
   std::memcpy(l.data<int32_t>(), labels.data(), labels.size() * sizeof(int32_t));
-  return std::make_unique<InMemoryDataset>(f, l, max_label + 1, "csv " + path);
+  auto d = std::make_unique<InMemoryDataset>(f, l, max_label + 1, "csv " + path);
+  d->set_feature_names(std::move(feature_names));
+  return d;
 }
 
 }  // namespace tessera::datasets

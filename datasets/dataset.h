@@ -33,6 +33,8 @@ class Dataset {
   virtual void Get(const std::vector<int64_t>& indices, Tensor& features, Tensor& labels) = 0;
   // One line for logs: "idx /path/train-images... (60000 x [1, 28, 28], 10 classes)".
   virtual std::string Describe() const = 0;
+  // The names of the feature columns, in example order, where the file has them (CSV); else empty.
+  virtual std::vector<std::string> feature_names() const { return {}; }
 };
 
 // Host tensors of the right shapes and dtypes for Get of `n` examples of `dataset`.
@@ -48,6 +50,8 @@ class InMemoryDataset : public Dataset {
   int num_classes() const override { return num_classes_; }
   void Get(const std::vector<int64_t>& indices, Tensor& features, Tensor& labels) override;
   std::string Describe() const override;
+  std::vector<std::string> feature_names() const override { return feature_names_; }
+  void set_feature_names(std::vector<std::string> names) { feature_names_ = std::move(names); }
 
   const Tensor& features() const { return features_; }
   const Tensor& labels() const { return labels_; }
@@ -58,6 +62,7 @@ class InMemoryDataset : public Dataset {
   Shape example_shape_;
   int num_classes_ = 0;
   std::string description_;
+  std::vector<std::string> feature_names_;
 };
 
 // IDX images ([N, H, W], optionally gzip-compressed) and labels ([N]), held in memory as features
@@ -66,14 +71,18 @@ class InMemoryDataset : public Dataset {
 std::unique_ptr<Dataset> OpenIdx(const std::string& images_path, const std::string& labels_path);
 
 // A CSV file with a header row; every column is numeric. `label_column` (by header name) holds
-// integer class labels >= 0; every other column, in file order, is a feature: example_shape is
+// integer class labels >= 0; every other column, in file order (or by name: see feature_order), is
+// a feature: example_shape is
 // {columns - 1}. Fields are separated by commas and may be surrounded by spaces; header names may
 // be double-quoted; blank lines are skipped; CRLF line ends are accepted. Held in memory.
 // Throws IoError when the file cannot be read, and DataError naming the file, the line (1-based,
 // the header is line 1), the column and what was expected for: an empty file, a missing or
 // repeated label column, a row with the wrong number of fields, a non-numeric or non-finite
 // field, a negative or non-integer label, no data rows.
-std::unique_ptr<Dataset> OpenCsv(const std::string& path, const std::string& label_column);
+// `feature_order`: the training file's feature_names(); the test file's columns are then matched to
+// them by name (in any order), and a column missing on either side is a DataError.
+std::unique_ptr<Dataset> OpenCsv(const std::string& path, const std::string& label_column,
+                                 const std::vector<std::string>& feature_order = {});
 
 // An HDF5 file with a dataset `features_dataset` of shape [N, ...] (float of any width, or
 // unsigned 8-bit integers, read as f32 with their raw values) and an integer dataset

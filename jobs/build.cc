@@ -4,13 +4,14 @@
 
 namespace tessera::jobs {
 
-std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& d, bool train) {
+std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& d, bool train, const datasets::Dataset* train_set) {
   switch (d.kind()) {
     case DataSpec::IDX:
       return train ? datasets::OpenIdx(d.train_images(), d.train_labels())
                    : datasets::OpenIdx(d.test_images(), d.test_labels());
     case DataSpec::CSV:
-      return datasets::OpenCsv(train ? d.train_path() : d.test_path(), d.label_column());
+      return datasets::OpenCsv(train ? d.train_path() : d.test_path(), d.label_column(),
+                               train_set ? train_set->feature_names() : std::vector<std::string>{});
     case DataSpec::HDF5:
       return datasets::OpenHdf5(train ? d.train_path() : d.test_path(), d.features_dataset(), d.labels_dataset());
   }

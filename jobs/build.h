@@ -15,7 +15,9 @@
 namespace tessera::jobs {
 
 // The training (train = true) or test split named by `data`.
-std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& data, bool train);
+// `train_set`: for the test split, the training set it must match (CSV columns are matched by name).
+std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& data, bool train,
+                                             const datasets::Dataset* train_set = nullptr);
 std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, nn::FlatParameters& p);
 std::unique_ptr<optim::LrSchedule> BuildSchedule(const OptimizerSpec& o, int64_t total_steps);
 // "cosine(lr=0.001, warmup_steps=100, total_steps=1407, min_lr=0)": what the rate at any step follows.

@@ -50,7 +50,7 @@ void TrainingRun::CheckLaunch() {
 
 void TrainingRun::OpenData() {
   train_data_ = OpenSplit(spec_.data(), true);
-  test_data_ = OpenSplit(spec_.data(), false);
+  test_data_ = OpenSplit(spec_.data(), false, train_data_.get());
   if (test_data_->example_shape() != train_data_->example_shape())
     TESSERA_THROW(DataError, "test examples have shape ", ShapeString(test_data_->example_shape()),
                   " but training examples ", ShapeString(train_data_->example_shape()));

@@ -14,8 +14,8 @@ using testing::ThrownMessage;
 
 class CsvTest : public ::testing::Test {
  protected:
-  std::string Write(const std::string& text) {
-    std::string path = dir_.File("table.csv");
+  std::string Write(const std::string& text, const std::string& name = "table.csv") {
+    std::string path = dir_.File(name);
     std::ofstream(path, std::ios::binary) << text;
     return path;
   }
@@ -87,6 +87,28 @@ TEST_F(CsvTest, EmptyHeaderOnlyAndDegenerateFiles) {
 TEST_F(CsvTest, MissingFileIsAnIoError) {
   std::string msg = ThrownMessage<IoError>([&] { OpenCsv(dir_.File("nope.csv"), "label"); });
   EXPECT_CONTAINS(msg, dir_.File("nope.csv"));
+}
+
+// A test file with its columns in another order once scored 0.466 instead of 0.974, silently: the
+// columns are matched to the training file's by name.
+TEST_F(CsvTest, TestColumnsAreMatchedToTrainingColumnsByName) {
+  std::unique_ptr<Dataset> train = OpenCsv(Write("a,b,label\n1,2,0\n", "train.csv"), "label");
+  EXPECT_EQ(train->feature_names(), (std::vector<std::string>{"a", "b"}));
+  std::unique_ptr<Dataset> test = OpenCsv(Write("label, b ,a\n1,20,10\n0,40,30\n", "test.csv"), "label",
+                                          train->feature_names());
+  Tensor f, l;
+  AllocateBatch(*test, 2, &f, &l);
+  test->Get({0, 1}, f, l);
+  EXPECT_EQ(f.ToVector(), (std::vector<double>{10, 20, 30, 40}));  // a before b, as in training
+  EXPECT_EQ(l.ToVector(), (std::vector<double>{1, 0}));
+  const std::vector<std::string> order = train->feature_names();
+  EXPECT_CONTAINS(ThrownMessage<DataError>([&] { OpenCsv(Write("a,label\n1,0\n", "t1.csv"), "label", order); }),
+                  "t1.csv:1: no column 'b', which the training file has");
+  EXPECT_CONTAINS(
+      ThrownMessage<DataError>([&] { OpenCsv(Write("a,b,c,label\n1,2,3,0\n", "t2.csv"), "label", order); }),
+      "t2.csv:1: column 'c' is not in the training file");
+  EXPECT_CONTAINS(ThrownMessage<DataError>([&] { OpenCsv(Write("a,a,label\n1,2,0\n", "t3.csv"), "label"); }),
+                  "t3.csv:1: the column name 'a' appears twice (columns 1 and 2)");
 }
 
 TEST_F(CsvTest, GetChecksIndicesAndTensors) {
