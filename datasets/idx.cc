@@ -1,5 +1,6 @@
 #include "datasets/idx.h"
 
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -12,70 +13,103 @@
 namespace tessera::datasets {
 namespace {
 
-// Reads the whole (possibly gzip-compressed) file.
-std::vector<uint8_t> ReadAll(const std::string& path) {
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (f == nullptr) TESSERA_THROW(IoError, path, ": cannot open: ", std::strerror(errno));
-  std::vector<uint8_t> out;
-  uint8_t buf[1 << 16];
-  for (;;) {
-    int n = gzread(f, buf, sizeof buf);
-    if (n < 0) {
-      int err = 0;
-      std::string msg = gzerror(f, &err);
-      gzclose(f);
-      TESSERA_THROW(DataError, path, ": corrupt or truncated compressed data after ", out.size(),
-                    " bytes: ", msg);
-    }
-    if (n == 0) break;
-    out.insert(out.end(), buf, buf + n);
+// A (possibly gzip-compressed) file read in order. Reads stop where the header says the data
+// ends: a small file that inflates to gigabytes is never inflated past what it declares.
+class GzStream {
+ public:
+  explicit GzStream(const std::string& path) : path_(path), f_(gzopen(path.c_str(), "rb")) {
+    if (f_ == nullptr) TESSERA_THROW(IoError, path, ": cannot open: ", std::strerror(errno));
   }
-  // zlib reports a gzip stream cut short only through gzerror/Z_BUF_ERROR at close.
-  int rc = gzclose(f);
-  if (rc != Z_OK)
-    TESSERA_THROW(DataError, path, ": the compressed stream ends early (truncated file) after ",
-                  out.size(), " bytes");
-  return out;
-}
+  ~GzStream() {
+    if (f_) gzclose(f_);
+  }
+  GzStream(const GzStream&) = delete;
+  GzStream& operator=(const GzStream&) = delete;
+
+  // Up to n bytes into out; fewer only at the end of the stream.
+  size_t Read(uint8_t* out, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      const unsigned chunk = static_cast<unsigned>(std::min<size_t>(n - got, 1u << 30));
+      int r = gzread(f_, out + got, chunk);
+      if (r < 0) {
+        int err = 0;
+        std::string msg = gzerror(f_, &err);
+        TESSERA_THROW(DataError, path_, ": corrupt or truncated compressed data after ", offset_ + got, " bytes: ", msg);
+      }
+      if (r == 0) break;
+      got += static_cast<size_t>(r);
+    }
+    offset_ += got;
+    return got;
+  }
+  // The end: zlib reports a gzip stream cut short only through gzclose's status.
+  void Close() {
+    int rc = gzclose(f_);
+    f_ = nullptr;
+    if (rc != Z_OK)
+      TESSERA_THROW(DataError, path_, ": the compressed stream ends early (truncated file) after ", offset_, " bytes");
+  }
+  size_t offset() const { return offset_; }
+
+ private:
+  std::string path_;
+  gzFile f_;
+  size_t offset_ = 0;
+};
 
 uint32_t BigEndian32(const uint8_t* p) {
   return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
 }
 
+// The data bytes a header's dimensions declare, refused before any allocation when they overflow
+// or exceed this machine's memory (the pixels are later held again as float32: 4 bytes each).
+size_t DeclaredBytes(const std::string& path, const Shape& dims) {
+  uint64_t count = 1;
+  bool overflow = false;
+  for (int64_t d : dims) overflow |= __builtin_mul_overflow(count, static_cast<uint64_t>(d), &count);
+  const double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  if (overflow)
+    TESSERA_THROW(DataError, path, ": the header declares ", ShapeString(dims), ": more than 2^64 bytes; not reading it");
+  if (memory > 0 && 5.0 * static_cast<double>(count) > memory)
+    TESSERA_THROW(DataError, path, ": the header declares ", ShapeString(dims), ", ", count, " bytes (",
+                  5.0 * static_cast<double>(count) / 1e9, " GB held as bytes and float32): more than this machine's ",
+                  memory / 1e9, " GB of memory; not reading it");
+  return static_cast<size_t>(count);
+}
+
 }  // namespace
 
 IdxArray ReadIdx(const std::string& path) {
-  std::vector<uint8_t> bytes = ReadAll(path);
-  if (bytes.size() < 4)
-    TESSERA_THROW(DataError, path, ": ", bytes.size(), " bytes is too short for an IDX header (4-byte magic expected)");
-  if (bytes[0] != 0 || bytes[1] != 0)
-    TESSERA_THROW(DataError, path, ": byte 0: not an IDX file (magic starts with ", int(bytes[0]), " ",
-                  int(bytes[1]), ", expected 0 0)");
-  if (bytes[2] != 0x08)
-    TESSERA_THROW(DataError, path, ": byte 2: element type 0x", std::hex, int(bytes[2]),
+  GzStream in(path);
+  uint8_t head[4 + 4 * 4];
+  const size_t got = in.Read(head, 4);
+  if (got < 4) TESSERA_THROW(DataError, path, ": ", got, " bytes is too short for an IDX header (4-byte magic expected)");
+  if (head[0] != 0 || head[1] != 0)
+    TESSERA_THROW(DataError, path, ": byte 0: not an IDX file (magic starts with ", int(head[0]), " ", int(head[1]),
+                  ", expected 0 0)");
+  if (head[2] != 0x08)
+    TESSERA_THROW(DataError, path, ": byte 2: element type 0x", std::hex, int(head[2]),
                   " is not supported (expected 0x08, unsigned byte)");
-  int ndim = bytes[3];
-  if (ndim < 1 || ndim > 4)
-    TESSERA_THROW(DataError, path, ": byte 3: ", ndim, " dimensions (expected 1 to 4)");
-  size_t header = 4 + 4 * static_cast<size_t>(ndim);
-  if (bytes.size() < header)
-    TESSERA_THROW(DataError, path, ": truncated header: ", bytes.size(), " bytes, expected ", header,
-                  " for ", ndim, " dimensions");
+  int ndim = head[3];
+  if (ndim < 1 || ndim > 4) TESSERA_THROW(DataError, path, ": byte 3: ", ndim, " dimensions (expected 1 to 4)");
+  const size_t header = 4 + 4 * static_cast<size_t>(ndim);
+  if (size_t more = in.Read(head + 4, header - 4); more < header - 4)
+    TESSERA_THROW(DataError, path, ": truncated header: ", 4 + more, " bytes, expected ", header, " for ", ndim,
+                  " dimensions");
   IdxArray a;
-  size_t count = 1;
-  for (int i = 0; i < ndim; ++i) {
-    uint32_t d = BigEndian32(&bytes[4 + 4 * i]);
-    a.dims.push_back(d);
-    count *= d;
-  }
-  size_t body = bytes.size() - header;
+  for (int i = 0; i < ndim; ++i) a.dims.push_back(BigEndian32(&head[4 + 4 * i]));
+  const size_t count = DeclaredBytes(path, a.dims);
+  a.data.resize(count);
+  const size_t body = in.Read(a.data.data(), count);
   if (body < count)
-    TESSERA_THROW(DataError, path, ": truncated: byte ", bytes.size(), " ends the file but the header (",
+    TESSERA_THROW(DataError, path, ": truncated: byte ", header + body, " ends the file but the header (",
                   ShapeString(a.dims), ") needs ", count, " data bytes after offset ", header, ", got ", body);
-  if (body > count)
-    TESSERA_THROW(DataError, path, ": ", body - count, " unexpected bytes after the ", count,
+  uint8_t extra[4096];
+  if (size_t n = in.Read(extra, sizeof extra); n > 0)
+    TESSERA_THROW(DataError, path, ": ", n == sizeof extra ? "at least " : "", n, " unexpected bytes after the ", count,
                   " data bytes that the header (", ShapeString(a.dims), ") describes");
-  a.data.assign(bytes.begin() + header, bytes.end());
+  in.Close();
   return a;
 }
 

@@ -1,6 +1,7 @@
 #include "datasets/idx.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <zlib.h>
 
 #include <cstdint>
@@ -110,6 +111,41 @@ TEST_F(IdxTest, TruncatedBodyNamesFileAndExpectedSize) {
   EXPECT_CONTAINS(msg, "truncated");
   EXPECT_CONTAINS(msg, "needs 18 data bytes");
   EXPECT_CONTAINS(msg, "got 13");
+}
+
+// A 4 MB gzip file once inflated whole to 4.3 GB before its header was looked at. The reader now
+// stops where the header says the data ends: 256 MB of zeros after 18 declared bytes are refused
+// with a bounded read, and the process's peak memory does not grow by the inflated size.
+TEST_F(IdxTest, DataBeyondTheHeaderIsNeverInflated) {
+  {
+    gzFile f = gzopen(images_.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::vector<uint8_t> head = IdxBytes({3, 2, 3}, Pixels());
+    ASSERT_EQ(gzwrite(f, head.data(), static_cast<unsigned>(head.size())), static_cast<int>(head.size()));
+    std::vector<uint8_t> zeros(1 << 20, 0);
+    for (int i = 0; i < 256; ++i) ASSERT_EQ(gzwrite(f, zeros.data(), 1u << 20), 1 << 20);
+    ASSERT_EQ(gzclose(f), Z_OK);
+  }
+  WriteGzip(labels_, IdxBytes({3}, kLabels));
+  struct rusage before {};
+  getrusage(RUSAGE_SELF, &before);
+  std::string msg = ThrownMessage<DataError>([&] { OpenIdx(images_, labels_); });
+  struct rusage after {};
+  getrusage(RUSAGE_SELF, &after);
+  EXPECT_CONTAINS(msg, images_ + ": at least 4096 unexpected bytes after the 18 data bytes that the header ([3, 2, 3])");
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 64 << 10) << "KiB of peak RSS growth";
+}
+
+// A header that declares more than the machine holds is refused before anything is allocated.
+TEST_F(IdxTest, HeaderDeclaringMoreThanMemoryIsRefused) {
+  WriteGzip(images_, IdxBytes({4000000000u, 1000000u, 1000000u}, {}));
+  WriteGzip(labels_, IdxBytes({3}, kLabels));
+  std::string msg = ThrownMessage<DataError>([&] { OpenIdx(images_, labels_); });
+  EXPECT_CONTAINS(msg, images_ + ": the header declares [4000000000, 1000000, 1000000]: more than 2^64 bytes");
+  WriteGzip(images_, IdxBytes({400000u, 100000u, 100000u}, {}));
+  msg = ThrownMessage<DataError>([&] { OpenIdx(images_, labels_); });
+  EXPECT_CONTAINS(msg, "4000000000000000 bytes");
+  EXPECT_CONTAINS(msg, "more than this machine's");
 }
 
 TEST_F(IdxTest, TruncatedCompressedStreamNamesFile) {
