@@ -142,9 +142,9 @@ std::unique_ptr<Dataset> OpenCsv(const std::string& path, const std::string& lab
       double v = 0;
       const std::string& f = fields[c];
       if (c == label_index) {
-        if (!ParseNumber(f, &v) || !(v >= 0) || v != std::floor(v) || v > std::numeric_limits<int32_t>::max())
+        if (!ParseNumber(f, &v) || !(v >= 0) || v != std::floor(v) || v >= static_cast<double>(kMaxClasses))
           TESSERA_THROW(DataError, path, ":", line_no, ": column ", c + 1, " ('", names[c], "'): got ", Quote(f),
-                        ", expected a class label: an integer >= 0");
+                        ", expected a class label: an integer in [0, ", kMaxClasses, ")");
         labels.push_back(static_cast<int32_t>(v));
         if (labels.back() > max_label) max_label = labels.back();
         continue;

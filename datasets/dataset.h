@@ -17,6 +17,10 @@ namespace tessera::datasets {
 
 // Thread-compatible: a Dataset may be used from any thread, one thread at a time. While a Loader
 // runs over a dataset, the loader's thread is the one that calls Get.
+// The most classes a dataset may have: a label is an integer in [0, kMaxClasses). (Larger labels
+// once wrapped the class count to a negative int.) The model's output layer is that wide.
+constexpr int64_t kMaxClasses = int64_t{1} << 24;
+
 class Dataset {
  public:
   virtual ~Dataset() = default;

@@ -214,9 +214,9 @@ void Hdf5Dataset::ReadLabels(hid_t dataset) {
   labels_.resize(size_);
   int64_t max_label = 0;
   for (int64_t i = 0; i < size_; ++i) {
-    if (raw[i] < 0 || raw[i] > std::numeric_limits<int32_t>::max())
+    if (raw[i] < 0 || raw[i] >= kMaxClasses)
       TESSERA_THROW(DataError, Where(labels_name_), ": label ", raw[i], " at row ", i,
-                    "; expected a class label: an integer >= 0 (and < 2^31)");
+                    "; expected a class label: an integer in [0, ", kMaxClasses, ")");
     labels_[i] = static_cast<int32_t>(raw[i]);
     max_label = std::max(max_label, raw[i]);
   }
@@ -230,7 +230,7 @@ void Hdf5Dataset::ReadLabels(hid_t dataset) {
       TESSERA_THROW(DataError, where, ": expected a single integer");
     int64_t declared = 0;
     TESSERA_H5_CHECK(DataError, H5Aread(attr.get(), H5T_NATIVE_INT64, &declared), where);
-    if (declared <= max_label || declared > std::numeric_limits<int32_t>::max())
+    if (declared <= max_label || declared > kMaxClasses)
       TESSERA_THROW(DataError, where, ": ", declared, " classes, but the labels go up to ", max_label,
                     "; expected more than the largest label");
     num_classes_ = static_cast<int>(declared);

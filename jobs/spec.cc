@@ -119,9 +119,13 @@ std::string Dirname(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
-bool Exists(const std::string& path) {
+// "" when `path` is a regular file; else what it is instead, for the message.
+std::string NotARegularFile(const std::string& path) {
   struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  if (::stat(path.c_str(), &st) != 0) return "file not found: " + path;
+  if (S_ISREG(st.st_mode)) return "";
+  if (S_ISDIR(st.st_mode)) return "is a directory, not a data file: " + path;
+  return "is not a regular file (a device, FIFO or socket): " + path;
 }
 
 // Where each field came from: a location in the file, or the override that set it.
@@ -228,7 +232,10 @@ void ValidateData(const JobSpec& s, Validator& v, bool check_files) {
   const DataSpec& d = s.data();
   auto file = [&](const std::string& field, const std::string& value) {
     v.Require(!value.empty(), "data." + field, "is required for kind " + DataSpec::Kind_Name(d.kind()));
-    if (!value.empty() && check_files) v.Require(Exists(value), "data." + field, "file not found: " + value);
+    if (!value.empty() && check_files) {
+      const std::string problem = NotARegularFile(value);
+      v.Require(problem.empty(), "data." + field, problem);
+    }
   };
   if (d.kind() == DataSpec::IDX) {
     file("train_images", d.train_images());
@@ -262,7 +269,14 @@ void ValidateOptimizer(const JobSpec& s, Validator& v) {
   v.Require(o.lr() > 0, "optimizer.lr", "must be > 0" + Got(o.lr()));
   v.Require(o.weight_decay() >= 0, "optimizer.weight_decay", "must be >= 0" + Got(o.weight_decay()));
   v.Require(o.momentum() >= 0, "optimizer.momentum", "must be >= 0" + Got(o.momentum()));
-  v.Require(o.eps() >= 0, "optimizer.eps", "must be >= 0" + Got(o.eps()));
+  // Adam and RMSprop divide by sqrt(v) + eps, and v is 0 for a weight whose gradient has been 0.
+  const bool divides = o.kind() == OptimizerSpec::ADAM || o.kind() == OptimizerSpec::ADAMW ||
+                       o.kind() == OptimizerSpec::RMSPROP;
+  v.Require(divides ? o.eps() > 0 : o.eps() >= 0, "optimizer.eps",
+            std::string(divides ? "must be > 0 (it keeps " + OptimizerSpec::Kind_Name(o.kind()) +
+                                      "'s division finite)"
+                                : "must be >= 0") +
+                Got(o.eps()));
   v.Require(o.beta1() >= 0 && o.beta1() < 1, "optimizer.beta1", "must be in [0, 1)" + Got(o.beta1()));
   v.Require(o.beta2() >= 0 && o.beta2() < 1, "optimizer.beta2", "must be in [0, 1)" + Got(o.beta2()));
   v.Require(o.alpha() >= 0 && o.alpha() < 1, "optimizer.alpha", "must be in [0, 1)" + Got(o.alpha()));

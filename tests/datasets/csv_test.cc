@@ -69,7 +69,7 @@ TEST_F(CsvTest, MissingLabelColumnListsTheHeader) {
 
 TEST_F(CsvTest, BadLabelsNameLineAndColumn) {
   std::string msg = Error("x,label\n1,0\n2,-1\n");
-  EXPECT_CONTAINS(msg, ":3: column 2 ('label'): got '-1', expected a class label: an integer >= 0");
+  EXPECT_CONTAINS(msg, ":3: column 2 ('label'): got '-1', expected a class label: an integer in [0, 16777216)");
   msg = Error("x,label\n1,1.5\n");
   EXPECT_CONTAINS(msg, ":2: column 2 ('label'): got '1.5'");
   msg = Error("x,label\n1,cat\n");

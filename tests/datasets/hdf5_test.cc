@@ -196,6 +196,15 @@ TEST_F(Hdf5Test, NegativeLabelIsRejected) {
   }
   std::string msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
   EXPECT_CONTAINS(msg, path_ + ", dataset 'labels': label -2 at row 4");
+  // 2^31 - 1 once made num_classes INT_MIN, slipping past the class-count check.
+  l[4] = 2147483647;
+  {
+    Hdf5Writer w(path_);
+    w.Write("features", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {kN, 2, 3}, f.data());
+    w.Write("labels", H5T_STD_I64LE, H5T_NATIVE_INT64, {kN}, l.data());
+  }
+  msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
+  EXPECT_CONTAINS(msg, "label 2147483647 at row 4; expected a class label: an integer in [0, 16777216)");
 }
 
 // NaN features once trained silently into NaN weights; the rows around them still read.

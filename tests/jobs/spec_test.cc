@@ -181,6 +181,22 @@ TEST_F(SpecTest, NameThatLeavesTheRunsFolderIsRefused) {
   EXPECT_EQ(ErrorOf(Valid(), {"name=my run 2"}), "(no error)");
 }
 
+// A directory or a device given as data once said "file not found"; eps = 0 once reached training
+// and ended in a NaN with the hint "lower optimizer.lr".
+TEST_F(SpecTest, DataThatIsNotAFileAndAZeroEpsAreNamed) {
+  std::string msg = ErrorOf(Valid(), {"data.train_images=" + dir_.string(), "data.test_labels=/dev/null"});
+  EXPECT_NE(msg.find("data.train_images: is a directory, not a data file: " + dir_.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.test_labels: is not a regular file (a device, FIFO or socket): /dev/null"),
+            std::string::npos) << msg;
+  msg = ErrorOf(Valid(), {"data.test_images=" + (dir_ / "nope").string()});
+  EXPECT_NE(msg.find("data.test_images: file not found: "), std::string::npos) << msg;
+  for (const char* kind : {"ADAM", "ADAMW", "RMSPROP"}) {
+    msg = ErrorOf(Valid(), {std::string("optimizer.kind=") + kind, "optimizer.eps=0"});
+    EXPECT_NE(msg.find("optimizer.eps: must be > 0"), std::string::npos) << kind << ": " << msg;
+  }
+  EXPECT_EQ(ErrorOf(Valid(), {"optimizer.kind=SGD", "optimizer.eps=0"}), "(no error)");
+}
+
 TEST_F(SpecTest, OverridesApplyByFieldPath) {
   JobSpec s = LoadJobSpec(Write(Valid()), {"train.epochs=7", "optimizer.lr=0.01", "optimizer.kind=SGD",
                                            "model.mlp.hidden=64,32", "name=renamed", "data.shuffle=false"});
