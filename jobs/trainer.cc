@@ -54,6 +54,14 @@ void TrainingRun::OpenData() {
   if (test_data_->example_shape() != train_data_->example_shape())
     TESSERA_THROW(DataError, "test examples have shape ", ShapeString(test_data_->example_shape()),
                   " but training examples ", ShapeString(train_data_->example_shape()));
+  // Name the split whose labels do not fit the model (a bad test label was once blamed on the
+  // training labels).
+  const int64_t out = models::OutFeatures(spec_.model());
+  for (const auto& [data, which] : {std::pair{train_data_.get(), "training"}, std::pair{test_data_.get(), "test"}})
+    if (data->num_classes() > out)
+      TESSERA_THROW(DataError, "the ", which, " labels of ", data->Describe(), " go up to class ",
+                    data->num_classes() - 1, " but ", spec_.model().has_mlp() ? "model.mlp" : "model.cnn",
+                    ".out_features is ", out, " (classes 0 to ", out - 1, ")");
   classes_ = std::max(train_data_->num_classes(), test_data_->num_classes());
   dataset_size_ = train_data_->size();
   eval_norm_ = LoaderOptionsFor(spec_, false);

@@ -69,5 +69,11 @@ check train-run-dir-in-use 1 "the run directory $EMPTY/shared is in use by tesse
   "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --run-dir "$EMPTY/shared"
 if wait $first && grep -q '^done: ' "$EMPTY/first.out"; then echo "ok   train-run-dir-first-unharmed"
 else echo "FAIL train-run-dir-first-unharmed:"; tail -5 "$EMPTY/first.out"; fail=1; fi
+# A test label the model cannot output is blamed on the test file, not the training labels.
+printf 'a,b,label\n1,2,0\n3,4,1\n5,6,1\n' > "$EMPTY/train.csv"
+printf 'a,b,label\n1,2,0\n3,4,7\n' > "$EMPTY/test.csv"
+printf 'name: "csv"\nmodel { mlp { in_features: 2 hidden: 4 out_features: 3 } }\ndata { kind: CSV train_path: "train.csv" test_path: "test.csv" label_column: "label" batch_size: 2 }\ntrain { epochs: 1 }\n' > "$EMPTY/csv.pbtxt"
+check train-bad-test-label 1 "the test labels of csv .*test.csv .* go up to class 7 but model.mlp.out_features is 3" -- \
+  "$TESSERA" train "$EMPTY/csv.pbtxt" --run-dir "$EMPTY/csvrun"
 rm -rf "$EMPTY"
 exit $fail
