@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "datasets/dataset.h"
 #include "core/io/hdf5.h"
+#include "datasets/dataset.h"
 
 namespace tessera::datasets {
 namespace {
@@ -117,7 +117,9 @@ Hdf5Dataset::Hdf5Dataset(const std::string& path, const std::string& features_na
   try {
     htri_t is_hdf5 = TESSERA_H5_CHECK(IoError, H5Fis_hdf5(path.c_str()), path);
     if (is_hdf5 == 0) TESSERA_THROW(DataError, path, ": not an HDF5 file (no HDF5 signature found)");
-    file_ = Hdf5Handle(TESSERA_H5_CHECK(IoError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), path), H5Fclose);
+    // The checkpoints' access policy (core/io/hdf5.h): no file locking, which NFS and Lustre lack.
+    Hdf5Handle fapl = io::FileAccess(path);
+    file_ = Hdf5Handle(TESSERA_H5_CHECK(IoError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), path), H5Fclose);
 
     features_ = OpenDataset(features_name);
     Hdf5Handle type(TESSERA_H5_CHECK(DataError, H5Dget_type(features_.get()), Where(features_name)), H5Tclose);

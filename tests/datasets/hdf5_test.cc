@@ -1,4 +1,7 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -7,8 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include "datasets/dataset.h"
 #include "core/io/hdf5.h"
+#include "datasets/dataset.h"
 #include "datasets/loader.h"
 #include "datasets/sampler.h"
 #include "tests/datasets/test_util.h"
@@ -224,6 +227,18 @@ TEST_F(Hdf5Test, NonFiniteFeatureIsADataErrorNamingTheExample) {
   });
   EXPECT_CONTAINS(msg, path_ + ", dataset 'features': example 5 holds nan at position 4 of 6");
   ExpectRows(*d, {4, 6, 0});
+}
+
+// Training data opens without HDF5's file locking, as checkpoints do (flock fails on NFS and Lustre
+// mounted without it): a file another process holds an exclusive flock on still reads.
+TEST_F(Hdf5Test, OpensWithoutFileLocking) {
+  const std::string path = WriteGood();
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(flock(fd, LOCK_EX | LOCK_NB), 0);
+  std::unique_ptr<Dataset> d = OpenHdf5(path, "features", "labels");  // with locking: "unable to lock file"
+  ExpectRows(*d, {1, 3});
+  close(fd);
 }
 
 TEST_F(Hdf5Test, MissingAndNonHdf5Files) {
