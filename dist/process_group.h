@@ -61,8 +61,9 @@ class ProcessGroup {
   virtual std::shared_ptr<Work> Barrier(const CollectiveOptions& o = {}) = 0;
 
   // A sub-group of the ranks that pass the same colour, ordered by key (MPI_Comm_split). Every
-  // rank of this group must call it, in the same order relative to other collectives.
-  virtual std::unique_ptr<ProcessGroup> Split(int color, int key) = 0;
+  // rank of this group must call it, in the same order relative to other collectives, within
+  // `timeout_s` (the job's parallel.collective_timeout_s where a job makes it).
+  virtual std::unique_ptr<ProcessGroup> Split(int color, int key, double timeout_s = CollectiveOptions{}.timeout_s) = 0;
 };
 
 }  // namespace tessera::dist

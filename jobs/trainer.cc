@@ -146,7 +146,7 @@ void TrainingRun::JoinRanks() {
     AgreeOnStep(step_, *group_, timeout_s_, plan_.ckpt_dir);
     dist::BroadcastParameters(*params_, *group_, 0, timeout_s_);
     reducer_ = std::make_unique<dist::Reducer>(*params_, *group_, spec_.parallel().bucket_size_mb(), timeout_s_);
-    ckpt_group_ = group_->Split(0, rank_);
+    ckpt_group_ = group_->Split(0, rank_, timeout_s_);
   }
   const CheckpointSpec& cs = spec_.checkpoint();
   // A preemptible run can always checkpoint, whatever the spec asks for otherwise.

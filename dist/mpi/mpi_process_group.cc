@@ -709,13 +709,13 @@ std::shared_ptr<Work> MpiProcessGroup::Barrier(const CollectiveOptions& o) {
   return Enqueue(*state_, state_, std::move(op), o.timeout_s, "");
 }
 
-std::unique_ptr<ProcessGroup> MpiProcessGroup::Split(int color, int key) {
+std::unique_ptr<ProcessGroup> MpiProcessGroup::Split(int color, int key, double timeout_s) {
   if (color < 0) TESSERA_THROW(ValueError, "split: color must be >= 0, got ", color);
   auto op = std::make_shared<Op>();
   op->kind = Kind::kSplit;
   op->color = color;
   op->key = key;
-  auto work = Enqueue(*state_, state_, op, CollectiveOptions{}.timeout_s,
+  auto work = Enqueue(*state_, state_, op, timeout_s,
                       ::tessera::detail::StrCat("color ", color, ", key ", key, ", "));
   work->Wait();
   return std::unique_ptr<ProcessGroup>(new MpiProcessGroup(op->split_data, op->split_control));

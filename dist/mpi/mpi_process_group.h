@@ -62,7 +62,7 @@ class MpiProcessGroup : public ProcessGroup {
                                   const CollectiveOptions& o = {}) override;
   std::shared_ptr<Work> Broadcast(Tensor& t, int root, const CollectiveOptions& o = {}) override;
   std::shared_ptr<Work> Barrier(const CollectiveOptions& o = {}) override;
-  std::unique_ptr<ProcessGroup> Split(int color, int key) override;
+  std::unique_ptr<ProcessGroup> Split(int color, int key, double timeout_s) override;
 
   struct State;  // shared with the worker thread and the Work handles
 

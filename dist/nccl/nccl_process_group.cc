@@ -167,7 +167,8 @@ class NcclProcessGroup : public ProcessGroup {
     return AllReduce(barrier_, o);
   }
 
-  std::unique_ptr<ProcessGroup> Split(int color, int key) override {
+  // ncclCommSplit blocks until every rank arrives; it has no deadline of its own.
+  std::unique_ptr<ProcessGroup> Split(int color, int key, double /*timeout_s*/) override {
     Usable();
     cuda::DeviceGuard guard(s_->device);
     auto s = std::make_shared<Shared>();

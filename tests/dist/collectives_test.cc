@@ -387,6 +387,27 @@ TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) {
   w.Barrier(Opts())->Wait();
 }
 
+// Split keeps the deadline it is given (it once always waited 300 s, whatever the job said).
+TEST(MpiTimeout, SplitKeepsItsDeadline) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  if (P < 2) GTEST_SKIP() << "needs a peer to miss a collective (run with -np 2 or more)";
+  const int skipper = P - 1;
+  auto g = w.Split(0, r);  // broken below; the world group must stay usable
+  if (r != skipper) {
+    const auto start = Clock::now();
+    std::string message = ThrownMessage<CommTimeoutError>([&] { g->Split(1, r, 2.0); });
+    const double elapsed = Seconds(start);
+    EXPECT_TRUE(Contains(message, "split #1")) << message;
+    EXPECT_TRUE(Contains(message, "ranks that did not arrive: [" + std::to_string(skipper) + "]")) << message;
+    EXPECT_GE(elapsed, 1.9);
+    EXPECT_LE(elapsed, 6.0);
+  }
+  w.Barrier(Opts())->Wait();  // the others have reported their timeout
+  if (r == skipper) g->Split(1, r, kTestTimeoutS);  // releases the others' workers, still inside the split
+  w.Barrier(Opts())->Wait();
+}
+
 TEST(MpiTimeout, WaitingOnALaterCollectiveNamesTheOneThisRankIsStuckIn) {
   ProcessGroup& w = World();
   const int P = w.size(), r = w.rank();

@@ -100,7 +100,7 @@ class ThreadGroup : public dist::ProcessGroup {
     return Unsupported("ReduceScatter");
   }
   std::shared_ptr<dist::Work> Barrier(const dist::CollectiveOptions&) override { return Unsupported("Barrier"); }
-  std::unique_ptr<dist::ProcessGroup> Split(int, int) override {
+  std::unique_ptr<dist::ProcessGroup> Split(int, int, double) override {
     TESSERA_THROW(dist::CommError, "thread group: Split is not supported");
   }
 
