@@ -9,7 +9,7 @@
 // inherits SLURM_PROCID=0 from the batch shell, so Open MPI's variables are read first; and the
 // batch shell itself (SLURM_PROCID=0, SLURM_NTASKS=N, no step id) is a single process.
 //
-// The local rank picks the GPU (device local_rank % device count).
+// The local rank is to pick the GPU (device local_rank % device count) once training runs on GPUs.
 #pragma once
 
 #include <string>
