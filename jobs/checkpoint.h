@@ -169,6 +169,16 @@ std::string ResolveCheckpoint(const std::string& path);
 // The newest committed checkpoint under `checkpoints_dir` (`latest`, else the highest
 // step-* directory), or "" when there is none.
 std::string FindLatestCheckpoint(const std::string& checkpoints_dir);
+// What is wrong with `checkpoints_dir` before a run starts, as messages:
+//   `problems`: what would make the first save fail after training (a checkpoints directory
+//   that cannot be created or written, or is a file; a `latest` that is a directory or file
+//   instead of tessera's link). A missing directory is created.
+//   `warnings`: what makes resuming fall back silently (a `latest` whose checkpoint is gone, a
+//   step directory newer than the newest committed checkpoint but without its file).
+struct CheckpointDirReport {
+  std::vector<std::string> problems, warnings;
+};
+CheckpointDirReport InspectCheckpointDir(const std::string& checkpoints_dir);
 // Every committed checkpoint file under `checkpoints_dir`, highest step first.
 std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir);
 // Cleans up after a crash in `checkpoints_dir`: removes partial saves (.step-N.partial), half-done

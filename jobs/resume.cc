@@ -10,6 +10,10 @@ ResumePlan PlanResume(const std::string& ckpt_dir, const TrainerOptions& opt, di
   plan.ckpt_dir = ckpt_dir;
   if (!group || group->rank() == 0) {
     RemovePartialCheckpoints(ckpt_dir);
+    // Found now rather than at the first save after hours of training, or in a silent fall-back.
+    const CheckpointDirReport report = InspectCheckpointDir(ckpt_dir);
+    if (!report.problems.empty()) TESSERA_THROW(IoError, "checkpoint.dir: ", report.problems.front());
+    for (const std::string& w : report.warnings) std::fprintf(stderr, "tessera: warning: %s\n", w.c_str());
     if (opt.resume == TrainerOptions::Resume::kNever && !FindLatestCheckpoint(ckpt_dir).empty())
       plan.set_aside = SetAsideCheckpoints(ckpt_dir);
   }

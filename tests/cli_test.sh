@@ -75,5 +75,18 @@ printf 'a,b,label\n1,2,0\n3,4,7\n' > "$EMPTY/test.csv"
 printf 'name: "csv"\nmodel { mlp { in_features: 2 hidden: 4 out_features: 3 } }\ndata { kind: CSV train_path: "train.csv" test_path: "test.csv" label_column: "label" batch_size: 2 }\ntrain { epochs: 1 }\n' > "$EMPTY/csv.pbtxt"
 check train-bad-test-label 1 "the test labels of csv .*test.csv .* go up to class 7 but model.mlp.out_features is 3" -- \
   "$TESSERA" train "$EMPTY/csv.pbtxt" --run-dir "$EMPTY/csvrun"
+# A checkpoints directory that cannot take a save is refused at the start, not after training;
+# a `latest` whose checkpoint is gone falls back with a warning, not silently.
+J="$SRC/jobs/examples/fmnist_mlp.pbtxt"
+touch "$EMPTY/afile"
+check train-ckpt-dir-is-a-file 1 "checkpoint.dir: $EMPTY/afile: exists and is not a directory" -- \
+  "$TESSERA" train "$J" --run-dir "$EMPTY/c1" --set checkpoint.dir="$EMPTY/afile"
+mkdir -p "$EMPTY/c2/checkpoints/latest"
+check train-latest-is-a-directory 1 "latest: is a directory, not the symbolic link tessera keeps there" -- \
+  "$TESSERA" train "$J" --run-dir "$EMPTY/c2"
+"$TESSERA" train "$J" --run-dir "$EMPTY/c3" --set train.steps=20 --set checkpoint.every_steps=10 > /dev/null 2>&1
+rm "$EMPTY/c3/checkpoints/step-00000020/checkpoint.h5"
+check train-latest-gone-warns 0 "warning: .*latest names step-00000020/checkpoint.h5, which is gone; resuming from .*step-00000010/checkpoint.h5" -- \
+  "$TESSERA" train "$J" --run-dir "$EMPTY/c3" --set train.steps=20 --set checkpoint.every_steps=10
 rm -rf "$EMPTY"
 exit $fail

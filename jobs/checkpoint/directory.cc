@@ -5,7 +5,11 @@
 //   checkpoints/.step-00000500.partial/       being written; removed at start
 //   checkpoints/.step-00000300.deleting/      retention in progress; removed at start
 //   checkpoints/.step-00000400.replaced/      an older save of a step being saved again
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <ctime>
 #include <regex>
 
@@ -84,6 +88,44 @@ std::string FindLatestCheckpoint(const std::string& checkpoints_dir) {
   }
   std::vector<std::string> all = ListCheckpoints(checkpoints_dir);
   return all.empty() ? "" : all.front();
+}
+
+CheckpointDirReport InspectCheckpointDir(const std::string& checkpoints_dir) {
+  CheckpointDirReport r;
+  std::error_code ec;
+  const fs::path dir(checkpoints_dir);
+  if (!fs::exists(fs::symlink_status(dir, ec))) {
+    fs::create_directories(dir, ec);  // now, so that a path that cannot be created fails now
+    if (ec) r.problems.push_back(checkpoints_dir + ": cannot be created: " + ec.message());
+    return r;
+  }
+  const fs::file_status st = fs::status(dir, ec);
+  if (!fs::is_directory(st)) {
+    r.problems.push_back(checkpoints_dir + ": exists and is not a directory; checkpoints cannot be saved there");
+    return r;
+  }
+  if (access(checkpoints_dir.c_str(), W_OK) != 0)
+    r.problems.push_back(checkpoints_dir + ": is not writable (" + std::strerror(errno) + "); checkpoints cannot be saved");
+  const fs::path latest = dir / "latest";
+  const fs::file_status ls = fs::symlink_status(latest, ec);
+  if (fs::exists(ls) && !fs::is_symlink(ls))
+    r.problems.push_back(latest.string() + ": is a " + (fs::is_directory(ls) ? "directory" : "file") +
+                         ", not the symbolic link tessera keeps there; move it away");
+  const std::vector<std::string> committed = ListCheckpoints(checkpoints_dir);
+  const int64_t newest = committed.empty() ? -1 : ParseStepName(fs::path(committed.front()).parent_path().filename().string());
+  if (fs::is_symlink(ls)) {
+    const fs::path target = fs::read_symlink(latest, ec);
+    const fs::path file = target.is_absolute() ? target : dir / target;
+    if (!ec && !fs::is_regular_file(file, ec))
+      r.warnings.push_back(latest.string() + " names " + target.string() + ", which is gone; resuming from " +
+                           (committed.empty() ? std::string("nothing (starting from scratch)") : committed.front()));
+  }
+  for (const fs::path& entry : io::ListDir(checkpoints_dir)) {
+    const int64_t s = ParseStepName(entry.filename().string());
+    if (s > newest && !fs::is_regular_file(entry / kFileName, ec))
+      r.warnings.push_back(entry.string() + " has no " + kFileName + " (deleted?); it is skipped");
+  }
+  return r;
 }
 
 std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir) {
