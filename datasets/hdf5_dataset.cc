@@ -15,6 +15,8 @@
 
 namespace tessera::datasets {
 namespace {
+
+constexpr int64_t kMaxExampleValues = int64_t{1} << 28;
 using io::Hdf5Handle;
 using io::Hdf5Lock;
 using io::Hdf5ErrorMessage;
@@ -143,6 +145,14 @@ Hdf5Dataset::Hdf5Dataset(const std::string& path, const std::string& features_na
     example_shape_.assign(fshape.begin() + 1, fshape.end());
     if (size_ < 1)
       TESSERA_THROW(DataError, Where(features_name), ": shape ", ShapeString(fshape), " holds no examples");
+    // Rows are read on demand, so HDF5 opens any shape: bound one example before a batch of them
+    // is allocated (a fuzzed file asked for 0x600000000000000 bytes).
+    int64_t values = 1;
+    for (int64_t d : example_shape_)
+      if (d < 1 || __builtin_mul_overflow(values, d, &values) || values > kMaxExampleValues)
+        TESSERA_THROW(DataError, Where(features_name), ": shape ", ShapeString(fshape), ": examples of ",
+                      ShapeString(example_shape_), " are more than ", kMaxExampleValues,
+                      " values (1 GiB of float32) each; tessera reads examples of at most that");
     file_space_ =
         Hdf5Handle(TESSERA_H5_CHECK(DataError, H5Dget_space(features_.get()), Where(features_name)), H5Sclose);
 

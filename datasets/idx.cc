@@ -100,8 +100,17 @@ IdxArray ReadIdx(const std::string& path) {
   IdxArray a;
   for (int i = 0; i < ndim; ++i) a.dims.push_back(BigEndian32(&head[4 + 4 * i]));
   const size_t count = DeclaredBytes(path, a.dims);
-  a.data.resize(count);
-  const size_t body = in.Read(a.data.data(), count);
+  // Grown as the data arrives, not allocated from the header: a 30-byte file that declares
+  // gigabytes fails as truncated having held only what it holds (found by fuzzing).
+  size_t body = 0;
+  while (body < count) {
+    const size_t chunk = std::min<size_t>(count - body, size_t{16} << 20);
+    a.data.resize(body + chunk);
+    const size_t got = in.Read(a.data.data() + body, chunk);
+    body += got;
+    if (got < chunk) break;
+  }
+  a.data.resize(body);
   if (body < count)
     TESSERA_THROW(DataError, path, ": truncated: byte ", header + body, " ends the file but the header (",
                   ShapeString(a.dims), ") needs ", count, " data bytes after offset ", header, ", got ", body);

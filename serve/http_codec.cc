@@ -164,6 +164,8 @@ json ParseJson(const std::string& what, const char* data, size_t size, int max_d
     return json::parse(data, data + size);
   } catch (const json::parse_error& e) {
     throw RequestError(400, detail::StrCat(what, " is not valid JSON (at byte ", e.byte, ")"));
+  } catch (const json::exception& e) {  // out_of_range: a number too large for a double (found by fuzzing)
+    throw RequestError(400, detail::StrCat(what, " is not valid JSON: ", e.what()));
   }
 }
 

@@ -32,6 +32,7 @@ class Hdf5Writer {
         TESSERA_H5_CHECK(IoError, H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), path), H5Fclose);
   }
   ~Hdf5Writer() { EXPECT_GE(file_.Close(), 0) << path_; }
+  hid_t file() const { return file_.get(); }
 
   // Dataset `name` of `dims`, stored as `file_type`, from `data` of `mem_type`. With chunk_rows > 0,
   // chunked by that many rows and deflate-compressed.
@@ -239,6 +240,25 @@ TEST_F(Hdf5Test, OpensWithoutFileLocking) {
   std::unique_ptr<Dataset> d = OpenHdf5(path, "features", "labels");  // with locking: "unable to lock file"
   ExpectRows(*d, {1, 3});
   close(fd);
+}
+
+// HDF5 opens a dataset of any shape (rows are read on demand): one example of 2^31 values (found
+// by fuzzing, as 0x600000000000000 bytes for a batch) is refused before a batch is allocated.
+TEST_F(Hdf5Test, HugeExampleShapeIsRefusedBeforeAllocating) {
+  {
+    Hdf5Writer w(path_);
+    hsize_t dims[3] = {2, 1u << 16, 1u << 15}, maxdims[3] = {2, 1u << 16, 1u << 15}, chunk[3] = {1, 1, 64};
+    Hdf5Handle space(H5Screate_simple(3, dims, maxdims), H5Sclose);
+    Hdf5Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    H5Pset_chunk(dcpl.get(), 3, chunk);
+    Hdf5Handle d(H5Dcreate2(w.file(), "features", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                 H5Dclose);
+    ASSERT_GE(d.get(), 0);
+    std::vector<int64_t> l = {0, 1};
+    w.Write("labels", H5T_STD_I64LE, H5T_NATIVE_INT64, {2}, l.data());
+  }
+  std::string msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
+  EXPECT_CONTAINS(msg, "dataset 'features': shape [2, 65536, 32768]: examples of [65536, 32768] are more than 268435456 values");
 }
 
 TEST_F(Hdf5Test, MissingAndNonHdf5Files) {

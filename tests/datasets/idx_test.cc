@@ -136,6 +136,20 @@ TEST_F(IdxTest, DataBeyondTheHeaderIsNeverInflated) {
   EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 64 << 10) << "KiB of peak RSS growth";
 }
 
+// A 10-byte file declaring 200 MB of labels (found by fuzzing) once had them allocated up front: it
+// is truncated, and reading it holds no more than what it holds.
+TEST_F(IdxTest, DeclaredSizeIsNotAllocatedBeforeTheDataArrives) {
+  WritePlain(labels_, IdxBytes({200000000u}, {1, 2}));
+  WriteGzip(images_, IdxBytes({3, 2, 3}, Pixels()));
+  struct rusage before {};
+  getrusage(RUSAGE_SELF, &before);
+  std::string msg = ThrownMessage<DataError>([&] { OpenIdx(images_, labels_); });
+  struct rusage after {};
+  getrusage(RUSAGE_SELF, &after);
+  EXPECT_CONTAINS(msg, labels_ + ": truncated: byte 10 ends the file but the header ([200000000]) needs 200000000");
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 64 << 10) << "KiB of peak RSS growth";
+}
+
 // A header that declares more than the machine holds is refused before anything is allocated.
 TEST_F(IdxTest, HeaderDeclaringMoreThanMemoryIsRefused) {
   WriteGzip(images_, IdxBytes({4000000000u, 1000000u, 1000000u}, {}));

@@ -69,6 +69,7 @@ TEST(HttpCodec, RefusesHostileBodiesNamingTheField) {
     std::string body, part;
   } cases[] = {
       {"{", "not valid JSON"},
+      {"666e66666666", "not valid JSON: "},  // a number past a double escaped as nlohmann's out_of_range (fuzzing)
       {std::string(100000, '['), "nested deeper"},
       {"[1]", "JSON object"},
       {R"({"inputs": []})", "non-empty array"},
