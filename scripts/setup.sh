@@ -16,6 +16,7 @@ PACKAGES=(
   libgtest-dev libcli11-dev nlohmann-json3-dev libssl-dev libdeflate-dev
   libcpp-httplib-dev libgrpc++-dev protobuf-compiler-grpc curl
   slurmctld slurmd slurm-client munge
+  clang-14 libclang-rt-14-dev
   dataset-fashion-mnist
   python3-h5py python3-numpy python3-torch
 )

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The standing protection against hostile input (issue 15): a second build with clang-14 under
+# AddressSanitizer and UndefinedBehaviorSanitizer in build-asan/, which
+#   1. runs the unit tests (ctest -L core, the fast ones) under the sanitizers, and
+#   2. runs each libFuzzer target of tests/fuzz/ from its seed corpus for FUZZ_SECONDS
+#      (default 25), on a scratch copy of the corpus.
+# Any sanitizer report, crash, leak (tests/sanitizers/lsan.supp lists the third-party ones), hang
+# or out-of-memory fails the script; the input that caused it is kept in build-asan/findings/.
+# Idempotent; scripts/test.sh runs it after the main suite (TESSERA_SANITIZERS=0 skips it).
+#
+#   scripts/sanitize.sh              everything
+#   scripts/sanitize.sh fuzz         the fuzzers only;  scripts/sanitize.sh unit: the unit tests only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-25}"
+B=build-asan
+for p in clang-14 clang++-14; do
+  command -v "$p" > /dev/null || { echo "sanitize: $p is missing (scripts/setup.sh installs clang-14 libclang-rt-14-dev)"; exit 1; }
+done
+if [ ! -f "$B/build.ninja" ]; then
+  CC=clang-14 CXX=clang++-14 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DTESSERA_SANITIZE=address,undefined -DTESSERA_FUZZ=ON -DTESSERA_USE_CUDA=OFF -DTESSERA_USE_MPI=OFF \
+    -DTESSERA_USE_ONEDNN=OFF -DTESSERA_GRPC=OFF -DTESSERA_BUILD_BENCHMARKS=OFF > /dev/null
+fi
+cmake --build "$B" -j "$(nproc)" > "$B/build.log" 2>&1 || { tail -40 "$B/build.log"; echo "sanitize: the build failed"; exit 1; }
+
+export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:abort_on_error=1"
+export LSAN_OPTIONS="suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export OMP_WAIT_POLICY=PASSIVE
+status=0
+
+if [ "$what" = all ] || [ "$what" = unit ]; then
+  # Determinism.* compares floating-point results across thread counts to a tolerance that is the
+  # main build's (gcc, oneDNN); it is not a memory or UB check, and clang rounds differently.
+  echo "sanitize: unit tests under ASan + UBSan"
+  (cd "$B" && ctest -L core -LE slow -E '^Determinism\.' -j "$(nproc)" --timeout 600 --output-on-failure) > "$B/unit.log" 2>&1 \
+    || { grep -E "tests passed|FAILED|ERROR: .*Sanitizer|runtime error" "$B/unit.log" | head -40; status=1; }
+  grep -E "tests passed" "$B/unit.log" || true
+fi
+
+if [ "$what" = all ] || [ "$what" = fuzz ]; then
+  mkdir -p "$B/findings"
+  printf '%-12s %10s %8s %14s  %s\n' target runs seconds 'corpus after' result
+  for target in idx csv hdf5 spec checkpoint store http_infer; do
+    work="$B/fuzz-corpus/$target"
+    rm -rf "$work" && mkdir -p "$work" && cp tests/fuzz/corpus/$target/* "$work/"
+    log="$B/fuzz-$target.log"
+    t0=$SECONDS
+    if (cd "$B/findings" && timeout $((FUZZ_SECONDS + 120)) "../tests/fuzz/${target}_fuzz" -max_total_time="$FUZZ_SECONDS" \
+          -seed=1 -rss_limit_mb=2048 -timeout=20 -malloc_limit_mb=2048 -print_final_stats=1 "../../$work") > "$log" 2>&1; then
+      result=ok
+    else
+      result="FAILED (see $log; the input is in $B/findings/)"
+      status=1
+    fi
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    printf '%-12s %10s %8s %14s  %s\n' "$target" "${runs:-?}" "$((SECONDS - t0))" "$(ls "$work" | wc -l)" "$result"
+    [ "$result" = ok ] || grep -m5 -E "ERROR|runtime error|what\(\)|SUMMARY" "$log" || true
+  done
+fi
+exit $status
