@@ -10,6 +10,7 @@ namespace tessera::jobs {
 namespace {
 
 volatile std::sig_atomic_t g_received = 0;
+std::vector<int> g_watched;
 
 extern "C" void RecordSignal(int sig) {
   if (g_received == 0) g_received = sig;
@@ -35,6 +36,12 @@ void WatchPreemptSignals(const std::vector<int>& signals) {
   for (int sig : signals)
     if (sigaction(sig, &sa, nullptr) != 0)
       TESSERA_THROW(ConfigError, "cannot watch signal ", SignalName(sig), ": ", std::strerror(errno));
+  g_watched = signals;
+}
+
+void StopWatchingPreemptSignals() {
+  for (int sig : g_watched) std::signal(sig, SIG_DFL);
+  g_watched.clear();
 }
 
 int PreemptSignalReceived() { return g_received; }

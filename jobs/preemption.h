@@ -26,6 +26,9 @@ std::vector<int> DefaultPreemptSignals();  // SIGUSR1, SIGTERM
 void WatchPreemptSignals(const std::vector<int>& signals);
 // The first watched signal received since the start, or 0.
 int PreemptSignalReceived();
+// Gives the watched signals their default action again (a run past its last step, in its final
+// evaluation and publish, then stops on SIGTERM as any program does).
+void StopWatchingPreemptSignals();
 
 // "USR1", "SIGUSR1", "TERM", "10" -> the signal number; throws ConfigError for anything else.
 int ParseSignalName(const std::string& name);

@@ -52,7 +52,7 @@ std::string Env(const char* name) {
 
 }  // namespace
 
-std::vector<store::FileDigest> DatasetDigests(const JobSpec& spec) {
+std::vector<store::FileDigest> DatasetDigests(const JobSpec& spec, const std::atomic<bool>* cancel) {
   std::vector<store::FileDigest> out;
   const DataSpec& d = spec.data();
   for (const std::string& path : {d.train_images(), d.train_labels(), d.test_images(), d.test_labels(), d.train_path(),
@@ -62,9 +62,10 @@ std::vector<store::FileDigest> DatasetDigests(const JobSpec& spec) {
     f.set_name(fs::absolute(path).lexically_normal().string());
     try {
       int64_t bytes = 0;
-      f.set_sha256(io::Sha256File(path, &bytes));
+      f.set_sha256(io::Sha256File(path, &bytes, cancel));
       f.set_bytes(bytes);
     } catch (const Error& e) {
+      if (cancel && cancel->load()) break;
       std::fprintf(stderr, "tessera: warning: lineage: no checksum for the dataset file: %s\n", e.what());
     }
     out.push_back(f);

@@ -3,6 +3,7 @@
 // weights of a store version or a checkpoint.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,7 +24,8 @@ store::Architecture ArchitectureOf(const JobSpec& spec);
 
 struct InitSource;
 // The job's data files with their sizes and sha256 (missing files are left out with a warning).
-std::vector<store::FileDigest> DatasetDigests(const JobSpec& spec);
+// `cancel`: stops the hashing (a preempted run does not wait for it).
+std::vector<store::FileDigest> DatasetDigests(const JobSpec& spec, const std::atomic<bool>* cancel = nullptr);
 // What a version records about how it was made: the job and its resolved spec, this build's
 // source commit, the data files with their sha256 (`datasets`: computed here when null), the Slurm
 // job (from SLURM_* variables), the parallel layout, step, run directory, checkpoint, host and

@@ -29,7 +29,7 @@ TrainingRun::TrainingRun(const JobSpec& spec, const TrainerOptions& opt)
   log_ = std::make_unique<RunLog>(opt.run_dir, spec, rank_, world_, opt.progress, !plan_.candidates.empty());
   SetNumThreads(t_.threads());
   if (lead_ && !spec.publish().store().empty())
-    dataset_digests_ = std::async(std::launch::async, [&spec] { return DatasetDigests(spec); });
+    dataset_digests_ = std::async(std::launch::async, [&spec, this] { return DatasetDigests(spec, &stop_digests_); });
   OpenData();
   BuildModelAndOptimizer();
   StartFromCheckpointOrWeights();

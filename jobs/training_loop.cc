@@ -149,14 +149,17 @@ bool TrainingRun::PreemptionAgreed() {
 
 // Save the state after this step (or wait for the save of it already in flight), commit it, say so.
 void TrainingRun::StopForPreemption(double lr) {
+  stop_digests_ = true;  // the lineage's dataset checksums are not needed: do not wait for them
   log_->EndLine();
   const std::string sig = SignalName(summary_.preempted_by);
   log_->Say("%s: stopping after step %lld of %lld to checkpoint\n", sig.c_str(), static_cast<long long>(step_),
             static_cast<long long>(total_steps_));
+  const bool save_in_flight = writer_->busy();  // the signal came while a checkpoint was being written
   Save(lr);
   writer_->Wait();
   ReportCheckpoints();
-  log_->Emit({{"event", "preempted"}, {"step", step_}, {"signal", sig}, {"checkpoint", summary_.checkpoint}});
+  log_->Emit({{"event", "preempted"}, {"step", step_}, {"signal", sig}, {"checkpoint", summary_.checkpoint},
+              {"save_in_flight", save_in_flight}});
   log_->Say("preempted: the checkpoint of step %lld is committed (%s); the run resumes from it when started again "
             "with the same run directory\n",
             static_cast<long long>(step_), summary_.checkpoint.c_str());
@@ -261,6 +264,7 @@ TrainSummary TrainingRun::Run() {
       }
     }
   }
+  if (opt_.preemptible) StopWatchingPreemptSignals();  // the last step is done: nothing to resume
   log_->EndLine();
   if (window_samples_ > 0) train_seconds_ += window_time_ + Seconds(t_window_, Clock::now());
   FinishCheckpoints();

@@ -3,6 +3,7 @@
 // (training_loop.cc), then writes the summary and publishes (training_end.cc).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -102,6 +103,7 @@ class TrainingRun {
   bool already_complete_ = false;  // the run directory's checkpoint is at the last step
   std::unique_ptr<InitSource> init_;  // train.init_from, as resolved when the run first started
   // publish { }: the data files' sha256 for the lineage, computed on rank 0 while training runs.
+  std::atomic<bool> stop_digests_{false};  // declared first: outlives the hashing that reads it
   std::future<std::vector<store::FileDigest>> dataset_digests_;
 
   std::unique_ptr<dist::Reducer> reducer_;

@@ -28,14 +28,17 @@ bool ReadSlurmTasksPerNode(int* out) {
   return *out > 0;
 }
 
-// SLURM_STEP_ID (SLURM_STEPID in older releases): a number, or a name such as "batch".
+// SLURM_STEP_ID (SLURM_STEPID in older releases) of a step srun started: a number below Slurm's
+// special ids (0xFFFFFFF0 and up: the batch and extern steps), never a name such as "batch".
 bool ReadStepId(int* out) {
   for (const char* name : {"SLURM_STEP_ID", "SLURM_STEPID"}) {
     const char* v = std::getenv(name);
-    if (v != nullptr && *v != '\0') {
-      *out = std::atoi(v);
-      return true;
-    }
+    if (v == nullptr || *v == '\0') continue;
+    char* end = nullptr;
+    const unsigned long long id = std::strtoull(v, &end, 10);
+    if (*end != '\0' || id >= 0xFFFFFFF0ull) return false;
+    *out = static_cast<int>(id);
+    return true;
   }
   return false;
 }

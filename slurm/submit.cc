@@ -131,11 +131,17 @@ void CheckSubmitOptions(const SubmitOptions& o) {
     TESSERA_THROW(ConfigError, "--ntasks-per-node ", o.ntasks_per_node, " differs from --gpus-per-node ",
                   o.gpus_per_node, ": tessera runs one rank per GPU");
   const size_t at = o.signal.find('@');
-  jobs::ParseSignalName(o.signal.substr(0, at));
+  const int sig = jobs::ParseSignalName(o.signal.substr(0, at));
+  // TERM is what Slurm sends at the limit itself (and mpirun and srun kill the ranks on it, INT,
+  // HUP and QUIT): the warning must be a signal they pass on untouched.
+  if (sig != jobs::ParseSignalName("USR1") && sig != jobs::ParseSignalName("USR2"))
+    TESSERA_THROW(ConfigError, "--signal '", o.signal, "': the warning before the time limit must be USR1 or USR2 "
+                  "(TERM comes at the limit itself, and srun and mpirun kill the ranks on TERM, INT, HUP and QUIT)");
   if (at != std::string::npos) {
     const std::string secs = o.signal.substr(at + 1);
-    if (secs.empty() || secs.find_first_not_of("0123456789") != std::string::npos || secs.size() > 5)
-      TESSERA_THROW(ConfigError, "--signal '", o.signal, "': the time after @ must be seconds, e.g. USR1@120");
+    if (secs.empty() || secs.find_first_not_of("0123456789") != std::string::npos || secs.size() > 5 ||
+        std::stol(secs) > 65535)
+      TESSERA_THROW(ConfigError, "--signal '", o.signal, "': the time after @ must be 0 to 65535 seconds, e.g. USR1@120");
   }
   if (o.time.find_first_not_of("0123456789:-") != std::string::npos)
     TESSERA_THROW(ConfigError, "--time '", o.time, "' is not a Slurm time (MINUTES, HH:MM:SS or DAYS-HH:MM:SS)");

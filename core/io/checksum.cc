@@ -62,7 +62,7 @@ std::string Sha256::FinalHex() {
   return hex;
 }
 
-std::string Sha256File(const std::string& path, int64_t* bytes) {
+std::string Sha256File(const std::string& path, int64_t* bytes, const std::atomic<bool>* cancel) {
   Sha256 h;
   std::vector<char> buf(size_t{4} << 20);
   // O_NONBLOCK and fstat: what is opened is checked, not a name that could be swapped for a FIFO.
@@ -75,6 +75,7 @@ std::string Sha256File(const std::string& path, int64_t* bytes) {
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   int64_t total = 0;
   for (;;) {
+    if (cancel && cancel->load()) TESSERA_THROW(IoError, path, ": checksum cancelled");
     ssize_t r = read(fd, buf.data(), buf.size());
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) TESSERA_THROW(IoError, path, ": read failed: ", std::strerror(errno));

@@ -2,6 +2,7 @@
 // and SHA-256 (OpenSSL's, per file in the model store, strong enough to name content).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -34,8 +35,8 @@ class Sha256 {
 };
 
 // SHA-256 of a whole regular file (IoError naming it when it cannot be read); `bytes` gets its
-// length when not null.
-std::string Sha256File(const std::string& path, int64_t* bytes = nullptr);
+// length when not null. When `cancel` becomes true the read stops within 4 MiB and IoError says so.
+std::string Sha256File(const std::string& path, int64_t* bytes = nullptr, const std::atomic<bool>* cancel = nullptr);
 std::string Sha256Hex(const std::string& data);
 // Whether `s` looks like a SHA-256 hex digest (64 lowercase hex digits).
 bool IsSha256Hex(const std::string& s);

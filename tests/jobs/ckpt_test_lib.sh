@@ -29,9 +29,9 @@ run_tessera() {  # NP RUN_DIR OUT [ARGS...]
   local np="$1" run="$2" out="$3"
   shift 3
   if [ "$np" = 1 ]; then
-    timeout 120 "$TESSERA" train "$JOB" --run-dir "$run" "$@" > "$out" 2>&1
+    timeout -k 10 120 "$TESSERA" train "$JOB" --run-dir "$run" "$@" > "$out" 2>&1
   else
-    timeout 120 "$MPIRUN" -np "$np" --allow-run-as-root --oversubscribe --bind-to none \
+    timeout -k 10 120 "$MPIRUN" -np "$np" --allow-run-as-root --oversubscribe --bind-to none \
       "$TESSERA" train "$JOB" --run-dir "$run" "$@" > "$out" 2>&1
   fi
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Preemption without Slurm: `tessera train` told to stop by a signal, as a job scheduler or a
 # user with `kill` does it, on real Fashion-MNIST:
-#   (a) 1 process, SIGUSR1 twice in a row (the second lands while the first's checkpoint is being
-#       written): exit status 75, the committed checkpoint verifies, metrics.jsonl ends with a
+#   (a) 1 process, SIGUSR1 twice in a row (the second before, during or after the preemption's
+#       save: none of them may change its outcome): exit status 75, the committed checkpoint verifies, metrics.jsonl ends with a
 #       "preempted" event at its step, no summary.json; the same command again resumes there and
 #       ends bitwise equal to an uninterrupted run;
 #   (b) 2 ranks under mpirun, SIGTERM to ONE rank only: both ranks stop after the same step (one

@@ -67,6 +67,14 @@ TEST(DetectWorld, BatchShellIsOneProcess) {
   EXPECT_EQ(w.size, 1);
 }
 
+// Slurm's special step ids (the batch step 0xFFFFFFFB, the extern step) and names are not srun steps.
+TEST(DetectWorld, SpecialStepIdsAreNotSrunSteps) {
+  for (const char* step : {"4294967291", "4294967292", "batch"}) {
+    Env e({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"SLURM_STEP_ID", step}});
+    EXPECT_EQ(DetectWorld().launcher, "single") << step;
+  }
+}
+
 TEST(DetectWorld, InconsistentValuesNameTheVariable) {
   {
     Env e({{"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "4"}, {"SLURM_STEP_ID", "0"}});

@@ -6,7 +6,8 @@
 #   slurm_wait JOB SECS  polls until JOB ends; prints JobState and ExitCode ("COMPLETED 0:0")
 #   slurm_state JOB      the job's JobState now
 #   slurm_release_requeued JOB SECS   start a job requeued by its own script now, not in 130 s
-#   slurm_stop           scontrol shutdown, then the daemons by PID (also on EXIT, via slurm_start)
+#   slurm_stop           cancels every job, scontrol shutdown, then the daemons by PID: call it from
+#                        the test's EXIT trap (slurm_start sets none, so as not to replace it)
 #
 # As root with no cgroups and no systemd: the settings are those ../shared/SLURM.md verified.
 # Ports are chosen free, so two clusters (two tests) can run side by side.
@@ -75,7 +76,6 @@ NodeName=localhost NodeAddr=127.0.0.1 $hw State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
   export SLURM_CONF="$d/slurm.conf"
-  trap slurm_stop EXIT
   slurmctld -f "$SLURM_CONF" || { cat "$d/log/slurmctld.log"; echo "FAIL: slurmctld did not start"; return 1; }
   slurmd -f "$SLURM_CONF" -N localhost || { cat "$d/log/slurmd.log"; echo "FAIL: slurmd did not start"; return 1; }
   local i state
@@ -131,7 +131,11 @@ slurm_release_requeued() {  # JOB SECONDS
 
 slurm_stop() {
   [ -n "${SLURM_DIR:-}" ] || return 0
-  local d="$SLURM_DIR" p
+  local d="$SLURM_DIR" p i
+  # A job left running (a test that failed) would go on training after the daemons stop.
+  scancel --full --signal=KILL --state=RUNNING -u "$(id -un)" > /dev/null 2>&1
+  scancel -u "$(id -un)" > /dev/null 2>&1
+  for i in $(seq 50); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.2; done
   scontrol shutdown > /dev/null 2>&1
   for p in "$d/slurmctld.pid" "$d/slurmd.pid"; do
     [ -f "$p" ] || continue

@@ -132,7 +132,7 @@ for i in $(seq 300); do grep -q "requeueing" "$run/slurm-$job.out" 2>/dev/null &
 grep -q '"event":"preempted"' "$run/metrics.jsonl" || fail "job $job was not preempted by its time-limit signal"
 scancel "$job"
 step=$(last_event_field "$run" preempted step)
-[ "$(last_event_field "$run" checkpoint_started step)" = "$step" ] || fail "the save of step $step was not in flight"
+[ "$(last_event_field "$run" preempted save_in_flight)" = True ] || fail "no save was in flight when the signal was agreed"
 "$TESSERA" ckpt verify "$run" > /dev/null || fail "latest does not verify after the time-limit signal"
 "$PY" - "$run" "$step" <<'PY' || fail "latest is not the preemption's checkpoint"
 import h5py, os, sys

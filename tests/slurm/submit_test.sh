@@ -48,7 +48,8 @@ mkdir -p "$DIR/empty"
 RUN_ENV="PATH=$DIR/empty" refused "sbatch is not on PATH" "$JOB" --run-dir "$DIR/r1"
 refused "--nodes must be at least 1, got 0" "$JOB" --nodes 0 --dry-run
 refused "'KILL' is not a signal tessera can stop on" "$JOB" --signal KILL@60 --dry-run
-refused "the time after @ must be seconds" "$JOB" --signal USR1@soon --dry-run
+refused "the time after @ must be 0 to 65535 seconds" "$JOB" --signal USR1@soon --dry-run
+refused "must be USR1 or USR2 (TERM comes at the limit itself" "$JOB" --signal TERM@60 --dry-run
 refused "--time 'tomorrow' is not a Slurm time" "$JOB" --time tomorrow --dry-run
 refused "--ntasks-per-node 4 differs from --gpus-per-node 8" "$JOB" --gpus-per-node 8 --ntasks-per-node 4 --dry-run
 refused "--launcher 'torchrun': use srun or mpirun" "$JOB" --launcher torchrun --dry-run
