@@ -107,20 +107,31 @@ slurm_wait() {  # JOB SECONDS
   return 1
 }
 
-# A job requeued from inside (scontrol requeue) waits about 130 s for its BeginTime. Once the node
-# is idle again (a restart while the old batch step is still being cleaned up is refused:
-# "already killed, do not launch batch job"), start it now. Returns once the job runs again.
+# A job requeued from inside (scontrol requeue) waits about 130 s for its BeginTime. Once the old
+# run is gone from the node (its slurmstepd processes ended and the node idle: a restart while the
+# old batch step is still being cleaned up is refused, "already killed, do not launch batch job"),
+# start it now. That refusal is a race of this shortcut, not of the job: if the restart still dies
+# at once (FAILED with no run time), requeue it once more and start it again. Returns once the
+# job runs again.
 slurm_release_requeued() {  # JOB SECONDS
-  local job="$1" limit="$2" t0=$SECONDS line
+  local job="$1" limit="$2" t0=$SECONDS line retried=0
   while [ $((SECONDS - t0)) -lt "$limit" ]; do
     line=$(scontrol show job -o "$job" 2>/dev/null)
     case "$line" in
       *JobState=PENDING*Reason=BeginTime*)
-        if [ "$(sinfo -h -n localhost -o %t)" = idle ]; then
-          sleep 0.5
+        if [ "$(sinfo -h -n localhost -o %t)" = idle ] && ! pgrep -f "slurmstepd: \[$job\." > /dev/null; then
+          sleep 1
           scontrol update JobId="$job" StartTime=now
         fi ;;
       *JobState=RUNNING*Restarts=[1-9]*|*Restarts=[1-9]*JobState=RUNNING*) return 0 ;;
+      *JobState=FAILED*RunTime=00:00:00*)
+        if [ $retried = 0 ]; then
+          echo "  (job $job's restart was refused by slurmd while the old run was cleaned up; requeueing it again)"
+          retried=1
+          scontrol requeue "$job"
+        else
+          echo "job $job ended instead: $line"; return 1
+        fi ;;
       *JobState=COMPLETED*|*JobState=FAILED*|*JobState=CANCELLED*) echo "job $job ended instead: $line"; return 1 ;;
     esac
     sleep 0.2

@@ -8,7 +8,7 @@
 #   (c) `tessera train` in the batch shell itself (SLURM_PROCID=0, SLURM_NTASKS=2, no step) is one
 #       process, not rank 0 of 2 waiting for a rank 1;
 #   (d) a job array of 3 override lines (`tessera submit --array`): 3 run directories, each with
-#       its overrides applied;
+#       its overrides applied, and 3 published versions whose lineage names the array task;
 #   (e) a job sbatch refuses (64 tasks on a 2-CPU node): tessera submit says what sbatch said.
 # Usage: slurm_launch_test.sh TESSERA SOURCE_DIR
 set -u
@@ -77,7 +77,8 @@ optimizer.lr=0.0005 train.seed=7
 name=sweep-third  data.batch_size=512   # a comment
 TXT
 out=$("$TESSERA" submit "$JOB" --run-dir "$DIR/sweep" --array "$DIR/sweep.txt" --set train.steps=30 \
-  --set train.threads=1 --set model.mlp.hidden=64,32) || fail "tessera submit --array: $out"
+  --set train.threads=1 --set model.mlp.hidden=64,32 --set publish.store="$DIR/sweepstore" \
+  --set publish.model=sweep) || fail "tessera submit --array: $out"
 job=$(sed -n 's/^submitted: job \([0-9]*\) (3 array tasks)$/\1/p' <<< "$out")
 [ -n "$job" ] || fail "tessera submit --array did not report 3 array tasks: $out"
 for t in 0 1 2; do
@@ -98,6 +99,18 @@ for t, fields in enumerate(want):
     assert s["steps"] == 30, (t, s["steps"])
     print(f"  task-{t}: {', '.join(sorted(fields))}; 30 steps, test accuracy {s['test_accuracy']:.4f}")
 assert sorted(d for d in os.listdir(base) if d.startswith("task-")) == ["task-0", "task-1", "task-2"]
+PY
+# Each task published a version whose lineage names the array job and its task.
+"$PY" - "$DIR/sweepstore/sweep" "$job" <<'PY' || fail "the array tasks' versions do not record their Slurm array task"
+import os, re, sys
+root, job = sys.argv[1], sys.argv[2]
+tasks = set()
+for v in sorted(d for d in os.listdir(root) if d.isdigit()):
+    m = open(os.path.join(root, v, "manifest.pbtxt")).read()
+    assert f'array_job_id: "{job}"' in m, (v, "no array_job_id", job)
+    tasks.add(re.search(r'array_task_id: "(\d+)"', m).group(1))
+assert tasks == {"0", "1", "2"}, tasks
+print(f"  store: 3 versions, lineage slurm.array_job_id {job}, array_task_id 0, 1 and 2")
 PY
 echo "== (e) a job sbatch refuses"
 if out=$("$TESSERA" submit "$JOB" --run-dir "$DIR/toobig" --ntasks-per-node 64 "${SET[@]}" 2>&1); then
