@@ -17,6 +17,7 @@ namespace tessera::datasets {
 namespace {
 
 constexpr int64_t kMaxExampleValues = int64_t{1} << 28;
+constexpr uint64_t kMaxChunkBytes = uint64_t{1} << 30;
 using io::Hdf5Handle;
 using io::Hdf5Lock;
 using io::Hdf5ErrorMessage;
@@ -95,6 +96,8 @@ class Hdf5Dataset : public Dataset {
   Hdf5Handle OpenDataset(const std::string& name);
   // Shape of a dataset's simple dataspace. Holds the lock.
   Shape DatasetShape(hid_t dataset, const std::string& name);
+  // Refuses storage outside the file, or more of it than the file holds. Holds the lock.
+  void CheckStorage(hid_t dataset, const std::string& name);
   void ReadLabels(hid_t dataset);  // holds the lock
   void CheckFinite(const std::vector<int64_t>& rows, int64_t row) const;  // of staging_
 
@@ -124,6 +127,7 @@ Hdf5Dataset::Hdf5Dataset(const std::string& path, const std::string& features_na
     file_ = Hdf5Handle(TESSERA_H5_CHECK(IoError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), path), H5Fclose);
 
     features_ = OpenDataset(features_name);
+    CheckStorage(features_.get(), features_name);
     Hdf5Handle type(TESSERA_H5_CHECK(DataError, H5Dget_type(features_.get()), Where(features_name)), H5Tclose);
     H5T_class_t cls = TESSERA_H5_CHECK(DataError, H5Tget_class(type.get()), Where(features_name));
     bool is_uint8 = false;
@@ -157,6 +161,7 @@ Hdf5Dataset::Hdf5Dataset(const std::string& path, const std::string& features_na
         Hdf5Handle(TESSERA_H5_CHECK(DataError, H5Dget_space(features_.get()), Where(features_name)), H5Sclose);
 
     Hdf5Handle labels = OpenDataset(labels_name);
+    CheckStorage(labels.get(), labels_name);
     Hdf5Handle ltype(TESSERA_H5_CHECK(DataError, H5Dget_type(labels.get()), Where(labels_name)), H5Tclose);
     if (TESSERA_H5_CHECK(DataError, H5Tget_class(ltype.get()), Where(labels_name)) != H5T_INTEGER)
       TESSERA_THROW(DataError, Where(labels_name), ": unsupported type ", TypeDescription(ltype.get()),
@@ -217,6 +222,40 @@ Shape Hdf5Dataset::DatasetShape(hid_t dataset, const std::string& name) {
   std::vector<hsize_t> dims(rank);
   TESSERA_H5_CHECK(DataError, H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), Where(name));
   return Shape(dims.begin(), dims.end());
+}
+
+// libhdf5 allocates a chunk's buffer from the size its index records, before it reads a byte: a
+// fuzzed chunk index claiming 4 GiB for one chunk of 4 bytes made H5Dread ask malloc for 4 GiB.
+// Every stored byte of a dataset lies in the file, so no dataset's storage may exceed the file's
+// size. External storage (raw data in other files the dataset names) is refused: a data file must
+// not make tessera read paths it chose.
+void Hdf5Dataset::CheckStorage(hid_t dataset, const std::string& name) {
+  Hdf5Handle dcpl(TESSERA_H5_CHECK(DataError, H5Dget_create_plist(dataset), Where(name)), H5Pclose);
+  if (TESSERA_H5_CHECK(DataError, H5Pget_external_count(dcpl.get()), Where(name)) > 0)
+    TESSERA_THROW(DataError, Where(name), ": its data is stored in external files; tessera reads only data held "
+                  "in the HDF5 file itself (repack it with h5repack)");
+  if (TESSERA_H5_CHECK(DataError, H5Pget_layout(dcpl.get()), Where(name)) == H5D_VIRTUAL)
+    TESSERA_THROW(DataError, Where(name), ": a virtual dataset (its data maps to other files); tessera reads "
+                  "only data held in the HDF5 file itself (repack it with h5repack)");
+  if (TESSERA_H5_CHECK(DataError, H5Pget_layout(dcpl.get()), Where(name)) == H5D_CHUNKED) {
+    // A chunk is read (and inflated) whole into a buffer of its declared size.
+    hsize_t chunk[H5S_MAX_RANK];
+    int rank = TESSERA_H5_CHECK(DataError, H5Pget_chunk(dcpl.get(), H5S_MAX_RANK, chunk), Where(name));
+    Hdf5Handle type(TESSERA_H5_CHECK(DataError, H5Dget_type(dataset), Where(name)), H5Tclose);
+    uint64_t bytes = H5Tget_size(type.get());
+    std::vector<uint64_t> dims(chunk, chunk + rank);
+    for (uint64_t d : dims)
+      if (__builtin_mul_overflow(bytes, d, &bytes) || bytes > kMaxChunkBytes)
+        TESSERA_THROW(DataError, Where(name), ": chunks of ", ShapeString(Shape(dims.begin(), dims.end())),
+                      " are more than ", kMaxChunkBytes, " bytes each; tessera reads chunks of at most 1 GiB");
+  }
+  hsize_t file_bytes = 0;
+  TESSERA_H5_CHECK(DataError, H5Fget_filesize(file_.get(), &file_bytes), path_);
+  // H5Dget_storage_size has no error value: 0 is also what unallocated storage reports.
+  hsize_t stored = H5Dget_storage_size(dataset);
+  if (stored > file_bytes)
+    TESSERA_THROW(DataError, Where(name), ": its storage index records ", stored, " bytes of data, but the file "
+                  "holds only ", file_bytes, " bytes; the file is damaged");
 }
 
 void Hdf5Dataset::ReadLabels(hid_t dataset) {

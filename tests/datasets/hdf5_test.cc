@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -259,6 +261,82 @@ TEST_F(Hdf5Test, HugeExampleShapeIsRefusedBeforeAllocating) {
   }
   std::string msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
   EXPECT_CONTAINS(msg, "dataset 'features': shape [2, 65536, 32768]: examples of [65536, 32768] are more than 268435456 values");
+}
+
+// Sets the size that the chunk index records for the chunk holding row `row` of a chunked
+// dataset of rank `rank` to 0xFFFFFFFF, as a fuzzed file did. The default (earliest) format
+// indexes chunks with a version 1 B-tree, whose keys are {u32 size, u32 filter mask,
+// u64 offset per dimension and one more} and precede the address of the chunk they describe.
+void CorruptChunkIndexSize(const std::string& path, const std::string& name, hsize_t row, int rank) {
+  haddr_t addr = 0;
+  hsize_t size = 0;
+  {
+    Hdf5Lock lock;
+    Hdf5Handle file(TESSERA_H5_CHECK(IoError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), path), H5Fclose);
+    Hdf5Handle d(TESSERA_H5_CHECK(IoError, H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT), path), H5Dclose);
+    std::vector<hsize_t> offset(rank, 0);
+    offset[0] = row;
+    unsigned mask = 0;
+    TESSERA_H5_CHECK(IoError, H5Dget_chunk_info_by_coord(d.get(), offset.data(), &mask, &addr, &size), path);
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t key = 8 + 8 * (rank + 1);
+  size_t at = std::string::npos;
+  for (size_t pos = key; pos + 8 <= bytes.size(); ++pos) {
+    uint64_t a = 0;
+    uint32_t s = 0;
+    std::memcpy(&a, bytes.data() + pos, 8);
+    std::memcpy(&s, bytes.data() + pos - key, 4);
+    if (a == addr && s == size) at = pos - key;
+  }
+  ASSERT_NE(at, std::string::npos) << "no B-tree key for the chunk at " << addr << " of " << size << " bytes";
+  std::memset(bytes.data() + at, 0xFF, 4);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+TEST_F(Hdf5Test, ChunkIndexClaimingMoreThanTheFileIsRefusedBeforeReading) {
+  WriteGood(/*chunked=*/true);
+  CorruptChunkIndexSize(path_, "features", 4, 3);
+  std::string msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
+  EXPECT_CONTAINS(msg, path_ + ", dataset 'features': its storage index records 42949");
+  EXPECT_CONTAINS(msg, "the file is damaged");
+}
+
+TEST_F(Hdf5Test, HugeChunksAreRefused) {
+  {
+    Hdf5Writer w(path_);
+    hsize_t dims[2] = {2, 4}, maxdims[2] = {H5S_UNLIMITED, 4}, chunk[2] = {hsize_t{1} << 27, 4};
+    Hdf5Handle space(H5Screate_simple(2, dims, maxdims), H5Sclose);
+    Hdf5Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    ASSERT_GE(H5Pset_chunk(dcpl.get(), 2, chunk), 0);
+    Hdf5Handle d(H5Dcreate2(w.file(), "features", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                 H5Dclose);
+    ASSERT_GE(d.get(), 0);
+    std::vector<int64_t> l = {0, 1};
+    w.Write("labels", H5T_STD_I64LE, H5T_NATIVE_INT64, {2}, l.data());
+  }
+  std::string msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
+  EXPECT_CONTAINS(msg, "dataset 'features': chunks of [134217728, 4] are more than 1073741824 bytes each");
+}
+
+TEST_F(Hdf5Test, ExternalStorageIsRefused) {
+  const std::string raw = dir_.File("raw.bin");
+  std::ofstream(raw, std::ios::binary) << std::string(2 * 4 * 4, '\0');
+  {
+    Hdf5Writer w(path_);
+    hsize_t dims[2] = {2, 4};
+    Hdf5Handle space(H5Screate_simple(2, dims, nullptr), H5Sclose);
+    Hdf5Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    ASSERT_GE(H5Pset_external(dcpl.get(), raw.c_str(), 0, 2 * 4 * 4), 0);
+    Hdf5Handle d(H5Dcreate2(w.file(), "features", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                 H5Dclose);
+    ASSERT_GE(d.get(), 0);
+    std::vector<int64_t> l = {0, 1};
+    w.Write("labels", H5T_STD_I64LE, H5T_NATIVE_INT64, {2}, l.data());
+  }
+  std::string msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
+  EXPECT_CONTAINS(msg, path_ + ", dataset 'features': its data is stored in external files");
 }
 
 TEST_F(Hdf5Test, MissingAndNonHdf5Files) {
