@@ -219,8 +219,14 @@ Shape Hdf5Dataset::DatasetShape(hid_t dataset, const std::string& name) {
   if (TESSERA_H5_CHECK(DataError, H5Sget_simple_extent_type(space.get()), Where(name)) != H5S_SIMPLE)
     TESSERA_THROW(DataError, Where(name), ": a scalar or empty dataspace; expected an array [N, ...]");
   int rank = TESSERA_H5_CHECK(DataError, H5Sget_simple_extent_ndims(space.get()), Where(name));
-  std::vector<hsize_t> dims(rank);
-  TESSERA_H5_CHECK(DataError, H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), Where(name));
+  std::vector<hsize_t> dims(rank), maxdims(rank);
+  TESSERA_H5_CHECK(DataError, H5Sget_simple_extent_dims(space.get(), dims.data(), maxdims.data()), Where(name));
+  // HDF5 does not check that a file's extent lies within its own maximum (a fuzzed file's [2, 262144]
+  // of at most [2, 4] had HDF5 look up 2^17 chunks for one batch).
+  for (int i = 0; i < rank; ++i)
+    if (maxdims[i] != H5S_UNLIMITED && dims[i] > maxdims[i])
+      TESSERA_THROW(DataError, Where(name), ": dimension ", i, " is ", dims[i], " but its declared maximum is ",
+                    maxdims[i], "; the file is damaged");
   return Shape(dims.begin(), dims.end());
 }
 

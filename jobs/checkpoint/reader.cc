@@ -12,6 +12,7 @@
 #include "core/io/check_queue.h"
 #include "core/io/hdf5.h"
 #include "core/io/weights.h"
+#include "core/nn/module.h"
 #include "jobs/checkpoint/format.h"
 
 namespace tessera::jobs {
@@ -91,6 +92,59 @@ TensorRead ReadTensor(hid_t file, const CheckpointTensor& t, int64_t file_size, 
   return out;
 }
 
+// The `flat_offset` attributes of a checkpoint (docs/checkpoint-format.md): the model's tensors
+// tile the flat parameter buffer in order, each at the first aligned element after the one
+// before it (no overlaps, no gaps but the alignment padding), and each optimizer
+// state tensor starts where its parameter does. Loads place tensors by the model's own layout, so
+// only verify reads these; a wrong one would mislead any other reader of the file.
+std::vector<std::string> CheckFlatOffsets(hid_t file, const CheckpointInfo& info, const std::string& path) {
+  std::vector<std::string> problems;
+  std::map<std::string, int64_t> model_offset;  // /model/<param> -> flat_offset
+  std::vector<std::pair<int64_t, const CheckpointTensor*>> model;
+  std::vector<std::pair<int64_t, const CheckpointTensor*>> optim;
+  for (const CheckpointTensor& t : info.tensors) {
+    const std::string at = path + ": " + t.path;
+    try {
+      if (!io::PathExists(file, t.path, at)) continue;  // reported by the tensor reads
+      Hdf5Handle d(TESSERA_H5_CHECK(IoError, H5Dopen2(file, t.path.c_str(), H5P_DEFAULT), at), H5Dclose);
+      if (!io::HasAttr(d.get(), "flat_offset", at)) {
+        problems.push_back(at + ": has no flat_offset attribute");
+        continue;
+      }
+      const int64_t off = io::ReadIntAttr(d.get(), "flat_offset", at, 0);
+      if (t.path.rfind("/model/", 0) == 0) {
+        model.push_back({off, &t});
+        model_offset[t.path] = off;
+      } else {
+        optim.push_back({off, &t});
+      }
+    } catch (const Error& e) {
+      problems.push_back(e.what());
+    }
+  }
+  // FlatParameters starts each parameter at the next multiple of kAlignment elements.
+  constexpr int64_t kAlign = nn::FlatParameters::kAlignment;
+  std::sort(model.begin(), model.end());
+  int64_t end = 0;
+  for (const auto& [off, t] : model) {
+    const int64_t want = (end + kAlign - 1) / kAlign * kAlign;
+    if (off != want)
+      problems.push_back(detail::StrCat(path, ": ", t->path, ": flat_offset is ", off, " but the model's tensors before it "
+                                        "end at element ", end, ", so it should be ", want, " (the next multiple of ",
+                                        kAlign, "): ", off < end ? "the tensors overlap" : "a gap"));
+    end = std::max(end, off + NumElements(t->shape));
+  }
+  for (const auto& [off, t] : optim) {
+    // /optim/<param>/<state> belongs to /model/<param>.
+    const std::string param = "/model/" + t->path.substr(7, t->path.rfind('/') - 7);
+    auto it = model_offset.find(param);
+    if (it != model_offset.end() && it->second != off)
+      problems.push_back(detail::StrCat(path, ": ", t->path, ": flat_offset is ", off, " but its parameter ", param,
+                                        " starts at ", it->second));
+  }
+  return problems;
+}
+
 }  // namespace
 
 CheckpointInfo LoadCheckpoint(const std::string& path, const CheckpointLayout& layout) {
@@ -154,6 +208,7 @@ std::vector<std::string> VerifyCheckpoint(const std::string& path) {
       problems.push_back(path + ": " + p + ": not listed in the manifest");
   for (std::string& p : CheckConsistency(info, manifest)) problems.push_back(std::move(p));
   if (info.kind == "checkpoint") {
+    for (std::string& p : CheckFlatOffsets(file.get(), info, path)) problems.push_back(std::move(p));
     try {
       checkpoint_internal::ReadRankState(file.get(), info);
     } catch (const Error& e) {

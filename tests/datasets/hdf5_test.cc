@@ -303,6 +303,38 @@ TEST_F(Hdf5Test, ChunkIndexClaimingMoreThanTheFileIsRefusedBeforeReading) {
   EXPECT_CONTAINS(msg, "the file is damaged");
 }
 
+// HDF5's API never makes an extent larger than its maximum, so this patches one into the file: the
+// default (earliest) format's version 1 dataspace message, which has no checksum, stores the
+// dimensions and then the maxima as 64-bit integers.
+TEST_F(Hdf5Test, AnExtentPastItsDeclaredMaximumIsRefused) {
+  {
+    Hdf5Writer w(path_);
+    hsize_t dims[2] = {2, 4}, maxdims[2] = {2, 8}, chunk[2] = {1, 4};
+    Hdf5Handle space(H5Screate_simple(2, dims, maxdims), H5Sclose);
+    Hdf5Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    ASSERT_GE(H5Pset_chunk(dcpl.get(), 2, chunk), 0);
+    Hdf5Handle d(H5Dcreate2(w.file(), "features", H5T_STD_U8LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                 H5Dclose);
+    ASSERT_GE(d.get(), 0);
+    std::vector<int64_t> l = {0, 1};
+    w.Write("labels", H5T_STD_I64LE, H5T_NATIVE_INT64, {2}, l.data());
+  }
+  std::unique_ptr<Dataset> good = OpenHdf5(path_, "features", "labels");
+  EXPECT_EQ(good->size(), 2);
+  good.reset();
+  std::ifstream in(path_, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  const uint64_t extent[4] = {2, 4, 2, 8};
+  const size_t at = bytes.find(std::string(reinterpret_cast<const char*>(extent), sizeof extent));
+  ASSERT_NE(at, std::string::npos);
+  const uint64_t wide = 1 << 18;
+  std::memcpy(bytes.data() + at + 8, &wide, 8);
+  std::ofstream(path_, std::ios::binary | std::ios::trunc) << bytes;
+  std::string msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
+  EXPECT_CONTAINS(msg, path_ + ", dataset 'features': dimension 1 is 262144 but its declared maximum is 8; the file is damaged");
+}
+
 TEST_F(Hdf5Test, HugeChunksAreRefused) {
   {
     Hdf5Writer w(path_);

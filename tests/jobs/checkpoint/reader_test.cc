@@ -39,6 +39,65 @@ TEST_F(CheckpointTest, TheStepMustMatchTheStepDirectory) {
   EXPECT_EQ(VerifyCheckpoint(moved).size(), 1u);
 }
 
+inline void RewriteDatasetI64Attr(const std::string& file, const std::string& dataset, const char* name,
+                                  int64_t value, bool remove = false) {
+  Hdf5Lock lock;
+  Hdf5Handle f(CHECK_H5(H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), file), H5Fclose);
+  Hdf5Handle d(CHECK_H5(H5Dopen2(f.get(), dataset.c_str(), H5P_DEFAULT), file + ": " + dataset), H5Dclose);
+  if (remove) {
+    CHECK_H5(H5Adelete(d.get(), name), file + ": " + dataset + " @" + name);
+  } else {
+    Hdf5Handle a(CHECK_H5(H5Aopen(d.get(), name, H5P_DEFAULT), file + ": " + dataset + " @" + name), H5Aclose);
+    CHECK_H5(H5Awrite(a.get(), H5T_NATIVE_INT64, &value), file + ": " + dataset + " @" + name);
+  }
+  d.Reset();
+  ASSERT_GE(f.Close(), 0);
+}
+
+inline int64_t ReadDatasetI64Attr(const std::string& file, const std::string& dataset, const char* name) {
+  Hdf5Lock lock;
+  Hdf5Handle f(CHECK_H5(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), file), H5Fclose);
+  Hdf5Handle d(CHECK_H5(H5Dopen2(f.get(), dataset.c_str(), H5P_DEFAULT), file + ": " + dataset), H5Dclose);
+  return io::ReadIntAttr(d.get(), name, file + ": " + dataset);
+}
+
+// flat_offset is not covered by a CRC: verify checks it against the other tensors'.
+TEST_F(CheckpointTest, AWrongOrMissingFlatOffsetIsReportedByVerify) {
+  State s = MakeMlp(89, OptKind::kAdam, 1);  // Linear(8 -> 16), ReLU, Linear(16 -> 12), ...
+  const std::string good = Save(s, 3);
+  ASSERT_TRUE(VerifyCheckpoint(good).empty());
+  // The first layer's bias follows its weight, at the next multiple of 16 elements.
+  const int64_t bias = ReadDatasetI64Attr(good, "/model/1.bias", "flat_offset");
+  ASSERT_EQ(ReadDatasetI64Attr(good, "/model/1.weight", "flat_offset"), 0);
+  ASSERT_EQ(bias, 8 * 16);
+  const std::string b = std::to_string(bias);
+  const std::string bad = Path("bad.h5");
+  struct Case {
+    std::string dataset;
+    int64_t value;
+    bool remove;
+    std::string want;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"/model/1.bias", bias + 16, false,
+            "/model/1.bias: flat_offset is " + std::to_string(bias + 16) + " but the model's tensors before it end at "
+            "element " + b + ", so it should be " + b + " (the next multiple of 16): a gap"},
+           {"/model/1.bias", bias - 16, false, "so it should be " + b + " (the next multiple of 16): the tensors overlap"},
+           {"/model/1.bias", bias + 1, false, "so it should be " + b},
+           {"/optim/1.bias/exp_avg", 0, false,
+            "/optim/1.bias/exp_avg: flat_offset is 0 but its parameter /model/1.bias starts at " + b},
+           {"/optim/1.weight/exp_avg_sq", -5, false, "/optim/1.weight/exp_avg_sq @flat_offset"},
+           {"/model/1.weight", 0, true, "/model/1.weight: has no flat_offset attribute"}}) {
+    SCOPED_TRACE(c.dataset + " " + std::to_string(c.value));
+    fs::copy_file(good, bad, fs::copy_options::overwrite_existing);
+    RewriteDatasetI64Attr(bad, c.dataset, "flat_offset", c.value, c.remove);
+    std::vector<std::string> problems = VerifyCheckpoint(bad);
+    ASSERT_GE(problems.size(), 1u);
+    EXPECT_CONTAINS(problems[0], bad + ": ");
+    EXPECT_CONTAINS(problems[0], c.want);
+  }
+}
+
 // ---- errors -----------------------------------------------------------------------------------
 
 TEST_F(CheckpointTest, MissingFileIsAnIoErrorNamingIt) {
