@@ -243,12 +243,18 @@ void Hdf5Dataset::CheckStorage(hid_t dataset, const std::string& name) {
   if (TESSERA_H5_CHECK(DataError, H5Pget_layout(dcpl.get()), Where(name)) == H5D_VIRTUAL)
     TESSERA_THROW(DataError, Where(name), ": a virtual dataset (its data maps to other files); tessera reads "
                   "only data held in the HDF5 file itself (repack it with h5repack)");
-  if (TESSERA_H5_CHECK(DataError, H5Pget_layout(dcpl.get()), Where(name)) == H5D_CHUNKED) {
+  // libhdf5 sizes its conversion buffers by the element type: a fuzzed label type of 4 GB per
+  // integer had it allocate 4 GB. No number tessera reads is wider than 16 bytes.
+  Hdf5Handle type(TESSERA_H5_CHECK(DataError, H5Dget_type(dataset), Where(name)), H5Tclose);
+  const size_t element = H5Tget_size(type.get());
+  if (element == 0 || element > 16)
+    TESSERA_THROW(DataError, Where(name), ": elements of ", element, " bytes; tessera reads numbers of 1 to 16 bytes");
+  const H5D_layout_t layout = TESSERA_H5_CHECK(DataError, H5Pget_layout(dcpl.get()), Where(name));
+  if (layout == H5D_CHUNKED) {
     // A chunk is read (and inflated) whole into a buffer of its declared size.
     hsize_t chunk[H5S_MAX_RANK];
     int rank = TESSERA_H5_CHECK(DataError, H5Pget_chunk(dcpl.get(), H5S_MAX_RANK, chunk), Where(name));
-    Hdf5Handle type(TESSERA_H5_CHECK(DataError, H5Dget_type(dataset), Where(name)), H5Tclose);
-    uint64_t bytes = H5Tget_size(type.get());
+    uint64_t bytes = element;
     std::vector<uint64_t> dims(chunk, chunk + rank);
     for (uint64_t d : dims)
       if (__builtin_mul_overflow(bytes, d, &bytes) || bytes > kMaxChunkBytes)
@@ -262,6 +268,14 @@ void Hdf5Dataset::CheckStorage(hid_t dataset, const std::string& name) {
   if (stored > file_bytes)
     TESSERA_THROW(DataError, Where(name), ": its storage index records ", stored, " bytes of data, but the file "
                   "holds only ", file_bytes, " bytes; the file is damaged");
+  if (layout == H5D_CONTIGUOUS && stored != 0) {
+    Hdf5Handle space(TESSERA_H5_CHECK(DataError, H5Dget_space(dataset), Where(name)), H5Sclose);
+    const auto points = static_cast<uint64_t>(TESSERA_H5_CHECK(DataError, H5Sget_simple_extent_npoints(space.get()), Where(name)));
+    uint64_t want = 0;
+    if (__builtin_mul_overflow(points, element, &want) || want != stored)
+      TESSERA_THROW(DataError, Where(name), ": stores ", stored, " bytes for ", points, " elements of ", element,
+                    " bytes; the file is damaged");
+  }
 }
 
 void Hdf5Dataset::ReadLabels(hid_t dataset) {

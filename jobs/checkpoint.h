@@ -114,9 +114,12 @@ struct CheckpointWriterOptions {
   // The ranks that save together (a group used by nothing else: the writer's collectives run on
   // its own thread), or null for one process.
   dist::ProcessGroup* group = nullptr;
-  // For each of the writer's collectives (the trainer passes parallel.collective_timeout_s): a
-  // rank that dies during a save is an error on the others within this many seconds.
+  // Each of the writer's collectives waits for a save's I/O on some rank, so its deadline is
+  // timeout_s (the trainer passes parallel.collective_timeout_s) plus the checkpoint's bytes at
+  // min_io_bytes_per_s (checkpoint.min_io_mb_per_s): a rank that dies during a save is an error on
+  // the others within that time, and slow storage does not fail a large save.
   double timeout_s = 300;
+  double min_io_bytes_per_s = 10e6;
 };
 
 // What one finished save did (rank 0 reports the commit; other ranks their part).

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <cctype>
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -351,6 +352,8 @@ void ValidateRest(const JobSpec& s, Validator& v) {
   v.Require(c.every_steps() >= 0, "checkpoint.every_steps", "must be >= 0" + Got(c.every_steps()));
   v.Require(c.every_minutes() >= 0, "checkpoint.every_minutes", "must be >= 0" + Got(c.every_minutes()));
   v.Require(c.keep_last() >= 1, "checkpoint.keep_last", "must be >= 1" + Got(c.keep_last()));
+  v.Require(std::isfinite(c.min_io_mb_per_s()) && c.min_io_mb_per_s() > 0, "checkpoint.min_io_mb_per_s",
+            "must be a rate > 0 MB/s" + Got(c.min_io_mb_per_s()));
   ValidatePublish(s, v);
 }
 

@@ -155,9 +155,11 @@ void TrainingRun::JoinRanks() {
     wo.dir = plan_.ckpt_dir;
     wo.keep_last = cs.keep_last();
     wo.group = ckpt_group_.get();
-    // The same deadline as training's collectives: a rank that dies during a save is an error
-    // on the others within it (they may be waiting for the save, not in a training collective).
+    // Training's deadline plus the save's bytes at the slowest rate we wait for: a rank that dies
+    // during a save is an error on the others (they may be waiting for the save, not in a
+    // training collective), and a large save on slow storage is not.
     wo.timeout_s = timeout_s_;
+    wo.min_io_bytes_per_s = cs.min_io_mb_per_s() * 1e6;
     writer_ = std::make_unique<CheckpointWriter>(wo);
   }
   already_complete_ = !resume_path_.empty() && step_ >= total_steps_;

@@ -455,8 +455,10 @@ void CheckpointWriter::WriteJob(Job& job) {
   job.meta.world_size = job.world;
   const SavePaths p = PathsFor(o_.dir, step);
   const size_t D = job.count();
+  int64_t total_bytes = 0;
+  for (size_t d = 0; d < D; ++d) total_bytes += job.numel(d) * job.esize(d);
   dist::CollectiveOptions co;
-  co.timeout_s = o_.timeout_s;
+  co.timeout_s = o_.timeout_s + static_cast<double>(total_bytes) / o_.min_io_bytes_per_s;
 
   // 1. Rank 0 lays out the file and shares the data offsets; the last entry is a failure flag.
   Tensor offsets = Tensor::Zeros({static_cast<int64_t>(D) + 1}, DType::kI64);
@@ -503,8 +505,6 @@ void CheckpointWriter::WriteJob(Job& job) {
     TESSERA_THROW(IoError, "checkpoint at step ", step, ": rank ", r, " could not write its part of ", p.tmp_file,
                   " (rank ", r, " reports why)");
   }
-  int64_t total_bytes = 0;
-  for (size_t d = 0; d < D; ++d) total_bytes += job.numel(d) * job.esize(d);
   phase("2 gather CRCs");
 
   // Rank 0 tells every rank how the commit went, so that all of them report the same outcome.

@@ -335,6 +335,21 @@ TEST_F(Hdf5Test, AnExtentPastItsDeclaredMaximumIsRefused) {
   EXPECT_CONTAINS(msg, path_ + ", dataset 'features': dimension 1 is 262144 but its declared maximum is 8; the file is damaged");
 }
 
+// libhdf5 allocates conversion buffers by element size (a fuzzed label type of 4 GB per integer).
+TEST_F(Hdf5Test, ElementsWiderThanAnyNumberAreRefused) {
+  {
+    Hdf5Writer w(path_);
+    std::vector<float> f(8, 1.0f);
+    w.Write("features", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {2, 4}, f.data());
+    Hdf5Handle wide(H5Tcopy(H5T_STD_I64LE), H5Tclose);
+    ASSERT_GE(H5Tset_size(wide.get(), 32), 0);
+    std::vector<int64_t> l = {0, 1};
+    w.Write("labels", wide.get(), H5T_NATIVE_INT64, {2}, l.data());
+  }
+  std::string msg = ThrownMessage<DataError>([&] { OpenHdf5(path_, "features", "labels"); });
+  EXPECT_CONTAINS(msg, path_ + ", dataset 'labels': elements of 32 bytes; tessera reads numbers of 1 to 16 bytes");
+}
+
 TEST_F(Hdf5Test, HugeChunksAreRefused) {
   {
     Hdf5Writer w(path_);

@@ -233,10 +233,11 @@ TEST_F(SpecTest, UnimplementedFeaturesAreRefusedNotIgnored) {
 }
 
 TEST_F(SpecTest, CheckpointPolicyIsValidated) {
-  std::string msg = ErrorOf(Valid("checkpoint { every_steps: -1 every_minutes: -2 keep_last: 0 }\n"));
+  std::string msg = ErrorOf(Valid("checkpoint { every_steps: -1 every_minutes: -2 keep_last: 0 min_io_mb_per_s: 0 }\n"));
   EXPECT_NE(msg.find("checkpoint.every_steps: must be >= 0"), std::string::npos) << msg;
   EXPECT_NE(msg.find("checkpoint.every_minutes: must be >= 0"), std::string::npos) << msg;
   EXPECT_NE(msg.find("checkpoint.keep_last: must be >= 1"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("checkpoint.min_io_mb_per_s: must be a rate > 0 MB/s (got 0)"), std::string::npos) << msg;
 }
 
 }  // namespace

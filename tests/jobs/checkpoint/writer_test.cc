@@ -113,64 +113,97 @@ class ThreadGroup : public dist::ProcessGroup {
   uint64_t seq_ = 0;
 };
 
+// Each rank holds only the slice it owns of `full`, [r n / w, (r + 1) n / w): it cannot write more.
+std::vector<CheckpointLayout> RankSlices(const CheckpointLayout& full, int world) {
+  std::vector<CheckpointLayout> layouts;
+  const int64_t n = full.flat_size;
+  for (int r = 0; r < world; ++r) {
+    const int64_t lo = n * r / world, hi = n * (r + 1) / world;
+    CheckpointLayout l = full;
+    for (auto& b : l.buffers) b = {b.data.Slice0(lo, hi).Clone(), lo};
+    layouts.push_back(l);
+  }
+  return layouts;
+}
+
+struct ThreadSave {
+  std::vector<std::string> errors;  // per rank; empty when it saved
+  std::vector<std::vector<CheckpointSaveReport>> reports;
+};
+
+// Rank r of layouts.size() saves layouts[r] as step 3 of `opt`'s state on its own thread, all
+// over one in-process group, with writer options `o` (dir, timeouts). With `rank0_last`, rank 0
+// calls Save only after every other rank's Save has returned, so they all wait in the first
+// collective for rank 0's snapshot and its creation of the file.
+ThreadSave SaveOnThreads(const std::vector<CheckpointLayout>& layouts, const optim::Optimizer* opt,
+                         const CheckpointWriterOptions& o, bool rank0_last = false) {
+  const int world = static_cast<int>(layouts.size());
+  ThreadRendezvous rv(world);
+  std::vector<std::unique_ptr<ThreadGroup>> groups;
+  for (int r = 0; r < world; ++r) groups.push_back(std::make_unique<ThreadGroup>(rv, r, world));
+  ThreadSave out;
+  out.errors.resize(world);
+  out.reports.resize(world);
+  std::mutex mu;
+  std::condition_variable cv;
+  int saved = 0;  // ranks other than 0 whose Save returned
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        if (rank0_last && r == 0) {
+          std::unique_lock<std::mutex> l(mu);
+          cv.wait(l, [&] { return saved == world - 1; });
+        }
+        CheckpointWriterOptions ro = o;
+        ro.group = groups[r].get();
+        CheckpointWriter w(ro);
+        CheckpointMeta m = MakeMeta(3, opt);
+        m.world_size = world;
+        m.data_parallel = world;
+        m.zero_stage = 1;
+        m.rank_next_example.clear();
+        for (int k = 0; k < world; ++k) m.rank_next_example.push_back(100 + k);
+        {
+          // Save() makes an HDF5 call without the HDF5 lock (SaveMakesNoHdf5CallOutsideTheHdf5Lock);
+          // ranks sharing one process would race in it (HDF5's initialisation crashes), so the
+          // test holds the lock around it. The background write takes the lock itself.
+          Hdf5Lock lock;
+          w.Save(layouts[r], m);
+        }
+        if (r != 0) {
+          std::lock_guard<std::mutex> l(mu);
+          ++saved;
+          cv.notify_all();
+        }
+        w.Wait();
+        out.reports[r] = w.TakeReports();
+      } catch (const std::exception& e) {
+        out.errors[r] = e.what();
+        if (r != 0) {  // rank 0 must not wait for a Save that failed
+          std::lock_guard<std::mutex> l(mu);
+          ++saved;
+          cv.notify_all();
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return out;
+}
+
 TEST_F(CheckpointTest, SeveralRanksEachWriteTheirSliceOfOneCheckpoint) {
   State saved = MakeMlp(51, OptKind::kAdam, 3);
   const CheckpointLayout full = saved.Layout();
-  const int64_t n = full.flat_size;
   for (int world : {2, 3, 5}) {
     SCOPED_TRACE("world " + std::to_string(world));
-    ThreadRendezvous rv(world);
-    std::vector<std::unique_ptr<ThreadGroup>> groups;
-    std::vector<CheckpointLayout> layouts;
-    for (int r = 0; r < world; ++r) {
-      groups.push_back(std::make_unique<ThreadGroup>(rv, r, world));
-      // Each rank holds only the slice it owns, [r n / w, (r + 1) n / w): it cannot write more.
-      const int64_t lo = n * r / world, hi = n * (r + 1) / world;
-      CheckpointLayout l = full;
-      for (auto& b : l.buffers) b = {b.data.Slice0(lo, hi).Clone(), lo};
-      layouts.push_back(l);
-    }
-    std::vector<std::exception_ptr> errors(world);
-    std::vector<std::vector<CheckpointSaveReport>> reports(world);
-    std::vector<std::thread> threads;
-    const std::string ckpt_dir = Path("world" + std::to_string(world));
-    for (int r = 0; r < world; ++r) {
-      threads.emplace_back([&, r] {
-        try {
-          CheckpointWriterOptions o;
-          o.dir = ckpt_dir;
-          o.group = groups[r].get();
-          o.timeout_s = 10;  // a rank that fails alone makes the others time out, not hang
-          CheckpointWriter w(o);
-          CheckpointMeta m = MakeMeta(3, saved.opt.get());
-          m.world_size = world;
-          m.data_parallel = world;
-          m.zero_stage = 1;
-          m.rank_next_example.clear();
-          for (int k = 0; k < world; ++k) m.rank_next_example.push_back(100 + k);
-          {
-            // Save() makes an HDF5 call without the HDF5 lock (SaveMakesNoHdf5CallOutsideTheHdf5Lock);
-            // ranks sharing one process would race in it (HDF5's initialisation crashes), so the
-            // test holds the lock around it. The background write takes the lock itself.
-            Hdf5Lock lock;
-            w.Save(layouts[r], m);
-          }
-          w.Wait();
-          reports[r] = w.TakeReports();
-        } catch (...) {
-          errors[r] = std::current_exception();
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    for (int r = 0; r < world; ++r) {
-      if (!errors[r]) continue;
-      try {
-        std::rethrow_exception(errors[r]);
-      } catch (const std::exception& e) {
-        ADD_FAILURE() << "rank " << r << ": " << e.what();
-      }
-    }
+    CheckpointWriterOptions o;
+    o.dir = Path("world" + std::to_string(world));
+    o.timeout_s = 10;  // a rank that fails alone makes the others time out, not hang
+    ThreadSave run = SaveOnThreads(RankSlices(full, world), saved.opt.get(), o);
+    for (int r = 0; r < world; ++r)
+      if (!run.errors[r].empty()) ADD_FAILURE() << "rank " << r << ": " << run.errors[r];
+    const auto& reports = run.reports;
     int64_t rank_bytes = 0;
     for (int r = 0; r < world; ++r) {
       ASSERT_EQ(reports[r].size(), 1u) << "rank " << r;
@@ -201,6 +234,29 @@ TEST_F(CheckpointTest, SeveralRanksEachWriteTheirSliceOfOneCheckpoint) {
       EXPECT_EQ(rs[2 * r + 1], 100u + r);
     }
   }
+}
+
+// The ranks of a save wait in collectives for each other's I/O (rank 1 here for rank 0's snapshot
+// of 100 MB and its creation of the file), so a save's deadlines grow with its bytes: a 200 MB
+// save on 1 ms collectives succeeds with the default floor of 10 MB/s (20 s more), and times out
+// without one.
+TEST_F(CheckpointTest, SaveDeadlinesScaleWithTheCheckpointsBytes) {
+  State saved = MakeState(models::BuildMlp(Mlp({4096, 4096})), 53, OptKind::kAdam, 1);
+  const CheckpointLayout full = saved.Layout();
+  ASSERT_GT(TensorBytes(full), 190'000'000);
+  const std::vector<CheckpointLayout> slices = RankSlices(full, 2);
+  CheckpointWriterOptions o;
+  o.timeout_s = 0.001;
+  o.dir = Path("scaled");
+  ThreadSave run = SaveOnThreads(slices, saved.opt.get(), o, /*rank0_last=*/true);
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(run.errors[r], "") << "rank " << r;
+  ASSERT_EQ(run.reports[0].size(), 1u);
+  EXPECT_TRUE(VerifyCheckpoint(run.reports[0][0].path).empty());
+  // The same save with the deadline alone: a rank waiting for the other's I/O gives up.
+  o.min_io_bytes_per_s = 1e18;
+  o.dir = Path("unscaled");
+  run = SaveOnThreads(slices, saved.opt.get(), o, /*rank0_last=*/true);
+  EXPECT_CONTAINS(run.errors[1], "timed out after 0.001 s");
 }
 
 // ---- the asynchronous writer ------------------------------------------------------------------
