@@ -237,7 +237,7 @@ TEST_F(SpecTest, CheckpointPolicyIsValidated) {
   EXPECT_NE(msg.find("checkpoint.every_steps: must be >= 0"), std::string::npos) << msg;
   EXPECT_NE(msg.find("checkpoint.every_minutes: must be >= 0"), std::string::npos) << msg;
   EXPECT_NE(msg.find("checkpoint.keep_last: must be >= 1"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("checkpoint.min_io_mb_per_s: must be a rate > 0 MB/s (got 0)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("checkpoint.min_io_mb_per_s: must be a rate > 0 MB/s, got 0"), std::string::npos) << msg;
 }
 
 }  // namespace
