@@ -21,14 +21,18 @@ namespace {
 // compute, OpenMP, loader and checkpoint threads), and taken by one thread that does nothing else.
 // The handler stays installed for the threads that were started before (the MPI library's), which
 // never run those kernels.
-volatile std::sig_atomic_t g_received = 0;
+// Written by the watcher or by a handler on another thread, read by the training thread: a
+// lock-free atomic, which a signal handler may use.
+std::atomic<int> g_received{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 std::vector<int> g_watched;
 sigset_t g_set;
 std::thread* g_watcher = nullptr;  // leaked when a run ends without stopping it: never destroyed joinable
 std::atomic<bool> g_stop{false};
 
 extern "C" void RecordSignal(int sig) {
-  if (g_received == 0) g_received = sig;
+  int none = 0;
+  g_received.compare_exchange_strong(none, sig);  // the first signal stays
 }
 
 void Watch() {
@@ -86,7 +90,7 @@ void StopWatchingPreemptSignals() {
   g_watched.clear();
 }
 
-int PreemptSignalReceived() { return g_received; }
+int PreemptSignalReceived() { return g_received.load(); }
 
 bool PreemptSignalsBlockedHere() {
   sigset_t now;

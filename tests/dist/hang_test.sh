@@ -132,8 +132,9 @@ check_exit() {  # NAME
     || { cat "$DIR/$1.out"; fail "$1: mpirun took $SECONDS_TO_EXIT s to exit (limit $(( TIMEOUT_S + MARGIN_S )) s)"; }
 }
 
-# A survivor's report: the collective, its sequence number, rank 1 as not responding.
-SURVIVOR_ERROR='tessera: error on rank [02]: (checkpoint at step [0-9]+: )?(allreduce|reduce_scatter|allgather|broadcast|barrier) #[0-9]+ \([^)]*\) did not complete within 5 s: .*ranks not responding \(no heartbeat for [0-9.]+ s\): \[1\]'
+# A survivor's report: the collective, its sequence number, rank 1 as not responding (a checkpoint's
+# collectives wait the timeout plus the time its bytes take at checkpoint.min_io_mb_per_s: 5.03 s here).
+SURVIVOR_ERROR='tessera: error on rank [02]: (checkpoint at step [0-9]+: )?(allreduce|reduce_scatter|allgather|broadcast|barrier) #[0-9]+ \([^)]*\) did not complete within 5(\.[0-9]+)? s: .*ranks not responding \(no heartbeat for [0-9.]+ s\): \[1\]'
 check_survivor_error() {  # NAME
   grep -Eq "$SURVIVOR_ERROR" "$DIR/$1.out" \
     || { cat "$DIR/$1.out"; fail "$1: no surviving rank named the collective and rank 1"; }
