@@ -15,13 +15,30 @@ std::mutex& Hdf5Mutex() {
   return mu;
 }
 
-Hdf5Lock::Hdf5Lock() : lock_(Hdf5Mutex()) {
-  TESSERA_H5_CHECK(IoError, H5Eget_auto2(H5E_DEFAULT, &saved_func_, &saved_data_), "HDF5 error reporting");
-  TESSERA_H5_CHECK(IoError, H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr), "HDF5 error reporting");
+namespace {
+thread_local bool t_held = false;  // whether this thread holds Hdf5Mutex() through an Hdf5Lock
+}  // namespace
+
+bool Hdf5LockHeldHere() { return t_held; }
+
+Hdf5Lock::Hdf5Lock() {
+  TESSERA_CHECK(!t_held, "Hdf5Lock nested on one thread (it is not recursive: this would deadlock)");
+  lock_ = std::unique_lock<std::mutex>(Hdf5Mutex());
+  t_held = true;
+  try {
+    TESSERA_H5_CHECK(IoError, H5Eget_auto2(H5E_DEFAULT, &saved_func_, &saved_data_), "HDF5 error reporting");
+    TESSERA_H5_CHECK(IoError, H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr), "HDF5 error reporting");
+  } catch (...) {
+    t_held = false;  // the lock itself is released by lock_'s destructor
+    throw;
+  }
 }
 
 // A destructor cannot throw; failing to restore only changes whether HDF5 prints its stack.
-Hdf5Lock::~Hdf5Lock() { (void)H5Eset_auto2(H5E_DEFAULT, saved_func_, saved_data_); }
+Hdf5Lock::~Hdf5Lock() {
+  (void)H5Eset_auto2(H5E_DEFAULT, saved_func_, saved_data_);
+  t_held = false;
+}
 
 Hdf5Handle& Hdf5Handle::operator=(Hdf5Handle&& o) noexcept {
   if (this != &o) {

@@ -37,7 +37,7 @@ std::mutex& Hdf5Mutex();
 
 // Holds Hdf5Mutex() and, while held, switches off HDF5's automatic printing of its error stack on
 // this thread (failures are reported by TESSERA_H5_CHECK instead); the destructor restores the
-// previous printing and unlocks. Not recursive: never nest two on one thread.
+// previous printing and unlocks. Not recursive: nesting two on one thread is a fatal check.
 class Hdf5Lock {
  public:
   Hdf5Lock();
@@ -50,6 +50,9 @@ class Hdf5Lock {
   H5E_auto2_t saved_func_ = nullptr;
   void* saved_data_ = nullptr;
 };
+
+// Whether the calling thread holds Hdf5Mutex() through an Hdf5Lock.
+bool Hdf5LockHeldHere();
 
 // An owned HDF5 identifier (file, group, dataset, dataspace, datatype, attribute, property list),
 // closed by the matching H5?close. Move-only. Destroy or Reset it while holding Hdf5Mutex(). A

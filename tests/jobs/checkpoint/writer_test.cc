@@ -367,7 +367,7 @@ TEST_F(CheckpointTest, BackgroundFailuresAreRethrownWithThePath) {
 // HDF5 is not thread-safe. This binary interposes H5open(), which HDF5 runs at the start of every
 // API call that may initialise the library and which every predefined type (H5T_IEEE_F32LE,
 // H5T_NATIVE_FLOAT, ...) calls when it is used. While a thread is watched, an H5open() on it
-// while nobody holds the mutex is counted.
+// while it does not hold the lock is counted.
 std::atomic<std::thread::id> g_watched_thread{};
 std::atomic<int> g_unlocked_hdf5_calls{0};
 
@@ -406,17 +406,12 @@ TEST_F(CheckpointTest, SaveMakesNoHdf5CallOutsideTheHdf5Lock) {
 }  // namespace
 }  // namespace tessera::jobs::ckpt_test
 
-// The interposer: counts H5open() calls on the watched thread made while Hdf5Mutex() is free, and
-// forwards every call to HDF5's own H5open().
+// The interposer: counts H5open() calls on the watched thread made while it does not hold the HDF5
+// lock (whether or not another thread holds it), and forwards every call to HDF5's own H5open().
 extern "C" herr_t H5open(void) {
   using tessera::jobs::ckpt_test::g_watched_thread;
-  if (g_watched_thread.load() == std::this_thread::get_id()) {
-    std::mutex& m = tessera::io::Hdf5Mutex();
-    if (m.try_lock()) {  // free: the watched thread does not hold it (and it never tries while holding it)
-      m.unlock();
-      ++tessera::jobs::ckpt_test::g_unlocked_hdf5_calls;
-    }
-  }
+  if (g_watched_thread.load() == std::this_thread::get_id() && !tessera::io::Hdf5LockHeldHere())
+    ++tessera::jobs::ckpt_test::g_unlocked_hdf5_calls;
   static const auto real = reinterpret_cast<herr_t (*)(void)>(dlsym(RTLD_NEXT, "H5open"));
   return real ? real() : -1;
 }
