@@ -12,7 +12,8 @@ namespace tessera::testing {
 
 // A differentiable computation over some input tensors (host, f64). `forward` reads the inputs
 // (which the checker perturbs in place) and returns the output; `backward` takes dL/dy and returns
-// one gradient per input (undefined for inputs that are not differentiable).
+// one gradient per input. Every input is checked: an undefined gradient is a failure (leave an input
+// that is not differentiable out of `inputs`).
 struct GradCase {
   std::vector<std::string> names;
   std::vector<Tensor> inputs;
@@ -27,7 +28,8 @@ struct GradCase {
 void CheckGradients(const GradCase& c, double eps = 1e-6, double tol = 1e-6, int max_per_input = 96,
                     uint64_t seed = 1);
 
-// The same for a module: inputs are x (if differentiable) and every parameter. The module must
+// The same for a module: inputs are x (when check_input; the module must then return its gradient)
+// and every parameter. The module must
 // already be laid out in f64 on the CPU by `params`. `before_forward` runs before each forward
 // (e.g. to reset a dropout counter).
 void CheckModuleGradients(nn::Module& m, nn::FlatParameters& params, const Tensor& x,

@@ -41,6 +41,65 @@ TEST(Philox, GeneratorPositionRestores) {
   for (int i = 0; i < 20; ++i) EXPECT_EQ(a.NextU32(), b.NextU32());
 }
 
+// c = alpha op(a) op(b) + beta c by the definition, in double: the reference for the GEMM
+// (which the gradient checks below also lean on).
+std::vector<double> NaiveGemm(const std::vector<double>& a, bool ta, const std::vector<double>& b, bool tb,
+                              const std::vector<double>& c0, int64_t m, int64_t n, int64_t k, double alpha,
+                              double beta, std::vector<double>* magnitude) {
+  std::vector<double> c(static_cast<size_t>(m * n));
+  magnitude->assign(c.size(), 0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0, mag = 0;
+      for (int64_t p = 0; p < k; ++p) {
+        double x = ta ? a[p * m + i] : a[i * k + p], y = tb ? b[j * k + p] : b[p * n + j];
+        s += x * y;
+        mag += std::fabs(x * y);
+      }
+      c[i * n + j] = alpha * s + beta * c0[i * n + j];
+      (*magnitude)[i * n + j] = std::fabs(alpha) * mag + std::fabs(beta * c0[i * n + j]);
+    }
+  return c;
+}
+
+// One Gemm against the definition: |error| within a few ulps per term of the sum of |products|.
+void ExpectGemmMatchesDefinition(DType dt, int64_t m, int64_t n, int64_t k, bool ta, bool tb, double alpha,
+                                 double beta) {
+  Tensor a = RandomTensor(ta ? Shape{k, m} : Shape{m, k}, dt, 11);
+  Tensor b = RandomTensor(tb ? Shape{n, k} : Shape{k, n}, dt, 12);
+  Tensor c = RandomTensor({m, n}, dt, 13);
+  std::vector<double> mag;
+  std::vector<double> want = NaiveGemm(a.ToVector(), ta, b.ToVector(), tb, c.ToVector(), m, n, k, alpha, beta, &mag);
+  ops::Gemm(a, ta, b, tb, c, alpha, beta);
+  std::vector<double> got = c.ToVector();
+  const double eps = dt == F64 ? 1e-15 : 1e-7;
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_LE(std::fabs(got[i] - want[i]), 4 * static_cast<double>(k + 2) * eps * std::max(mag[i], 1e-30))
+        << "element " << i << ": " << got[i] << " vs " << want[i];
+}
+
+TEST(OpsGemm, MatchesTheDefinitionForEveryTransposeSizeAndScaling) {
+  // Tiny, odd, one-row, one-column, k = 1, and sizes past the kernels' blocking; on one thread
+  // (f32 goes through oneDNN) and on two (OpenBLAS on blocks of rows or columns).
+  const int64_t sizes[][3] = {{3, 5, 4}, {1, 7, 9}, {13, 1, 6}, {8, 8, 1}, {17, 33, 9}, {65, 129, 97}, {128, 64, 300}};
+  const std::pair<double, double> scalings[] = {{1.0, 0.0}, {-0.5, 2.0}};
+  const int threads_before = GetNumThreads();
+  for (int threads : {1, 2}) {
+    SetNumThreads(threads);
+    for (DType dt : {DType::kF32, F64})
+      for (const auto& sz : sizes)
+        for (bool ta : {false, true})
+          for (bool tb : {false, true})
+            for (auto [alpha, beta] : scalings) {
+              SCOPED_TRACE(::testing::Message() << threads << " thread(s), " << DTypeName(dt) << " m=" << sz[0]
+                                                << " n=" << sz[1] << " k=" << sz[2] << " ta=" << ta << " tb=" << tb
+                                                << " alpha=" << alpha << " beta=" << beta);
+              ExpectGemmMatchesDefinition(dt, sz[0], sz[1], sz[2], ta, tb, alpha, beta);
+            }
+  }
+  SetNumThreads(threads_before);
+}
+
 TEST(OpsGrad, GemmAllTransposes) {
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
@@ -398,8 +457,10 @@ void ExpectClose(const Tensor& got, const Tensor& ref, double tol, const char* w
     ASSERT_LE(std::fabs(g[i] - r[i]), tol * std::max(1.0, scale)) << what << " element " << i;
 }
 
-TYPED_TEST(OpsTyped, ForwardMatchesDoublePrecision) {
-  const DType dt = DTypeOf<TypeParam>::value;
+// f32 against the same computation in f64 (an f64 instance would compare f64 with itself; f64 is
+// checked against naive references and finite differences instead).
+TEST(OpsF32, ForwardMatchesDoublePrecision) {
+  const DType dt = DType::kF32;
   const double tol = Tolerance(dt);
   Tensor a64 = RandomTensor({9, 13}, F64, 30), b64 = RandomTensor({13, 7}, F64, 31);
   ExpectClose(ops::MatMul(a64.Cast(dt), b64.Cast(dt)), ops::MatMul(a64, b64), tol, "matmul");
