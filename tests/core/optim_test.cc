@@ -124,6 +124,10 @@ TEST(Clip, ScalesOnlyAboveTheMaxNorm) {
   // With an all-reduced sum of squares (e.g. 2 ranks holding equal shards): norm = sqrt(2 * 25).
   Tensor h = Tensor::FromVector({3, 4}, {2}, DType::kF64);
   EXPECT_NEAR(optim::ClipGradNorm(h, 1.0, 50.0), std::sqrt(50.0), 1e-15);
+  // ... and this rank's shard is scaled by the global norm, not by its own (5).
+  std::vector<double> hv = h.ToVector();
+  EXPECT_NEAR(hv[0], 3 / (std::sqrt(50.0) + 1e-6), 1e-15);
+  EXPECT_NEAR(hv[1], 4 / (std::sqrt(50.0) + 1e-6), 1e-15);
   EXPECT_THROW(optim::ClipGradNorm(h, 0.0), ValueError);
 }
 

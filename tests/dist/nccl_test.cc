@@ -42,13 +42,23 @@ TEST_F(Nccl, CollectivesOnOneRankAreIdentities) {
     Tensor g = Tensor::Zeros({n * world}, DType::kF32, Device::CUDA(0));
     Tensor in = Iota(n, DType::kF32);
     group_->AllGather(in, g)->Wait();
+    got = g.ToVector();
+    for (int64_t i = 0; i < n * world; ++i) ASSERT_EQ(got[i], i % n + 1.0) << "all-gather, element " << i;
     Tensor rs = Tensor::Zeros({n}, DType::kF32, Device::CUDA(0));
     group_->ReduceScatter(g, rs)->Wait();
     got = rs.ToVector();
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got[i], (i + 1.0) * world) << i;
-    group_->Broadcast(in, 0)->Wait();
+    // Every rank starts from its own values and ends with the root's.
+    std::vector<double> mine(n);
+    for (int64_t i = 0; i < n; ++i) mine[i] = i + 1.0 + 1000.0 * group_->rank();
+    Tensor b = Tensor::FromVector(mine, {n}, DType::kF32).To(Device::CUDA(0));
+    group_->Broadcast(b, 0)->Wait();
+    got = b.ToVector();
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got[i], i + 1.0) << "broadcast, element " << i;
   }
-  group_->Barrier()->Wait();
+  auto barrier = group_->Barrier();
+  barrier->Wait();
+  EXPECT_TRUE(barrier->IsCompleted());
 }
 
 TEST_F(Nccl, HostTensorsAreRefused) {
