@@ -209,13 +209,16 @@ TEST(MpiBroadcast, F64FromEveryRoot) { CheckBroadcast<double>(); }
 TEST(MpiBarrier, WaitsForTheLastRank) {
   ProcessGroup& w = World();
   w.Barrier(Opts())->Wait();
-  const auto start = Clock::now();
-  if (w.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Rank 0 enters late; no rank may leave before that moment. The ranks share one host here, so
+  // steady_clock (CLOCK_MONOTONIC) is one clock for all of them; a rank descheduled for a while
+  // changes nothing.
+  if (w.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const double entered = std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
   w.Barrier(Opts())->Wait();
-  // Rank 0 entered 300 ms after the first barrier released everyone.
-  if (w.rank() != 0) {
-    EXPECT_GE(Seconds(start), 0.15);
-  }
+  const double left = std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  Tensor last_entry = Make<double>(1, [&](int64_t) { return entered; });
+  w.Broadcast(last_entry, 0, Opts())->Wait();
+  EXPECT_GE(left, last_entry.data<double>()[0]) << "rank " << w.rank() << " left the barrier before rank 0 entered it";
   auto a = w.Barrier(Opts());
   auto b = w.Barrier(Opts());
   EXPECT_EQ(b->sequence(), a->sequence() + 1);
@@ -235,7 +238,10 @@ TEST(MpiAsync, TenAllReducesCompleteInIssueOrder) {
     works.push_back(w.AllReduce(tensors.back(), Opts()));
   }
   for (int j = 0; j < 10; ++j) EXPECT_EQ(works[j]->sequence(), works[0]->sequence() + j);
-  for (int j = 9; j >= 0; --j) works[j]->Wait();
+  // When the last one has completed, every earlier one already has: they complete in issue order.
+  works[9]->Wait();
+  for (int j = 0; j < 9; ++j) EXPECT_TRUE(works[j]->IsCompleted()) << "allreduce " << j << " after allreduce 9";
+  for (int j = 8; j >= 0; --j) works[j]->Wait();
   for (int j = 0; j < 10; ++j) {
     EXPECT_TRUE(works[j]->IsCompleted());
     EXPECT_TRUE(ElementsAre<float>(tensors[j], 1000 + 37 * j,

@@ -1,6 +1,7 @@
 // Run by CTest under mpirun -np 2: rank 1 breaks an invariant while rank 0 waits in a barrier.
-// The fatal handler that InitMpi installs must stop both ranks at once: CTest checks the message
-// and that the job ends long before rank 0's 60 s collective timeout.
+// The fatal handler that InitMpi installs must stop both ranks at once, through MPI_Abort:
+// fatal_abort_test.sh checks the message, the abort, and that the job ends long before rank 0's
+// 60 s collective timeout.
 #include <cstdio>
 #include <exception>
 
