@@ -3,8 +3,9 @@
 # of one job in ONE run directory, alternately on 1 rank and on 2 ranks (mpirun), each killed
 # (every rank, and mpirun) at a random moment, each resuming what the previous one left (so the
 # resumes also cross world sizes). Half the trials are killed 0.3 to 2.5 s after the launch
-# (during start-up, resume or training), half 0 to 1.2 s after their first step (so that enough
-# kills land in training, whatever the machine's load makes start-up take). The model is wide
+# (during start-up, resume or training), half while a save of theirs is being written, at the
+# first such moment 0 to 1.2 s after their first save began (so that enough kills land in a save,
+# whatever the machine's load makes start-up take). The model is wide
 # (784-2048-2048-10: 5.8M parameters, 70 MB per checkpoint with Adam's state) and a checkpoint is
 # started after every step (keep_last 2), so a save is in flight most of the time in training.
 # After every kill:
@@ -154,17 +155,20 @@ for trial in $(seq $TRIALS); do
          "(resuming from step ${EXPECT:-none})"
   }
   # Trials 1, 2, 5, 6, ... (1 rank and 2 ranks alike) are killed at a random moment 0.3 to 2.5 s
-  # after the launch: during the start, the resume or training. Trials 3, 4, 7, 8, ... 0 to 1.2 s
-  # after their first step: while checkpoints are written, whatever the start-up took.
+  # after the launch: during the start, the resume or training. Trials 3, 4, 7, 8, ... at the first
+  # moment, 0 to 1.2 s after their first save began, when a save of theirs is being written (a
+  # .step-N.partial newer than the marker): these land in a save however long the start-up took on
+  # a loaded machine (a save follows every step).
+  partial_now() { [ -n "$(find "$CK" -mindepth 1 -maxdepth 1 -name '.step-*.partial' -newer "$DIR/marker" 2>/dev/null)" ]; }
   if [ $(( (trial - 1) % 4 )) -lt 2 ]; then
     when="launch"
     deadline=$(( t_start + 300 + RANDOM % 2201 ))
   else
-    when="first step"
+    when="a save"
     for i in $(seq 3000); do
-      tail -n +$((lines_before + 1)) "$RUN/metrics.jsonl" 2>/dev/null | grep -q '"event":"train"' && break
+      partial_now && break
       alive
-      sleep 0.02
+      sleep 0.01
     done
     deadline=$(( $(now_ms) + RANDOM % 1201 ))
   fi
@@ -172,6 +176,13 @@ for trial in $(seq $TRIALS); do
     alive
     sleep 0.02
   done
+  if [ "$when" = "a save" ]; then
+    for i in $(seq 1000); do
+      partial_now && break
+      alive
+      sleep 0.002
+    done
+  fi
   pkill -9 -f -- "$RUN_RE"
   t_kill=$(( $(now_ms) - t_start ))
   wait $pid 2>/dev/null
