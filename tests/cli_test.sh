@@ -21,11 +21,11 @@ check version 0 '^tessera [0-9]+\.[0-9]+\.[0-9]+' -- "$TESSERA" --version
 check help 0 'train.*Run a job spec' -- "$TESSERA" --help
 check train-help 0 '--set FIELD=VALUE' -- "$TESSERA" train --help
 check validate-ok 0 'valid' -- "$TESSERA" validate "$SRC/jobs/examples/fmnist_mlp.pbtxt" --no-file-check
-check validate-bad-value 1 'optimizer.lr: must be > 0, got -1' -- \
+check validate-bad-value 1 '^tessera: error: .*optimizer.lr: must be > 0, got -1' -- \
   "$TESSERA" validate "$SRC/jobs/examples/fmnist_mlp.pbtxt" --no-file-check --set optimizer.lr=-1
 check validate-bad-field 1 "no field 'epochz' in train" -- \
   "$TESSERA" validate "$SRC/jobs/examples/fmnist_mlp.pbtxt" --no-file-check --set train.epochz=1
-check train-missing-file 1 'job.pbtxt: no such file \(a job spec\)' -- "$TESSERA" train /nonexistent/job.pbtxt
+check train-missing-file 1 '^tessera: error: .*job.pbtxt: no such file \(a job spec\)' -- "$TESSERA" train /nonexistent/job.pbtxt
 check no-subcommand 106 'subcommand' -- "$TESSERA"
 check train-help-resume 0 '--resume-from' -- "$TESSERA" train --help
 check ckpt-help 0 'inspect.*verify.*export|export' -- "$TESSERA" ckpt --help
@@ -33,7 +33,7 @@ check resume-needs-run-dir 1 '--resume continues a run directory: name it with -
   "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --resume
 check resume-and-no-resume 108 'excludes' -- \
   "$TESSERA" train "$SRC/jobs/examples/fmnist_mlp.pbtxt" --resume --no-resume
-check ckpt-missing 1 '/nonexistent/ckpt: no such file or directory' -- "$TESSERA" ckpt inspect /nonexistent/ckpt
+check ckpt-missing 1 '^tessera: error: .*/nonexistent/ckpt: no such file or directory' -- "$TESSERA" ckpt inspect /nonexistent/ckpt
 check ckpt-not-hdf5 1 'not an HDF5 file' -- "$TESSERA" ckpt verify "$SRC/jobs/examples/fmnist_mlp.pbtxt"
 EMPTY=$(mktemp -d)
 check ckpt-empty-dir 1 'no checkpoint there' -- "$TESSERA" ckpt verify "$EMPTY"
