@@ -380,8 +380,15 @@ TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) {
 
     // Waiting again reports the same timeout; the group is broken for every later call.
     EXPECT_EQ(ThrownMessage<CommTimeoutError>([&] { work->Wait(); }), message);
-    EXPECT_TRUE(Contains(ThrownMessage<CommError>([&] { g->Barrier(Opts()); }), "broken"));
-    EXPECT_TRUE(Contains(ThrownMessage<CommError>([&] { g->AllReduce(warm, Opts()); }), "broken"));
+    // Each later call names itself and the cause: the collective that broke the group, with its
+    // sequence number and its own report.
+    const std::string cause = "the process group is broken and cannot be used: allreduce #2 (2048 f32, group of " +
+                              std::to_string(P) + ") did not complete within 2 s";
+    std::string later = ThrownMessage<CommError>([&] { g->Barrier(Opts()); });
+    EXPECT_TRUE(Contains(later, "barrier: " + cause)) << later;
+    later = ThrownMessage<CommError>([&] { g->AllReduce(warm, Opts()); });
+    EXPECT_TRUE(Contains(later, "allreduce: " + cause)) << later;
+    EXPECT_TRUE(Contains(later, "ranks that did not arrive: [" + std::to_string(skipper) + "]")) << later;
   }
   w.Barrier(Opts())->Wait();  // the others have reported their timeout
   if (r == skipper) {
@@ -445,7 +452,11 @@ TEST(MpiTimeout, WaitingOnALaterCollectiveNamesTheOneThisRankIsStuckIn) {
     if (r == 0) std::printf("[rank 0] CommTimeoutError after %.2f s: %s\n", elapsed, message.c_str());
     // The group broke: the earlier collective's Wait() does not sit out its own 30 s.
     const auto again = Clock::now();
-    EXPECT_TRUE(Contains(ThrownMessage<CommError>([&] { stuck->Wait(); }), "broken"));
+    const std::string stuck_message = ThrownMessage<CommError>([&] { stuck->Wait(); });
+    EXPECT_TRUE(Contains(stuck_message, "allreduce #1 (7 f32, group of " + std::to_string(P) +
+                                            ") cannot complete: the process group is broken and cannot be "
+                                            "used: barrier #2"))
+        << stuck_message;
     EXPECT_LE(Seconds(again), 1.0);
   }
   w.Barrier(Opts())->Wait();
