@@ -70,17 +70,39 @@ void Reducer::Finish() {
 }
 
 namespace {
-uint64_t Checksum(const Tensor& t) {
-  const unsigned char* p = static_cast<const unsigned char*>(t.raw_data());
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the bytes
-  for (size_t i = 0; i < t.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+uint64_t Fnv1a(const void* data, size_t n) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
   return h;
+}
+uint64_t Checksum(const Tensor& t) { return Fnv1a(t.raw_data(), t.nbytes()); }
+
+// Every rank must have built the same flat layout (the same parameters, in order, at the same
+// offsets, of the same dtype) before rank `root`'s values can mean anything to the others: a
+// ConfigError on every rank names the ranks that differ from the root.
+void CheckSameLayout(const nn::FlatParameters& params, ProcessGroup& group, int root, const CollectiveOptions& o) {
+  std::string text = detail::StrCat(DTypeName(params.values().dtype()), " ", params.numel());
+  for (const auto& e : params.entries()) text += detail::StrCat(" ", e.name, "@", e.offset, "+", e.numel);
+  Tensor mine = Tensor::FromVector({0}, {1}, DType::kI64);
+  *mine.data<int64_t>() = static_cast<int64_t>(Fnv1a(text.data(), text.size()) >> 1);
+  Tensor all = Tensor::Empty({group.size()}, DType::kI64);
+  group.AllGather(mine, all, o)->Wait();
+  std::string differ;
+  for (int r = 0; r < group.size(); ++r)
+    if (all.data<int64_t>()[r] != all.data<int64_t>()[root]) differ += detail::StrCat(differ.empty() ? "" : ", ", r);
+  if (!differ.empty())
+    TESSERA_THROW(ConfigError, "the ranks built different models: rank", differ.find(',') == std::string::npos ? " " : "s ",
+                  differ, " differ from rank ", root, " (here, on rank ", group.rank(), ": ", params.entries().size(),
+                  " parameters, ", params.numel(), " ", DTypeName(params.values().dtype()),
+                  " elements with padding); do all ranks run the same job spec?");
 }
 }  // namespace
 
 void BroadcastParameters(nn::FlatParameters& params, ProcessGroup& group, int root, double timeout_s) {
   CollectiveOptions o;
   o.timeout_s = timeout_s;
+  CheckSameLayout(params, group, root, o);
   group.Broadcast(params.values(), root, o)->Wait();
   // Verify: the min and the max of every rank's checksum must agree.
   uint64_t h = Checksum(params.values()) >> 1;  // fits an i64

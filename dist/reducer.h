@@ -13,6 +13,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/nn/module.h"
@@ -58,8 +59,9 @@ class Reducer {
   std::vector<std::shared_ptr<Work>> work_;
 };
 
-// Copies rank `root`'s parameters to every rank, then checks that all ranks hold the same bits
-// (a checksum compared with a min/max all-reduce); throws CommError naming the first mismatch.
+// Checks that every rank built the same parameters (names, offsets, sizes, dtype; a ConfigError on
+// every rank naming those that differ), copies rank `root`'s values to every rank, then checks
+// that all ranks hold the same bits (a checksum compared with a min/max all-reduce; CommError).
 void BroadcastParameters(nn::FlatParameters& params, ProcessGroup& group, int root = 0, double timeout_s = 300);
 
 }  // namespace tessera::dist

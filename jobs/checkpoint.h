@@ -80,7 +80,7 @@ struct CheckpointMeta {
   std::string lr_schedule;  // e.g. "cosine(lr=0.001, warmup_steps=100, total_steps=1407, min_lr=0)"
   double lr = 0;            // the rate of the last step taken
   std::string job_spec;     // the resolved spec, protobuf text
-  std::string dtype;        // of the model parameters: "f32"
+  std::string dtype;        // of the model parameters, "float32" or "float64"; Save fills it in
 };
 
 // A tensor as a checkpoint records it (path, shape, dtype, bytes, CRC-32, offset in the file).

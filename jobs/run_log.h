@@ -33,6 +33,15 @@ class RunLog {
     std::printf(fmt, args...);
     std::fflush(stdout);
   }
+  // A warning (rank 0), printf-style, ending in its own newline: on stderr as "tessera: warning:
+  // ...", shown with progress off too.
+  template <typename... Args>
+  void Warn(const char* fmt, Args... args) {
+    if (!lead_) return;
+    std::fprintf(stderr, "tessera: warning: ");
+    std::fprintf(stderr, fmt, args...);
+    std::fflush(stderr);
+  }
   // The step line: redrawn in place on a terminal, one line per call elsewhere.
   void StepLine(const std::string& text);
   // Ends a live step line before other output (no-op off a terminal).

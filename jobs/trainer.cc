@@ -129,10 +129,10 @@ void TrainingRun::StartFromCheckpointOrWeights() {
   log_->Say("resume: %s (step %lld, epoch %lld, written by %d rank%s)\n", resume_path_.c_str(),
             static_cast<long long>(step_), static_cast<long long>(m.epoch), m.world_size, m.world_size == 1 ? "" : "s");
   if (m.optimizer != optimizer_->name())
-    log_->Say("warning: the checkpoint's optimizer is %s but this job uses %s: state it does not use is dropped\n",
+    log_->Warn("the checkpoint's optimizer is %s but this job uses %s: state it does not use is dropped\n",
               m.optimizer.c_str(), optimizer_->name().c_str());
   if (m.global_batch != global_batch_ || m.seed != t_.seed() || m.steps_per_epoch != steps_per_epoch_)
-    log_->Say("warning: the checkpoint was written with data.batch_size %lld, train.seed %llu and %lld steps per "
+    log_->Warn("the checkpoint was written with data.batch_size %lld, train.seed %llu and %lld steps per "
               "epoch; this job has %lld, %llu and %lld: the data order from here on differs from the original run's\n",
               static_cast<long long>(m.global_batch), static_cast<unsigned long long>(m.seed),
               static_cast<long long>(m.steps_per_epoch), static_cast<long long>(global_batch_),
@@ -167,7 +167,7 @@ void TrainingRun::JoinRanks() {
 
 void TrainingRun::Announce() {
   if (step_ > 0 && std::abs(schedule_->At(step_ - 1) - resumed_lr_) > 1e-12 * std::max(1.0, std::abs(resumed_lr_)))
-    log_->Say("warning: the checkpoint's last learning rate was %.6g but this job's schedule gives %.6g at that step "
+    log_->Warn("the checkpoint's last learning rate was %.6g but this job's schedule gives %.6g at that step "
               "(a changed optimizer.lr, schedule or train.steps): the run continues on this job's schedule\n",
               resumed_lr_, schedule_->At(step_ - 1));
   if (!plan_.set_aside.empty())

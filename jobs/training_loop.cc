@@ -192,7 +192,6 @@ CheckpointMeta TrainingRun::MetaAt(int64_t at, double lr) const {
   m.lr_schedule = ScheduleDescription(spec_.optimizer(), total_steps_);
   m.lr = lr;
   m.job_spec = ToText(spec_);
-  m.dtype = "float32";
   return m;
 }
 

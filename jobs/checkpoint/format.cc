@@ -133,6 +133,12 @@ std::vector<std::string> CheckConsistency(const CheckpointInfo& info, const io::
   if (dir_step >= 0 && dir_step != m.step)
     problems.push_back(detail::StrCat(info.path, ": the directory ", dir, " says step ", dir_step,
                                       " but the checkpoint's step attribute is ", m.step));
+  for (const CheckpointTensor& t : info.tensors) {
+    if (t.path.rfind("/model/", 0) != 0 || io::DTypeFileName(t.dtype) == m.dtype) continue;
+    problems.push_back(detail::StrCat(info.path, ": root attribute 'dtype' is ", m.dtype.substr(0, 100),
+                                      " but the model's tensors are ", io::DTypeFileName(t.dtype), " (", t.path, ")"));
+    break;
+  }
   if (info.kind != "checkpoint") return problems;
   if (m.epoch * m.steps_per_epoch + m.step_in_epoch != m.step || m.step_in_epoch >= m.steps_per_epoch)
     problems.push_back(detail::StrCat(info.path, ": epoch ", m.epoch, ", step in epoch ", m.step_in_epoch, " and ",

@@ -139,11 +139,27 @@ std::vector<CheckpointSaveReport> CheckpointWriter::TakeReports() {
   return out;
 }
 
+namespace {
+// The `dtype` root attribute: the dtype of the buffer that holds the model's parameters. A meta
+// may leave it empty; one that names another dtype is refused.
+std::string ModelDTypeName(const CheckpointLayout& layout, const std::string& given) {
+  for (const CheckpointLayout::Entry& e : layout.entries) {
+    if (e.path.rfind("/model/", 0) != 0) continue;
+    const std::string actual = io::DTypeFileName(layout.buffers.at(e.buffer).data.dtype());
+    if (!given.empty() && given != actual)
+      TESSERA_THROW(ValueError, "the checkpoint's dtype is given as ", given, " but the model's parameters are ", actual);
+    return actual;
+  }
+  return given;
+}
+}  // namespace
+
 double CheckpointWriter::Save(const CheckpointLayout& layout, const CheckpointMeta& meta) {
   auto t0 = Clock::now();
   Wait();
   auto job = std::make_shared<Job>();
   job->meta = meta;
+  job->meta.dtype = ModelDTypeName(layout, meta.dtype);
   job->entries = layout.entries;
   job->flat_size = layout.flat_size;
   job->rank = o_.group ? o_.group->rank() : 0;

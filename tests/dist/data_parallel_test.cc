@@ -1,4 +1,5 @@
-// Data parallelism: N ranks with per-rank batch b reproduce one rank with batch N*b. Run under
+// Data parallelism: N ranks with per-rank batch b reproduce one rank with batch N*b; at start-up,
+// ranks that built another model or found another checkpoint are named on every rank. Run under
 // mpirun with N = 2 and 4 (see tests/CMakeLists.txt).
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -12,6 +13,7 @@
 #include "core/threads.h"
 #include "tests/dist/mpi_test_env.h"
 #include "dist/reducer.h"
+#include "jobs/resume.h"
 #include "tests/core/gradcheck.h"
 
 namespace tessera::dist {
@@ -90,6 +92,49 @@ TEST_P(DataParallel, NRanksReproduceOneRankWithTheGlobalBatch) {
 
 INSTANTIATE_TEST_SUITE_P(W1AndW2, DataParallel, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "W2" : "W1"; });
+
+// The last rank builds a wider first layer: every rank stops before the broadcast, naming it.
+TEST(StartUp, RanksThatBuiltAnotherModelAreNamedOnEveryRank) {
+  ProcessGroup& world = mpi_test::World();
+  const int last = world.size() - 1;
+  models::MlpConfig c;
+  c.in_features = 8;
+  c.hidden = {world.rank() == last ? 20 : 16};
+  c.out_features = 3;
+  auto net = models::BuildMlp(c);
+  nn::FlatParameters params(*net, Device::CPU(), DType::kF32, 1);
+  try {
+    BroadcastParameters(params, world, 0, 30);
+    ADD_FAILURE() << "rank " << world.rank() << ": the broadcast went ahead";
+  } catch (const ConfigError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("the ranks built different models: rank " + std::to_string(last) + " differ"), std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find("on rank " + std::to_string(world.rank()) + ": 4 parameters"), std::string::npos) << msg;
+  }
+  // The same model everywhere passes, and the broadcast makes the values equal.
+  c.hidden = {16};
+  auto same = models::BuildMlp(c);
+  nn::FlatParameters p2(*same, Device::CPU(), DType::kF32, 1 + world.rank());
+  BroadcastParameters(p2, world, 0, 30);
+}
+
+// Every rank must continue from the same step: one that found another checkpoint is an error on
+// every rank, naming the range of steps and the directory.
+TEST(StartUp, RanksThatFoundDifferentCheckpointsStopTheJob) {
+  ProcessGroup& world = mpi_test::World();
+  EXPECT_NO_THROW(jobs::AgreeOnStep(40, world, 30, "runs/x/checkpoints"));
+  const int64_t step = world.rank() == world.size() - 1 ? 30 : 40;
+  try {
+    jobs::AgreeOnStep(step, world, 30, "runs/x/checkpoints");
+    ADD_FAILURE() << "rank " << world.rank() << ": the ranks agreed";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("the ranks found different checkpoints to resume from (steps 30 to 40); is "
+                                         "runs/x/checkpoints on a file system all ranks share?"),
+              std::string::npos)
+        << e.what();
+  }
+}
 
 }  // namespace
 }  // namespace tessera::dist

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `tessera train` under mpirun, as users start it: the same job on 1 and 2 ranks gives the same
-# result; rank logs are written; a mismatched parallel.data is an error on every rank.
+# result, with gradient accumulation and clipping too; rank logs are written; a failed publish and
+# a mismatched parallel.data are errors on every rank.
 set -u
 TESSERA="$1"
 MPIRUN="$2"
@@ -45,6 +46,31 @@ assert abs(one["test_loss"] - two["test_loss"]) < 1e-4 * max(1, abs(one["test_lo
 assert abs(one["final_train_loss"] - two["final_train_loss"]) < 1e-4, (one["final_train_loss"], two["final_train_loss"])
 assert sum(map(sum, two["confusion_matrix"])) == 240, two["confusion_matrix"]
 print("1 rank and 2 ranks agree: test loss", one["test_loss"], two["test_loss"])
+PY
+
+# Gradient accumulation and clipping on the global norm (docs/distributed.md): with
+# clip_grad_norm small enough to clip every step, one process stepping on whole batches, one
+# accumulating two micro-batches and two ranks accumulating two micro-batches each must agree. A
+# rank that clipped its own gradients by their local norm, or a micro-batch that was dropped,
+# would not.
+CLIP="--set optimizer.clip_grad_norm=0.05"
+"$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/clip1" $CLIP > "$DIR/clip1.out" 2>&1 \
+  || { cat "$DIR/clip1.out"; fail "1 rank, clipped"; }
+"$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/clip1acc" $CLIP --set train.accumulate_steps=2 > "$DIR/clip1acc.out" 2>&1 \
+  || { cat "$DIR/clip1acc.out"; fail "1 rank, clipped, accumulating"; }
+"$MPIRUN" -np 2 --oversubscribe "$TESSERA" train "$DIR/job.pbtxt" --run-dir "$DIR/clip2acc" $CLIP \
+  --set train.accumulate_steps=2 > "$DIR/clip2acc.out" 2>&1 || { cat "$DIR/clip2acc.out"; fail "2 ranks, clipped, accumulating"; }
+/usr/bin/python3 - "$DIR" <<'PY' || fail "accumulation or global-norm clipping differs between layouts"
+import json, sys
+d = sys.argv[1]
+s = {k: json.load(open(f"{d}/{k}/summary.json")) for k in ("one", "clip1", "clip1acc", "clip2acc")}
+close = lambda a, b: abs(a - b) < 1e-4 * max(1, abs(a))
+ref = s["clip1"]["test_loss"]
+assert not close(ref, s["one"]["test_loss"]), ("clipping changed nothing: the test would show nothing", ref)
+for k in ("clip1acc", "clip2acc"):
+    assert close(ref, s[k]["test_loss"]), (k, ref, s[k]["test_loss"])
+    assert close(s["clip1"]["final_train_loss"], s[k]["final_train_loss"]), (k, s["clip1"]["final_train_loss"], s[k]["final_train_loss"])
+print("clipped: 1 rank", ref, "accumulating", s["clip1acc"]["test_loss"], "2 ranks accumulating", s["clip2acc"]["test_loss"])
 PY
 
 # Publishing under mpirun: rank 0 publishes, every rank learns the version; the 2-rank version's

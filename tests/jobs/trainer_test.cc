@@ -15,43 +15,12 @@
 #include "store/store.h"
 #include "jobs/spec.h"
 #include "jobs/trainer.h"
+#include "tests/jobs/blobs_job.h"
 
 namespace tessera::jobs {
 namespace {
 
-namespace fs = std::filesystem;
-using json = nlohmann::json;
-
-// Three Gaussian blobs in 4-D, as CSV with a header and a label column in the middle.
-void WriteBlobs(const fs::path& path, int n, uint64_t seed) {
-  std::ofstream out(path);
-  out << "a,b,label,c,d\n";
-  PhiloxGenerator g(seed);
-  for (int i = 0; i < n; ++i) {
-    int c = static_cast<int>(g.Below(3));
-    double v[4];
-    for (int k = 0; k < 4; ++k) v[k] = (k == c ? 2.0 : 0.0) + 0.5 * g.Normal();
-    out << v[0] << "," << v[1] << "," << c << "," << v[2] << "," << v[3] << "\n";
-  }
-}
-
-// A fresh directory holding train.csv (600 blobs) and test.csv (300).
-fs::path FreshBlobsDir(const std::string& tag) {
-  fs::path dir = fs::temp_directory_path() / ("tessera_trainer_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  WriteBlobs(dir / "train.csv", 600, 1);
-  WriteBlobs(dir / "test.csv", 300, 2);
-  return dir;
-}
-
-std::vector<json> ReadJsonLines(const fs::path& p) {
-  std::vector<json> out;
-  std::ifstream in(p);
-  std::string line;
-  while (std::getline(in, line)) out.push_back(json::parse(line));
-  return out;
-}
+using namespace blobs_test;  // NOLINT: the fixtures of this suite
 
 TEST(Trainer, CsvRunWritesACompleteRunDirectoryAndLearns) {
   fs::path dir = FreshBlobsDir("csv");
@@ -193,121 +162,6 @@ TEST(Trainer, CheckpointPolicyAndExactResumeFromAMidRunCheckpoint) {
     }
   EXPECT_EQ(aside, 1);
   fs::remove_all(dir);
-}
-
-// A blobs job of 60 steps with checkpoints at 30 and 60 (and the given extra spec text).
-struct BlobsJob {
-  fs::path dir;
-  JobSpec spec;
-  explicit BlobsJob(const std::string& tag, const std::string& extra = "") {
-    dir = FreshBlobsDir(tag);
-    std::ofstream(dir / "job.pbtxt") << "name: \"blobs\"\n"
-                                        "model { mlp { in_features: 4 hidden: 16 out_features: 3 } }\n"
-                                        "data { kind: CSV train_path: \"train.csv\" test_path: \"test.csv\" batch_size: 30 }\n"
-                                        "optimizer { kind: ADAM lr: 0.01 }\n"
-                                        "train { steps: 60 log_every_steps: 30 eval_every_steps: 20 seed: 3 }\n"
-                                        "checkpoint { every_steps: 30 }\n"
-                                     << extra;
-    spec = LoadJobSpec((dir / "job.pbtxt").string());
-  }
-  ~BlobsJob() { fs::remove_all(dir); }
-  TrainSummary Run(const std::string& run, const JobSpec* other = nullptr) {
-    TrainerOptions o;
-    o.run_dir = (dir / run).string();
-    o.progress = false;
-    return Train(other ? *other : spec, o);
-  }
-};
-
-// Edits the HDF5 file `path` with the lock held.
-void EditHdf5(const std::string& path, const std::function<void(hid_t)>& edit) {
-  io::Hdf5Lock lock;
-  io::Hdf5Handle f(TESSERA_H5_CHECK(IoError, H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), path), H5Fclose);
-  edit(f.get());
-  ASSERT_GE(f.Close(), 0);
-}
-
-// Every kind of damage to the newest checkpoint of a run directory makes the resume fall back to
-// the one before it, with a warning naming what is wrong; the run then ends exactly as an
-// uninterrupted one. A newer format is not damage: the run stops.
-TEST(Trainer, AnyDamageToTheNewestCheckpointFallsBackToTheOneBefore) {
-  BlobsJob job("damage");
-  TrainSummary whole = job.Run("whole");
-  const std::string newest = (job.dir / "whole/checkpoints/step-00000060/checkpoint.h5").string();
-  ASSERT_EQ(whole.checkpoint, newest);
-  struct Damage {
-    const char* name;
-    std::function<void(const std::string&)> apply;
-    const char* warning;
-  };
-  const std::vector<Damage> damages = {
-      {"empty file", [](const std::string& f) { fs::resize_file(f, 0); }, "is empty (0 bytes)"},
-      {"truncated", [](const std::string& f) { fs::resize_file(f, fs::file_size(f) / 2); }, "truncated"},
-      {"manifest not JSON",
-       [](const std::string& f) {
-         EditHdf5(f, [](hid_t h) {
-           TESSERA_H5_CHECK(IoError, H5Ldelete(h, "manifest", H5P_DEFAULT), "manifest");
-           io::WriteStringDataset(h, "manifest", "{\"tensors\": [", "test");
-         });
-       },
-       "/manifest is not valid JSON"},
-      {"attribute missing",
-       [](const std::string& f) {
-         EditHdf5(f, [](hid_t h) { TESSERA_H5_CHECK(IoError, H5Adelete(h, "optimizer_step"), "optimizer_step"); });
-       },
-       "attribute 'optimizer_step' is missing"},
-      {"attribute an array",
-       [](const std::string& f) {
-         EditHdf5(f, [](hid_t h) {
-           TESSERA_H5_CHECK(IoError, H5Adelete(h, "step"), "step");
-           hsize_t n = 4;
-           io::Hdf5Handle space(TESSERA_H5_CHECK(IoError, H5Screate_simple(1, &n, nullptr), "s"), H5Sclose);
-           io::Hdf5Handle a(TESSERA_H5_CHECK(IoError, H5Acreate2(h, "step", H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), "a"),
-                            H5Aclose);
-           int64_t v[4] = {60, 61, 62, 63};
-           TESSERA_H5_CHECK(IoError, H5Awrite(a.get(), H5T_NATIVE_INT64, v), "w");
-         });
-       },
-       "holds 4 values; expected a single integer"},
-      {"format_version damaged",
-       [](const std::string& f) {
-         EditHdf5(f, [](hid_t h) {
-           TESSERA_H5_CHECK(IoError, H5Adelete(h, "format_version"), "format_version");
-           io::WriteIntAttr(h, "format_version", 3, "format_version");
-         });
-       },
-       "the attribute is damaged"},
-  };
-  for (const Damage& d : damages) {
-    SCOPED_TRACE(d.name);
-    const fs::path run = job.dir / "resumed";
-    fs::remove_all(run);
-    fs::copy(job.dir / "whole", run, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-    d.apply((run / "checkpoints/step-00000060/checkpoint.h5").string());
-    fs::remove(run / "summary.json");
-    ::testing::internal::CaptureStderr();
-    TrainSummary r = job.Run("resumed");
-    std::string err = ::testing::internal::GetCapturedStderr();
-    EXPECT_EQ(r.resumed_from_step, 30);
-    EXPECT_EQ(r.test_loss, whole.test_loss);
-    EXPECT_NE(err.find("cannot resume from the newest checkpoint"), std::string::npos) << err;
-    EXPECT_NE(err.find(d.warning), std::string::npos) << err;
-  }
-  // A newer format (with a manifest this build cannot read): stop, naming it (an older checkpoint
-  // would not help).
-  const fs::path run = job.dir / "newer";
-  fs::copy(job.dir / "whole", run, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-  EditHdf5((run / "checkpoints/step-00000060/checkpoint.h5").string(), [](hid_t h) {
-    TESSERA_H5_CHECK(IoError, H5Adelete(h, "format_version"), "format_version");
-    io::WriteIntAttr(h, "format_version", 99, "format_version");
-    TESSERA_H5_CHECK(IoError, H5Ldelete(h, "manifest", H5P_DEFAULT), "manifest");
-  });
-  try {
-    job.Run("newer");
-    ADD_FAILURE() << "resumed from a checkpoint of a newer format";
-  } catch (const CheckpointFormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("format version 99"), std::string::npos) << e.what();
-  }
 }
 
 // publish { ... }: the final weights become version 1 with the run's metrics and lineage; a job

@@ -171,8 +171,7 @@ inline CheckpointMeta MakeMeta(int64_t step, const optim::Optimizer* opt) {
   m.lr_schedule = "cosine(lr=0.001, warmup=100, total=1000, min_lr=0)";
   m.lr = 0.00123;
   m.job_spec = "name: \"ckpt \\\"test\\\"\"\nmodel {\n  mlp { in_features: 8 hidden: 16 hidden: 12 }\n}\n# \xc3\xbcnicode \xe2\x9c\x93\n";
-  m.dtype = "float32";
-  return m;
+  return m;  // dtype: Save takes it from the parameters
 }
 
 // ---- raw HDF5 (always under the HDF5 lock) ----------------------------------------------------

@@ -49,6 +49,7 @@ TEST_F(CheckpointTest, RoundTripIsBitwiseInFloat64) {
   State saved = MakeMlp(21, OptKind::kAdam, 3, DType::kF64);
   std::string path = Save(saved, 3);
   CheckpointInfo info = ReadCheckpointInfo(path);
+  EXPECT_EQ(info.meta.dtype, "float64");
   for (const CheckpointTensor& t : info.tensors) {
     EXPECT_EQ(t.dtype, DType::kF64) << t.path;
     EXPECT_EQ(t.bytes, NumElements(t.shape) * 8) << t.path;

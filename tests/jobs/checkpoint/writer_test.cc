@@ -215,6 +215,14 @@ TEST_F(CheckpointTest, SeveralRanksEachWriteTheirSliceOfOneCheckpoint) {
     CheckpointInfo info = ReadCheckpointInfo(path);
     EXPECT_EQ(info.meta.world_size, world);
     EXPECT_EQ(info.meta.zero_stage, 1);
+    {  // The layout attribute says how the ranks shared the writing.
+      Hdf5Lock lock;
+      Hdf5Handle f(CHECK_H5(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), path), H5Fclose);
+      const std::string w = std::to_string(world);
+      EXPECT_EQ(io::ReadStringAttr(f.get(), "layout", path), "each of the " + w + " ranks wrote a contiguous 1/" + w +
+                                                                 " of the flat buffers (" + std::to_string(full.flat_size) +
+                                                                 " elements)");
+    }
     State fresh = MakeMlp(52, OptKind::kAdam, 0);
     ExpectBitwiseRoundTrip(path, saved, fresh);
     // The CRC combined from the ranks' pieces is zlib's CRC of the whole tensor.
