@@ -12,6 +12,12 @@ namespace tessera::io {
 
 std::mutex& Hdf5Mutex() {
   static std::mutex mu;
+  // Before the library's first call (every HDF5 call is made under this mutex): no H5close at
+  // exit. After a failed H5Fclose (a full disk) HDF5 keeps a half-closed file that its exit
+  // handler then closes again and crashes in (H5F__close_cb, HDF5 1.10); every file tessera
+  // opens is closed in scope, so the handler has nothing left to do but that.
+  static const bool no_atexit = H5dont_atexit() >= 0;
+  (void)no_atexit;
   return mu;
 }
 
@@ -64,6 +70,8 @@ herr_t CollectError(unsigned n, const H5E_error2_t* e, void* data) {
   auto* out = static_cast<std::vector<std::string>*>(data);
   std::string func = e->func_name ? e->func_name : "?";
   std::string desc = e->desc ? e->desc : "";
+  for (char& c : desc)  // some descriptions span lines (a failed write's "time = ...\n, filename = ...")
+    if (c == '\n') c = ' ';
   out->push_back(func + ": " + desc);
   return 0;
 }

@@ -196,6 +196,8 @@ void CheckpointWriter::Run(std::shared_ptr<Job> job) {
     error = std::make_exception_ptr(dist::CommTimeoutError(context + e.what()));
   } catch (const dist::CommError& e) {
     error = std::make_exception_ptr(dist::CommError(context + e.what()));
+  } catch (const IoError& e) {  // a full disk, a file size limit, a directory gone
+    error = std::make_exception_ptr(IoError(context + e.what()));
   } catch (...) {
     error = std::current_exception();
   }

@@ -120,6 +120,24 @@ TEST(Device, CudaUnavailabilityIsExplained) {
   }
 }
 
+// docs/errors.md: out of memory is a DeviceError naming the allocator and the bytes asked for.
+// 2^48 bytes (256 TiB) is beyond any machine's address space, whatever the overcommit policy.
+TEST(Device, OutOfMemoryIsADeviceErrorNamingTheBytes) {
+  const int64_t elements = int64_t{1} << 46;  // f32
+  const int64_t in_use = GetAllocator(Device::CPU()).Stats().bytes_in_use;
+  try {
+    Tensor t = Tensor::Empty({elements}, DType::kF32);
+    FAIL() << "allocated 256 TiB";
+  } catch (const DeviceError& e) {
+    EXPECT_NE(std::string(e.what()).find("cpu allocator: out of memory allocating 281474976710656 bytes"),
+              std::string::npos)
+        << e.what();
+  }
+  // Nothing was left in use, and allocation goes on working.
+  EXPECT_EQ(GetAllocator(Device::CPU()).Stats().bytes_in_use, in_use);
+  EXPECT_EQ(Tensor::Full({3}, 1.5, DType::kF32).ToVector(), (std::vector<double>{1.5, 1.5, 1.5}));
+}
+
 TEST(Threads, AnExceptionInAPartReachesTheCallerAndThePoolStillWorks) {
   for (int threads : {1, 2}) {
     SetNumThreads(threads);
