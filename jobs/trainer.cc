@@ -105,7 +105,9 @@ void TrainingRun::StartFromCheckpointOrWeights() {
   if (plan_.candidates.empty()) {
     if (init_) {
       std::vector<std::string> lines = InitFromWeights(*init_, *params_);
-      CheckWeightsFinite(params_->values(), "in train.init_from " + init_->weights_path);
+      CheckWeightsFinite(params_->values(), "in train.init_from " + init_->weights_path,
+                         "The file is intact (its checksums match) but its weights cannot be trained from: choose "
+                         "other weights for train.init_from");
       if (lead_) WriteInitRecord(opt_.run_dir, *init_);
       log_->Say("init_from: %s (%s)\n", init_->reference.c_str(), init_->weights_path.c_str());
       for (const std::string& l : lines) log_->Say("  %s\n", l.c_str());
@@ -121,7 +123,9 @@ void TrainingRun::StartFromCheckpointOrWeights() {
   const CheckpointMeta& m = r.info.meta;
   optimizer_->set_step_count(m.optimizer_step);
   resume_path_ = r.path;
-  CheckWeightsFinite(params_->values(), "in the checkpoint to resume from, " + resume_path_);
+  CheckWeightsFinite(params_->values(), "in the checkpoint to resume from, " + resume_path_,
+                     "The file is intact (its checksums match) but its weights cannot be trained from: continue from "
+                     "an earlier checkpoint (--resume-from) or start afresh (--no-resume)");
   resumed_lr_ = m.lr;
   step_ = m.step;
   summary_.resumed_from_step = step_;

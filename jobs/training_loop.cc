@@ -197,7 +197,7 @@ CheckpointMeta TrainingRun::MetaAt(int64_t at, double lr) const {
 
 // NaN weights do not show in the loss (ReLU maps NaN to 0): check the weights themselves, one pass
 // over them, at each log window, before each save and publish, and when they are loaded.
-void TrainingRun::CheckWeightsFinite(const Tensor& values, const std::string& where) const {
+void TrainingRun::CheckWeightsFinite(const Tensor& values, const std::string& where, const char* hint) const {
   if (std::isfinite(ops::SumSquares(values))) return;
   std::string name = "(padding)";
   for (const nn::FlatParameters::Entry& e : params_->entries())
@@ -205,9 +205,10 @@ void TrainingRun::CheckWeightsFinite(const Tensor& values, const std::string& wh
       name = e.name;
       break;
     }
-  TESSERA_THROW(Error, "the weights hold NaN or Inf values (first in ", name, ") ", where,
-                "; nothing is saved or published. Lower optimizer.lr, set optimizer.clip_grad_norm, or check "
-                "data.normalize (features scaled too far overflow float32)");
+  TESSERA_THROW(Error, "the weights hold NaN or Inf values (first in ", name, ") ", where, "; nothing is saved or published. ",
+                hint ? hint
+                     : "Lower optimizer.lr, set optimizer.clip_grad_norm, or check data.normalize (features scaled too "
+                       "far overflow float32)");
 }
 
 void TrainingRun::Save(double lr) {

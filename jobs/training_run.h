@@ -71,7 +71,9 @@ class TrainingRun {
   }
   CheckpointMeta MetaAt(int64_t at, double lr) const;
   // Throws, naming the first parameter holding NaN or Inf, unless `values` are all finite.
-  void CheckWeightsFinite(const Tensor& values, const std::string& where) const;
+  // Throws naming the first parameter that holds NaN or Inf, `where` they were found, and `hint`
+  // (by default: what makes training diverge).
+  void CheckWeightsFinite(const Tensor& values, const std::string& where, const char* hint = nullptr) const;
   void Save(double lr);
   void ReportCheckpoints();
 

@@ -8,8 +8,12 @@
 #include <map>
 #include <set>
 
+#include <limits>
+
 #include "core/io/hdf5.h"
 #include "core/io/tensor_file.h"
+#include "core/models.h"
+#include "core/optim/optimizer.h"
 #include "jobs/checkpoint.h"
 #include "tests/datasets/test_util.h"  // EXPECT_CONTAINS
 #include "tests/jobs/blobs_job.h"
@@ -313,6 +317,46 @@ TEST(Resume, EveryMinutesSavesAtTheFirstLogLineAfterEachInterval) {
   }
   EXPECT_GE(elapsed.at(stall.begin()->first), interval_s) << "the first save came before one interval had passed";
   EXPECT_EQ(Names(job.dir / "a/checkpoints").size(), stall.size() + 1) << "every save committed";
+}
+
+// A checkpoint that is intact by every check of the format but holds a NaN weight (written by
+// something other than the trainer, which refuses to save one) is refused at resume, naming the
+// tensor and the file; nothing is trained or saved.
+TEST(Resume, ACheckpointHoldingANanWeightIsRefused) {
+  BlobsJob job("nan");
+  job.Run("whole");
+  models::MlpConfig c;  // the job's model
+  c.in_features = 4;
+  c.hidden = {16};
+  c.out_features = 3;
+  auto net = models::BuildMlp(c);
+  nn::FlatParameters params(*net, Device::CPU(), DType::kF32, 1);
+  optim::Adam adam(params.values(), params.grads());
+  CheckpointLayout layout = MakeCheckpointLayout(params, &adam);
+  const CheckpointInfo info = LoadCheckpoint((job.dir / "whole/checkpoints/step-00000030/checkpoint.h5").string(), layout);
+  params.values().data<float>()[params.Find("3.weight").offset + 2] = std::numeric_limits<float>::quiet_NaN();
+  CheckpointWriterOptions wo;
+  wo.dir = (job.dir / "poisoned").string();
+  CheckpointWriter writer(wo);
+  writer.Save(layout, info.meta);
+  writer.Wait();
+  const std::string poisoned = (job.dir / "poisoned/step-00000030/checkpoint.h5").string();
+  ASSERT_TRUE(VerifyCheckpoint(poisoned).empty());
+
+  TrainerOptions o;
+  o.run_dir = (job.dir / "fresh").string();
+  o.progress = false;
+  o.resume_from = poisoned;
+  try {
+    Train(job.spec, o);
+    ADD_FAILURE() << "resumed from NaN weights";
+  } catch (const Error& e) {
+    EXPECT_CONTAINS(std::string(e.what()), "the weights hold NaN or Inf values (first in 3.weight) in the checkpoint "
+                                           "to resume from, " + poisoned + "; nothing is saved or published. The file "
+                                           "is intact (its checksums match)");
+  }
+  EXPECT_FALSE(fs::exists(job.dir / "fresh/checkpoints/step-00000060"));
+  EXPECT_FALSE(fs::exists(job.dir / "fresh/summary.json"));
 }
 
 }  // namespace
