@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "dist/collective.h"
+
 namespace tessera::dist {
 
 Reducer::Reducer(nn::FlatParameters& params, ProcessGroup& group, double bucket_mb, double timeout_s)
@@ -82,6 +84,7 @@ uint64_t Checksum(const Tensor& t) { return Fnv1a(t.raw_data(), t.nbytes()); }
 // offsets, of the same dtype) before rank `root`'s values can mean anything to the others: a
 // ConfigError on every rank names the ranks that differ from the root.
 void CheckSameLayout(const nn::FlatParameters& params, ProcessGroup& group, int root, const CollectiveOptions& o) {
+  collective::CheckRoot(root, group.size());
   std::string text = detail::StrCat(DTypeName(params.values().dtype()), " ", params.numel());
   for (const auto& e : params.entries()) text += detail::StrCat(" ", e.name, "@", e.offset, "+", e.numel);
   Tensor mine = Tensor::FromVector({0}, {1}, DType::kI64);
@@ -91,9 +94,10 @@ void CheckSameLayout(const nn::FlatParameters& params, ProcessGroup& group, int 
   std::string differ;
   for (int r = 0; r < group.size(); ++r)
     if (all.data<int64_t>()[r] != all.data<int64_t>()[root]) differ += detail::StrCat(differ.empty() ? "" : ", ", r);
+  const bool one = differ.find(',') == std::string::npos;
   if (!differ.empty())
-    TESSERA_THROW(ConfigError, "the ranks built different models: rank", differ.find(',') == std::string::npos ? " " : "s ",
-                  differ, " differ from rank ", root, " (here, on rank ", group.rank(), ": ", params.entries().size(),
+    TESSERA_THROW(ConfigError, "the ranks built different models: rank", one ? " " : "s ", differ,
+                  one ? " differs" : " differ", " from rank ", root, " (here, on rank ", group.rank(), ": ", params.entries().size(),
                   " parameters, ", params.numel(), " ", DTypeName(params.values().dtype()),
                   " elements with padding); do all ranks run the same job spec?");
 }

@@ -38,6 +38,8 @@ class RunLog {
   template <typename... Args>
   void Warn(const char* fmt, Args... args) {
     if (!lead_) return;
+    if (tty_) std::printf("\r\033[K");  // a live step line
+    std::fflush(stdout);
     std::fprintf(stderr, "tessera: warning: ");
     std::fprintf(stderr, fmt, args...);
     std::fflush(stderr);

@@ -10,8 +10,9 @@
 #   3. a ThreadSanitizer build (build-tsan/) runs the suites of the threaded parts: the data
 #      loader (datasets_test), the asynchronous checkpoint writer (checkpoint_test), the trainer
 #      that drives both (trainer_test) and the server's repository, batcher and workers
-#      (serve_test), and the preemption watcher (preemption_test). MPI is off there: the
-#      reducer's MPI worker is not covered.
+#      (serve_test), the preemption watcher (preemption_test), and the process group over
+#      threads with the gradient reducer on it (thread_process_group_test, reducer_test). MPI is
+#      off there: the MPI backend's worker thread is not covered.
 # Any sanitizer report, crash, leak (tests/sanitizers/lsan.supp lists the third-party ones), hang
 # or out-of-memory fails the script; the input that caused it is kept in build-asan/findings/.
 # Idempotent; scripts/test.sh runs it after the main suite (TESSERA_SANITIZERS=0 skips it).
@@ -80,7 +81,7 @@ if [ "$what" = all ] || [ "$what" = tsan ]; then
       -DTESSERA_USE_CUDA=OFF -DTESSERA_USE_MPI=OFF -DTESSERA_USE_ONEDNN=OFF -DTESSERA_GRPC=OFF \
       -DTESSERA_BUILD_BENCHMARKS=OFF > /dev/null
   fi
-  suites="datasets_test checkpoint_test trainer_test serve_test preemption_test"
+  suites="datasets_test checkpoint_test trainer_test serve_test preemption_test thread_process_group_test reducer_test"
   cmake --build "$T" -j "$(nproc)" --target $suites > "$T/build.log" 2>&1 \
     || { tail -40 "$T/build.log"; echo "sanitize: the TSan build failed"; exit 1; }
   echo "sanitize: threaded suites under TSan"

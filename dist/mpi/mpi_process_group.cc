@@ -13,6 +13,7 @@
 #include <sstream>
 #include <vector>
 
+#include "dist/collective.h"
 #include "dist/mpi/heartbeat.h"
 #include "dist/mpi/mpi_check.h"
 #include "dist/mpi/runtime.h"
@@ -21,6 +22,9 @@ namespace tessera::dist {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using collective::Elements;
+using collective::Kind;
+using collective::RankList;
 
 // The tag of "arrived at collective k" announcements on the control communicator.
 constexpr int kArrivedTag = 1;
@@ -32,28 +36,6 @@ constexpr auto kArrivalGrace = std::chrono::milliseconds(200);
 constexpr double kSilenceS = 2.0;
 // ... once it has had this long, after the arrival grace, to be heard from.
 constexpr double kHeartbeatDrainS = 1.5;
-// Longer timeouts are treated as this (keeps deadlines representable).
-constexpr double kMaxTimeoutS = 1e7;
-
-enum class Kind { kAllReduce, kReduceScatter, kAllGather, kBroadcast, kBarrier, kSplit };
-
-const char* KindName(Kind kind) {
-  switch (kind) {
-    case Kind::kAllReduce:
-      return "allreduce";
-    case Kind::kReduceScatter:
-      return "reduce_scatter";
-    case Kind::kAllGather:
-      return "allgather";
-    case Kind::kBroadcast:
-      return "broadcast";
-    case Kind::kBarrier:
-      return "barrier";
-    case Kind::kSplit:
-      return "split";
-  }
-  return "collective";
-}
 
 // One issued collective. The fields from `done` on are guarded by State::mu; the split result is
 // written by the worker before it sets `done`.
@@ -109,70 +91,21 @@ MPI_Op MpiOp(ReduceOp op) {
   return MPI_SUM;  // kAvg: the sum, divided afterwards
 }
 
-template <typename T>
-void DivideElements(const Tensor& t, int divisor) {
-  T* p = static_cast<T*>(t.raw_data());
-  const T d = static_cast<T>(divisor);
-  for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] /= d;
-}
-
-void DivideBy(const Tensor& t, int divisor) {
-  switch (t.dtype()) {
-    case DType::kF32:
-      return DivideElements<float>(t, divisor);
-    case DType::kF64:
-      return DivideElements<double>(t, divisor);
-    case DType::kI32:
-      return DivideElements<int32_t>(t, divisor);
-    case DType::kI64:
-      return DivideElements<int64_t>(t, divisor);
-    default:
-      break;
-  }
-  TESSERA_THROW(ShapeError, "MPI process group: dtype ", DTypeName(t.dtype()), " is not supported");
-}
-
-std::string RankList(const std::vector<int>& ranks) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
-  os << "]";
-  return os.str();
-}
-
 // Rejects what the MPI backend cannot carry; `op` and `role` name the call and the argument.
 void CheckTensor(const char* op, const char* role, const Tensor& t) {
   if (t.numel() > 0 && !t.device().is_cpu())
     TESSERA_THROW(DeviceError, op, ": ", role, " ", t.Describe(),
                   " is not on the CPU; the MPI process group takes CPU tensors (the NCCL group "
                   "takes CUDA tensors)");
-  switch (t.dtype()) {
-    case DType::kF32:
-    case DType::kF64:
-    case DType::kI32:
-    case DType::kI64:
-      return;
-    default:
-      break;
-  }
+  if (collective::ReducibleOnCpu(t.dtype())) return;
   TESSERA_THROW(ShapeError, op, ": ", role, " ", DTypeName(t.dtype()), t.ShapeStr(),
                 ": the MPI process group supports f32, f64, i32 and i64");
-}
-
-void CheckSameDType(const char* op, const Tensor& input, const Tensor& output) {
-  if (input.dtype() != output.dtype())
-    TESSERA_THROW(ShapeError, op, ": input ", DTypeName(input.dtype()), input.ShapeStr(), " and output ",
-                  DTypeName(output.dtype()), output.ShapeStr(), " have different dtypes");
 }
 
 void CheckCount(const char* op, const char* role, int64_t n) {
   if (n > INT_MAX)
     TESSERA_THROW(ValueError, op, ": ", n, " elements per rank in the ", role, " exceed MPI's int count (",
                   INT_MAX, "); split it into several calls");
-}
-
-std::string Elements(const Tensor& t) {
-  return ::tessera::detail::StrCat(t.numel(), " ", DTypeName(t.dtype()));
 }
 
 }  // namespace
@@ -346,7 +279,7 @@ struct MpiProcessGroup::State {
           TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p + off * bytes, count, MpiType(op.a.dtype()),
                                           MpiOp(op.reduce), data));
         }
-        if (op.reduce == ReduceOp::kAvg) DivideBy(op.a, size);
+        if (op.reduce == ReduceOp::kAvg) collective::DivideBy(op.a, size);
         return;
       }
       case Kind::kReduceScatter: {
@@ -354,7 +287,7 @@ struct MpiProcessGroup::State {
         if (n == 0) return;
         TESSERA_MPI_CHECK(MPI_Reduce_scatter_block(op.a.raw_data(), op.b.raw_data(), static_cast<int>(n),
                                                    MpiType(op.a.dtype()), MpiOp(op.reduce), data));
-        if (op.reduce == ReduceOp::kAvg) DivideBy(op.b, size);
+        if (op.reduce == ReduceOp::kAvg) collective::DivideBy(op.b, size);
         return;
       }
       case Kind::kAllGather: {
@@ -516,16 +449,14 @@ void RunWorker(std::shared_ptr<State> s) {
 
 std::shared_ptr<Work> Enqueue(State& s, const std::shared_ptr<State>& shared, std::shared_ptr<Op> op,
                               double timeout_s, const std::string& desc) {
-  const char* name = KindName(op->kind);
-  if (!(timeout_s > 0)) TESSERA_THROW(ValueError, name, ": timeout_s must be > 0, got ", timeout_s);
+  collective::CheckTimeout(op->kind, timeout_s);
   std::lock_guard<std::mutex> lock(s.mu);
-  if (!s.broken.empty()) TESSERA_THROW(CommError, name, ": ", s.BrokenMessage());
+  if (!s.broken.empty()) TESSERA_THROW(CommError, collective::Name(op->kind), ": ", s.BrokenMessage());
   op->seq = s.next_seq++;
   op->timeout_s = timeout_s;
-  op->what = ::tessera::detail::StrCat(name, " #", op->seq, " (", desc, "group of ", s.size, ")");
+  op->what = collective::Describe(op->kind, op->seq, desc, s.size);
   op->issued = Clock::now();
-  op->deadline = op->issued + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(std::min(timeout_s, kMaxTimeoutS)));
+  op->deadline = collective::Deadline(op->issued, timeout_s);
   s.queue.push_back(op);
   s.work_cv.notify_one();
   return std::make_shared<MpiWork>(shared, std::move(op));
@@ -654,13 +585,8 @@ std::shared_ptr<Work> MpiProcessGroup::ReduceScatter(const Tensor& input, Tensor
                                                      const CollectiveOptions& o) {
   CheckTensor("reduce_scatter", "input", input);
   CheckTensor("reduce_scatter", "output", output);
-  CheckSameDType("reduce_scatter", input, output);
+  collective::CheckReduceScatterSizes(input, output, size());
   const int64_t n = output.numel();
-  if (input.numel() != n * size())
-    TESSERA_THROW(ShapeError, "reduce_scatter: input numel must equal size() * output numel: input ",
-                  DTypeName(input.dtype()), input.ShapeStr(), " has ", input.numel(), " elements, output ",
-                  DTypeName(output.dtype()), output.ShapeStr(), " has ", n, ", and a group of ", size(),
-                  " needs ", n * size());
   CheckCount("reduce_scatter", "output", n);
   auto op = std::make_shared<Op>();
   op->kind = Kind::kReduceScatter;
@@ -675,13 +601,8 @@ std::shared_ptr<Work> MpiProcessGroup::AllGather(const Tensor& input, Tensor& ou
                                                  const CollectiveOptions& o) {
   CheckTensor("allgather", "input", input);
   CheckTensor("allgather", "output", output);
-  CheckSameDType("allgather", input, output);
+  collective::CheckAllGatherSizes(input, output, size());
   const int64_t n = input.numel();
-  if (output.numel() != n * size())
-    TESSERA_THROW(ShapeError, "allgather: output numel must equal size() * input numel: input ",
-                  DTypeName(input.dtype()), input.ShapeStr(), " has ", n, " elements, output ",
-                  DTypeName(output.dtype()), output.ShapeStr(), " has ", output.numel(), ", and a group of ",
-                  size(), " needs ", n * size());
   CheckCount("allgather", "input", n);
   auto op = std::make_shared<Op>();
   op->kind = Kind::kAllGather;
@@ -693,8 +614,7 @@ std::shared_ptr<Work> MpiProcessGroup::AllGather(const Tensor& input, Tensor& ou
 
 std::shared_ptr<Work> MpiProcessGroup::Broadcast(Tensor& t, int root, const CollectiveOptions& o) {
   CheckTensor("broadcast", "tensor", t);
-  if (root < 0 || root >= size())
-    TESSERA_THROW(ValueError, "broadcast: root ", root, " is not a rank of this group of ", size());
+  collective::CheckRoot(root, size());
   auto op = std::make_shared<Op>();
   op->kind = Kind::kBroadcast;
   op->a = t;
@@ -710,7 +630,7 @@ std::shared_ptr<Work> MpiProcessGroup::Barrier(const CollectiveOptions& o) {
 }
 
 std::unique_ptr<ProcessGroup> MpiProcessGroup::Split(int color, int key, double timeout_s) {
-  if (color < 0) TESSERA_THROW(ValueError, "split: color must be >= 0, got ", color);
+  collective::CheckColor(color);
   auto op = std::make_shared<Op>();
   op->kind = Kind::kSplit;
   op->color = color;

@@ -196,6 +196,8 @@ void CheckpointWriter::Run(std::shared_ptr<Job> job) {
     error = std::make_exception_ptr(dist::CommTimeoutError(context + e.what()));
   } catch (const dist::CommError& e) {
     error = std::make_exception_ptr(dist::CommError(context + e.what()));
+  } catch (const io::FormatError&) {
+    error = std::current_exception();
   } catch (const IoError& e) {  // a full disk, a file size limit, a directory gone
     error = std::make_exception_ptr(IoError(context + e.what()));
   } catch (...) {
@@ -495,7 +497,7 @@ void CheckpointWriter::WriteJob(Job& job) {
       io::RemoveAllQuietly(p.tmp_dir);
       std::rethrow_exception(create_error);
     }
-    TESSERA_THROW(IoError, "checkpoint at step ", step, ": rank 0 could not create ", p.tmp_file, " (rank 0 reports why)");
+    TESSERA_THROW(IoError, "rank 0 could not create ", p.tmp_file, " (rank 0 reports why)");
   }
   phase("1 layout (rank 0) + offsets");
 
@@ -520,7 +522,7 @@ void CheckpointWriter::WriteJob(Job& job) {
     if (g[r * (D + 1) + D] == 0) continue;
     if (lead) io::RemoveAllQuietly(p.tmp_dir);
     if (write_error) std::rethrow_exception(write_error);
-    TESSERA_THROW(IoError, "checkpoint at step ", step, ": rank ", r, " could not write its part of ", p.tmp_file,
+    TESSERA_THROW(IoError, "rank ", r, " could not write its part of ", p.tmp_file,
                   " (rank ", r, " reports why)");
   }
   phase("2 gather CRCs");
@@ -538,7 +540,7 @@ void CheckpointWriter::WriteJob(Job& job) {
   };
   if (!lead) {
     if (!share_outcome(true))
-      TESSERA_THROW(IoError, "checkpoint at step ", step, ": rank 0 could not commit it (rank 0 reports why)");
+      TESSERA_THROW(IoError, "rank 0 could not commit it (rank 0 reports why)");
     report("");
     return;
   }

@@ -7,52 +7,13 @@
 #include <cmath>
 
 #include "core/models.h"
-#include "core/nn/loss.h"
-#include "core/optim/optimizer.h"
-#include "core/random.h"
-#include "core/threads.h"
-#include "tests/dist/mpi_test_env.h"
 #include "dist/reducer.h"
 #include "jobs/resume.h"
-#include "tests/core/gradcheck.h"
+#include "tests/dist/dp_train.h"
+#include "tests/dist/mpi_test_env.h"
 
 namespace tessera::dist {
 namespace {
-
-std::unique_ptr<nn::Sequential> Build(bool cnn) {
-  if (cnn) return models::BuildCnn({});  // W2
-  return models::BuildMlp({});           // W1
-}
-
-// Trains `steps` steps on the global batches [s*B, (s+1)*B) of (x, y); with a group, this rank
-// takes its slice of each and all-reduces through a Reducer with small buckets (several per step).
-std::vector<double> Train(bool cnn, const Tensor& x, const Tensor& y, int64_t global_batch, int steps,
-                          ProcessGroup* group, size_t* buckets = nullptr) {
-  auto net = Build(cnn);
-  net->set_needs_input_grad(false);
-  nn::FlatParameters params(*net, Device::CPU(), DType::kF32, 11);
-  std::unique_ptr<Reducer> reducer;
-  if (group) {
-    // Start from different values on each rank: the broadcast must make them equal.
-    if (group->rank() != 0) params.values().Fill(0.25);
-    BroadcastParameters(params, *group);
-    reducer = std::make_unique<Reducer>(params, *group, /*bucket_mb=*/0.25, /*timeout_s=*/60);
-    if (buckets) *buckets = reducer->buckets().size();
-  }
-  optim::Adam adam(params.values(), params.grads());
-  nn::CrossEntropyLoss loss;
-  const int world = group ? group->size() : 1, rank = group ? group->rank() : 0;
-  const int64_t local = global_batch / world;
-  for (int s = 0; s < steps; ++s) {
-    int64_t lo = s * global_batch + rank * local;
-    params.ZeroGrad();
-    loss.Forward(net->Forward(x.Slice0(lo, lo + local)), y.Slice0(lo, lo + local));
-    net->Backward(loss.Backward(1.0 / world));  // this rank's share of the global mean
-    if (reducer) reducer->Finish();
-    adam.Step(1e-3);
-  }
-  return params.values().ToVector();
-}
 
 class DataParallel : public ::testing::TestWithParam<bool> {};
 
@@ -62,32 +23,13 @@ TEST_P(DataParallel, NRanksReproduceOneRankWithTheGlobalBatch) {
   const int n = world.size();
   const int steps = 50;
   const int64_t per_rank = cnn ? 8 : 16, global = per_rank * n;
-  // The same data on every rank (same seed).
-  Tensor x = testing::RandomTensor({steps * global, 1, 28, 28}, DType::kF32, 5, 0, 1);
-  PhiloxGenerator g(6);
-  std::vector<double> labels(steps * global);
-  for (double& l : labels) l = static_cast<double>(g.Below(10));
-  Tensor y = Tensor::FromVector(labels, {steps * global}, DType::kI32);
-
-  std::vector<double> single = Train(cnn, x, y, global, steps, nullptr);
+  const dp_test::Data data = dp_test::MakeData(steps, global);  // the same on every rank
+  std::vector<double> single = dp_test::Train(cnn, data, global, steps, nullptr);
   size_t buckets = 0;
-  std::vector<double> parallel = Train(cnn, x, y, global, steps, &world, &buckets);
+  std::vector<double> parallel = dp_test::Train(cnn, data, global, steps, &world, &buckets);
   EXPECT_GE(buckets, 2u) << "the test must exercise several buckets";
-  ASSERT_EQ(single.size(), parallel.size());
-  // Relative error of the whole parameter vector: ||p_N - p_1|| / ||p_1||.
-  double diff = 0, norm = 0, worst = 0;
-  size_t worst_i = 0;
-  for (size_t i = 0; i < single.size(); ++i) {
-    double d = std::fabs(single[i] - parallel[i]);
-    diff += d * d;
-    norm += single[i] * single[i];
-    if (d > worst) {
-      worst = d;
-      worst_i = i;
-    }
-  }
-  EXPECT_LE(std::sqrt(diff / norm), 1e-5) << "largest difference at parameter " << worst_i << ": single "
-                                           << single[worst_i] << " vs " << n << " ranks " << parallel[worst_i];
+  std::string worst;
+  EXPECT_LE(dp_test::RelativeDifference(single, parallel, &worst), 1e-5) << worst << " (" << n << " ranks)";
 }
 
 INSTANTIATE_TEST_SUITE_P(W1AndW2, DataParallel, ::testing::Values(false, true),
@@ -108,7 +50,7 @@ TEST(StartUp, RanksThatBuiltAnotherModelAreNamedOnEveryRank) {
     ADD_FAILURE() << "rank " << world.rank() << ": the broadcast went ahead";
   } catch (const ConfigError& e) {
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("the ranks built different models: rank " + std::to_string(last) + " differ"), std::string::npos)
+    EXPECT_NE(msg.find("the ranks built different models: rank " + std::to_string(last) + " differs"), std::string::npos)
         << msg;
     EXPECT_NE(msg.find("on rank " + std::to_string(world.rank()) + ": 4 parameters"), std::string::npos) << msg;
   }
