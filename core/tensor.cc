@@ -57,7 +57,7 @@ Tensor Tensor::FromVector(const std::vector<double>& values, const Shape& shape,
     TESSERA_THROW(ShapeError, "FromVector: ", values.size(), " values do not fill shape ",
                   ShapeString(shape));
   Tensor f64 = Empty(shape, DType::kF64);
-  std::memcpy(f64.raw_data(), values.data(), values.size() * sizeof(double));
+  if (!values.empty()) std::memcpy(f64.raw_data(), values.data(), values.size() * sizeof(double));  // data() may be null
   return dtype == DType::kF64 ? f64 : f64.Cast(dtype);
 }
 
@@ -156,7 +156,9 @@ std::vector<double> Tensor::ToVector() const {
   Tensor host = device().is_cpu() ? *this : To(Device::CPU());
   std::vector<double> out(static_cast<size_t>(numel_));
   switch (dtype_) {
-    case DType::kF64: std::memcpy(out.data(), host.raw_data(), nbytes()); break;
+    case DType::kF64:
+      if (numel_ > 0) std::memcpy(out.data(), host.raw_data(), nbytes());
+      break;
     case DType::kF32: {
       const float* p = host.data<float>();
       for (int64_t i = 0; i < numel_; ++i) out[i] = p[i];

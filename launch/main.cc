@@ -11,6 +11,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <string>
 
 #include "core/version.h"
 #include "launch/commands.h"
@@ -18,6 +20,17 @@
 #if TESSERA_USE_MPI
 #include "dist/mpi/runtime.h"
 #endif
+
+namespace {
+// A rank whose own timeout found that it had itself been stalled (stopped, or starved of CPU)
+// cannot tell who else was: it names every other rank as silent. The ranks that were not stalled
+// name the culprit. Such a rank gives them this long to report before it ends the job; if one of
+// them ends it first, this rank is simply stopped.
+constexpr unsigned kStalledRankGraceS = 3;
+bool ReportedItsOwnStall(const std::exception& e) {
+  return std::string(e.what()).find("this rank itself was stalled") != std::string::npos;
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace tessera;
@@ -65,7 +78,10 @@ int main(int argc, char** argv) {
 #if TESSERA_USE_MPI
     // The other ranks may be waiting in a collective for this one: take them down now rather
     // than let them wait for the collective timeout.
-    if (state.distributed) dist::AbortMpi(1);
+    if (state.distributed) {
+      if (ReportedItsOwnStall(e)) sleep(kStalledRankGraceS);
+      dist::AbortMpi(1);
+    }
 #endif
     return 1;
   }

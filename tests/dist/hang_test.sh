@@ -42,17 +42,7 @@ trap 'exit 2' INT TERM
 fail() { echo "FAIL: $*"; exit 1; }
 
 # Four Gaussian blobs in 64-D; an MLP 64-256-256-4 whose step takes a few ms on 3 ranks.
-/usr/bin/python3 - "$DIR" <<'PY'
-import random, sys
-random.seed(1)
-for name, n in (("train.csv", 3072), ("test.csv", 192)):
-    with open(f"{sys.argv[1]}/{name}", "w") as f:
-        f.write(",".join(f"x{k}" for k in range(64)) + ",label\n")
-        for _ in range(n):
-            c = random.randrange(4)
-            v = [(1.0 if k % 4 == c else 0.0) + random.gauss(0, 0.5) for k in range(64)]
-            f.write(",".join(f"{x:.4f}" for x in v) + f",{c}\n")
-PY
+/usr/bin/python3 "$(dirname "$0")/../blobs_csv.py" "$DIR" --dims 64 --classes 4 --train 3072 --test 192 --offset 1.0
 # steps bounds a run nobody kills to a minute or two.
 cat > "$DIR/job.pbtxt" <<'SPEC'
 name: "hang"

@@ -11,17 +11,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fail() { echo "FAIL: $*"; exit 1; }
 
 # Three Gaussian blobs in 4-D.
-/usr/bin/python3 - "$DIR" <<'PY'
-import random, sys
-random.seed(1)
-for name, n in (("train.csv", 480), ("test.csv", 240)):
-    with open(f"{sys.argv[1]}/{name}", "w") as f:
-        f.write("a,b,c,d,label\n")
-        for _ in range(n):
-            c = random.randrange(3)
-            v = [(2.0 if k == c else 0.0) + random.gauss(0, 0.5) for k in range(4)]
-            f.write(",".join(f"{x:.6f}" for x in v) + f",{c}\n")
-PY
+/usr/bin/python3 "$(dirname "$0")/../blobs_csv.py" "$DIR"
 cat > "$DIR/job.pbtxt" <<'SPEC'
 name: "blobs"
 model { mlp { in_features: 4 hidden: 32 hidden: 16 out_features: 3 dropout: 0.2 } }

@@ -16,17 +16,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 MPI=("$MPIRUN" --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo)
 LIMITED=(bash -c 'ulimit -f 64; trap "" XFSZ; exec "$@"' limited)  # 64 KiB per file
 
-/usr/bin/python3 - "$DIR" <<'PY'
-import random, sys
-random.seed(1)
-for name, n in (("train.csv", 480), ("test.csv", 240)):
-    with open(f"{sys.argv[1]}/{name}", "w") as f:
-        f.write("a,b,c,d,label\n")
-        for _ in range(n):
-            c = random.randrange(3)
-            v = [(2.0 if k == c else 0.0) + random.gauss(0, 0.5) for k in range(4)]
-            f.write(",".join(f"{x:.6f}" for x in v) + f",{c}\n")
-PY
+/usr/bin/python3 "$(dirname "$0")/../blobs_csv.py" "$DIR"
 # 17923 parameters with Adam's state: a 215 KB checkpoint, well past the limit.
 cat > "$DIR/job.pbtxt" <<'SPEC'
 name: "blobs"
