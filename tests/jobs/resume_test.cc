@@ -5,10 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
-
-#include <limits>
 
 #include "core/io/hdf5.h"
 #include "core/io/tensor_file.h"
@@ -17,29 +16,12 @@
 #include "jobs/checkpoint.h"
 #include "tests/datasets/test_util.h"  // EXPECT_CONTAINS
 #include "tests/jobs/blobs_job.h"
+#include "tests/jobs/checkpoint/fixture.h"  // DataOffset, FlipByte
 
 namespace tessera::jobs {
 namespace {
 
 using namespace blobs_test;  // NOLINT: the fixtures of this suite
-
-// The byte offset of dataset `name`'s data in `path`.
-int64_t DataOffset(const std::string& path, const char* name) {
-  io::Hdf5Lock lock;
-  io::Hdf5Handle f(TESSERA_H5_CHECK(IoError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), path), H5Fclose);
-  io::Hdf5Handle d(TESSERA_H5_CHECK(IoError, H5Dopen2(f.get(), name, H5P_DEFAULT), path), H5Dclose);
-  return static_cast<int64_t>(H5Dget_offset(d.get()));
-}
-
-void FlipByte(const std::string& path, int64_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(offset);
-  char c = 0;
-  f.get(c);
-  f.seekp(offset);
-  f.put(static_cast<char>(c ^ 0x10));
-  ASSERT_TRUE(f.good()) << path;
-}
 
 // Runs `job` on run directory `run` (with `spec`, or the job's own when null); what it printed
 // on stderr goes to `err`, whether it returns or throws.
@@ -113,7 +95,7 @@ TEST(Trainer, AnyDamageToTheNewestCheckpointFallsBackToTheOneBefore) {
        },
        "the attribute is damaged"},
       {"a flipped byte in a tensor",
-       [](const std::string& f) { FlipByte(f, DataOffset(f, "/model/1.weight") + 7); },
+       [](const std::string& f) { ckpt_test::FlipByte(f, ckpt_test::DataOffset(f, "/model/1.weight") + 7); },
        "/model/1.weight: CRC-32 mismatch (stored 0x"},
   };
   for (const Damage& d : damages) {
