@@ -13,6 +13,7 @@ constexpr double kMaxTimeoutS = 1e7;
 const char* Name(Kind kind) {
   switch (kind) {
     case Kind::kAllReduce: return "allreduce";
+    case Kind::kReduce: return "reduce";
     case Kind::kReduceScatter: return "reduce_scatter";
     case Kind::kAllGather: return "allgather";
     case Kind::kBroadcast: return "broadcast";
@@ -62,9 +63,18 @@ void CheckAllGatherSizes(const Tensor& input, const Tensor& output, int group_si
                   group_size, " needs ", n * group_size);
 }
 
-void CheckRoot(int root, int group_size) {
+bool AllGatherInPlace(const Tensor& input, const Tensor& output, int rank) {
+  const char* in = static_cast<const char*>(input.raw_data());
+  const char* out = static_cast<const char*>(output.raw_data());
+  if (input.nbytes() == 0 || in + input.nbytes() <= out || out + output.nbytes() <= in) return false;
+  if (in == out + static_cast<size_t>(rank) * input.nbytes()) return true;
+  TESSERA_THROW(ValueError, "allgather: the input overlaps the output but is not its block ", rank,
+                " (this rank's): in place, pass output's block rank() as the input");
+}
+
+void CheckRoot(const char* op, int root, int group_size) {
   if (root < 0 || root >= group_size)
-    TESSERA_THROW(ValueError, "broadcast: root ", root, " is not a rank of this group of ", group_size);
+    TESSERA_THROW(ValueError, op, ": root ", root, " is not a rank of this group of ", group_size);
 }
 
 void CheckTimeout(Kind kind, double timeout_s) {

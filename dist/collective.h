@@ -15,9 +15,9 @@ namespace tessera::dist::collective {
 
 using Clock = std::chrono::steady_clock;
 
-enum class Kind { kAllReduce, kReduceScatter, kAllGather, kBroadcast, kBarrier, kSplit };
+enum class Kind { kAllReduce, kReduce, kReduceScatter, kAllGather, kBroadcast, kBarrier, kSplit };
 
-// "allreduce", "reduce_scatter", "allgather", "broadcast", "barrier", "split".
+// "allreduce", "reduce", "reduce_scatter", "allgather", "broadcast", "barrier", "split".
 const char* Name(Kind kind);
 
 // "[0, 2]".
@@ -31,7 +31,10 @@ std::string Describe(Kind kind, uint64_t seq, const std::string& desc, int group
 void CheckSameDType(const char* op, const Tensor& input, const Tensor& output);
 void CheckReduceScatterSizes(const Tensor& input, const Tensor& output, int group_size);
 void CheckAllGatherSizes(const Tensor& input, const Tensor& output, int group_size);
-void CheckRoot(int root, int group_size);
+// Whether allgather's input is output's block `rank` (in place); throws ValueError for any other
+// overlap of the two.
+bool AllGatherInPlace(const Tensor& input, const Tensor& output, int rank);
+void CheckRoot(const char* op, int root, int group_size);
 void CheckTimeout(Kind kind, double timeout_s);
 void CheckColor(int color);
 

@@ -53,9 +53,13 @@ class ProcessGroup {
 
   // In place: every rank ends with the reduction over all ranks.
   virtual std::shared_ptr<Work> AllReduce(Tensor& t, const CollectiveOptions& o = {}) = 0;
+  // In place: rank `root` ends with the reduction over all ranks; the others' tensors are left as
+  // they were (compare MPI_Reduce, ncclReduce).
+  virtual std::shared_ptr<Work> Reduce(Tensor& t, int root, const CollectiveOptions& o = {}) = 0;
   // input: size() * n elements; output: n elements, the reduction of block rank() of every input.
   virtual std::shared_ptr<Work> ReduceScatter(const Tensor& input, Tensor& output, const CollectiveOptions& o = {}) = 0;
-  // input: n elements; output: size() * n elements, rank r's input at block r.
+  // input: n elements; output: size() * n elements, rank r's input at block r. In place when
+  // input is output's block rank() (as NCCL allows); any other overlap is an error.
   virtual std::shared_ptr<Work> AllGather(const Tensor& input, Tensor& output, const CollectiveOptions& o = {}) = 0;
   virtual std::shared_ptr<Work> Broadcast(Tensor& t, int root, const CollectiveOptions& o = {}) = 0;
   virtual std::shared_ptr<Work> Barrier(const CollectiveOptions& o = {}) = 0;

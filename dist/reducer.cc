@@ -84,7 +84,7 @@ uint64_t Checksum(const Tensor& t) { return Fnv1a(t.raw_data(), t.nbytes()); }
 // offsets, of the same dtype) before rank `root`'s values can mean anything to the others: a
 // ConfigError on every rank names the ranks that differ from the root.
 void CheckSameLayout(const nn::FlatParameters& params, ProcessGroup& group, int root, const CollectiveOptions& o) {
-  collective::CheckRoot(root, group.size());
+  collective::CheckRoot("broadcast", root, group.size());
   std::string text = detail::StrCat(DTypeName(params.values().dtype()), " ", params.numel());
   for (const auto& e : params.entries()) text += detail::StrCat(" ", e.name, "@", e.offset, "+", e.numel);
   Tensor mine = Tensor::FromVector({0}, {1}, DType::kI64);

@@ -282,6 +282,21 @@ struct MpiProcessGroup::State {
         if (op.reduce == ReduceOp::kAvg) collective::DivideBy(op.a, size);
         return;
       }
+      case Kind::kReduce: {
+        const int64_t n = op.a.numel();
+        if (n == 0) return;
+        char* p = static_cast<char*>(op.a.raw_data());
+        const size_t bytes = SizeOf(op.a.dtype());
+        const bool root = rank == op.root;
+        for (int64_t off = 0; off < n; off += kChunk) {
+          const int count = static_cast<int>(std::min(kChunk, n - off));
+          void* buf = p + off * bytes;
+          TESSERA_MPI_CHECK(MPI_Reduce(root ? MPI_IN_PLACE : buf, root ? buf : nullptr, count, MpiType(op.a.dtype()),
+                                       MpiOp(op.reduce), op.root, data));
+        }
+        if (root && op.reduce == ReduceOp::kAvg) collective::DivideBy(op.a, size);
+        return;
+      }
       case Kind::kReduceScatter: {
         const int64_t n = op.b.numel();
         if (n == 0) return;
@@ -294,8 +309,9 @@ struct MpiProcessGroup::State {
         const int64_t n = op.a.numel();
         if (n == 0) return;
         const MPI_Datatype type = MpiType(op.a.dtype());
-        TESSERA_MPI_CHECK(MPI_Allgather(op.a.raw_data(), static_cast<int>(n), type, op.b.raw_data(),
-                                        static_cast<int>(n), type, data));
+        const bool in_place = collective::AllGatherInPlace(op.a, op.b, rank);
+        TESSERA_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : op.a.raw_data(), static_cast<int>(n), type,
+                                        op.b.raw_data(), static_cast<int>(n), type, data));
         return;
       }
       case Kind::kBroadcast: {
@@ -581,6 +597,18 @@ std::shared_ptr<Work> MpiProcessGroup::AllReduce(Tensor& t, const CollectiveOpti
   return Enqueue(*state_, state_, std::move(op), o.timeout_s, Elements(t) + ", ");
 }
 
+std::shared_ptr<Work> MpiProcessGroup::Reduce(Tensor& t, int root, const CollectiveOptions& o) {
+  CheckTensor("reduce", "tensor", t);
+  collective::CheckRoot("reduce", root, size());
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kReduce;
+  op->a = t;
+  op->root = root;
+  op->reduce = o.op;
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s,
+                 ::tessera::detail::StrCat(Elements(t), " to rank ", root, ", "));
+}
+
 std::shared_ptr<Work> MpiProcessGroup::ReduceScatter(const Tensor& input, Tensor& output,
                                                      const CollectiveOptions& o) {
   CheckTensor("reduce_scatter", "input", input);
@@ -602,6 +630,7 @@ std::shared_ptr<Work> MpiProcessGroup::AllGather(const Tensor& input, Tensor& ou
   CheckTensor("allgather", "input", input);
   CheckTensor("allgather", "output", output);
   collective::CheckAllGatherSizes(input, output, size());
+  collective::AllGatherInPlace(input, output, rank());  // refuses any other overlap
   const int64_t n = input.numel();
   CheckCount("allgather", "input", n);
   auto op = std::make_shared<Op>();
@@ -614,7 +643,7 @@ std::shared_ptr<Work> MpiProcessGroup::AllGather(const Tensor& input, Tensor& ou
 
 std::shared_ptr<Work> MpiProcessGroup::Broadcast(Tensor& t, int root, const CollectiveOptions& o) {
   CheckTensor("broadcast", "tensor", t);
-  collective::CheckRoot(root, size());
+  collective::CheckRoot("broadcast", root, size());
   auto op = std::make_shared<Op>();
   op->kind = Kind::kBroadcast;
   op->a = t;

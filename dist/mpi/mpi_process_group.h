@@ -56,6 +56,7 @@ class MpiProcessGroup : public ProcessGroup {
   std::string backend() const override { return "mpi"; }
 
   std::shared_ptr<Work> AllReduce(Tensor& t, const CollectiveOptions& o = {}) override;
+  std::shared_ptr<Work> Reduce(Tensor& t, int root, const CollectiveOptions& o = {}) override;
   std::shared_ptr<Work> ReduceScatter(const Tensor& input, Tensor& output,
                                       const CollectiveOptions& o = {}) override;
   std::shared_ptr<Work> AllGather(const Tensor& input, Tensor& output,

@@ -131,6 +131,15 @@ class NcclProcessGroup : public ProcessGroup {
     });
   }
 
+  std::shared_ptr<Work> Reduce(Tensor& t, int root, const CollectiveOptions& o) override {
+    Check("reduce", t);
+    if (root < 0 || root >= s_->size) TESSERA_THROW(ValueError, "reduce: root ", root, " outside the group of ", s_->size);
+    return Launch("reduce", t, o, [&](cudaStream_t st) {
+      return ncclReduce(t.raw_data(), t.raw_data(), t.numel(), NcclType("reduce", t.dtype()), NcclOp(o.op), root,
+                        s_->comm, st);
+    });
+  }
+
   std::shared_ptr<Work> ReduceScatter(const Tensor& in, Tensor& out, const CollectiveOptions& o) override {
     Check("reduce_scatter", in);
     Check("reduce_scatter", out);

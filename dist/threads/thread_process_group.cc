@@ -24,7 +24,7 @@ struct Slot {
   std::vector<std::string> what;  // per rank: its description ("allreduce #3 (5 f32, group of 2)")
   std::vector<Tensor> a, b;     // per rank: as in dist/mpi (the tensor or input; the output)
   std::vector<ReduceOp> op;
-  int root = -1;                // broadcast: the first rank's root (the others' are in `what`)
+  int root = -1;                // broadcast, reduce: the first rank's root (the others' are in `what`)
   std::vector<std::pair<int, int>> color_key;  // split, per rank
   std::vector<std::unique_ptr<ProcessGroup>> split;
   bool done = false;            // computed (or failed: `error`)
@@ -77,7 +77,8 @@ std::string Mismatch(const Slot& s, int size) {
     if (s.what[r] != s.what[0])
       return detail::StrCat("the ranks issued different collectives at this point: rank 0 ", s.what[0], ", rank ", r,
                             " ", s.what[r]);
-    if ((s.kind == Kind::kAllReduce || s.kind == Kind::kReduceScatter) && s.op[r] != s.op[0])
+    if ((s.kind == Kind::kAllReduce || s.kind == Kind::kReduce || s.kind == Kind::kReduceScatter) &&
+        s.op[r] != s.op[0])
       return detail::StrCat("rank ", r, " asked for another reduction than rank 0");
   }
   return "";
@@ -90,6 +91,12 @@ void Compute(Slot& s, int size) {
       Tensor acc = ReduceOverRanks(size, n, s.a[0].dtype(), s.op[0], [&](int r) { return s.a[r].raw_data(); });
       for (int r = 0; r < size; ++r)
         if (n > 0) std::memcpy(s.a[r].raw_data(), acc.raw_data(), acc.nbytes());
+      return;
+    }
+    case Kind::kReduce: {
+      const int64_t n = s.a[0].numel();
+      Tensor acc = ReduceOverRanks(size, n, s.a[0].dtype(), s.op[0], [&](int r) { return s.a[r].raw_data(); });
+      if (n > 0) std::memcpy(s.a[s.root].raw_data(), acc.raw_data(), acc.nbytes());
       return;
     }
     case Kind::kReduceScatter: {
@@ -227,6 +234,17 @@ class ThreadProcessGroup : public ProcessGroup {
     });
   }
 
+  std::shared_ptr<Work> Reduce(Tensor& t, int root, const CollectiveOptions& o) override {
+    CheckTensor("reduce", "tensor", t);
+    collective::CheckRoot("reduce", root, size());
+    return Issue(Kind::kReduce, o.timeout_s, detail::StrCat(collective::Elements(t), " to rank ", root, ", "),
+                 [&](Slot& s) {
+                   s.a[rank_] = t;
+                   s.op[rank_] = o.op;
+                   if (s.root < 0) s.root = root;
+                 });
+  }
+
   std::shared_ptr<Work> ReduceScatter(const Tensor& input, Tensor& output, const CollectiveOptions& o) override {
     CheckTensor("reduce_scatter", "input", input);
     CheckTensor("reduce_scatter", "output", output);
@@ -243,6 +261,7 @@ class ThreadProcessGroup : public ProcessGroup {
     CheckTensor("allgather", "input", input);
     CheckTensor("allgather", "output", output);
     collective::CheckAllGatherSizes(input, output, size());
+    collective::AllGatherInPlace(input, output, rank_);  // refuses any other overlap
     return Issue(Kind::kAllGather, o.timeout_s,
                  detail::StrCat(collective::Elements(input), " -> ", output.numel(), ", "), [&](Slot& s) {
                    s.a[rank_] = input;
@@ -252,7 +271,7 @@ class ThreadProcessGroup : public ProcessGroup {
 
   std::shared_ptr<Work> Broadcast(Tensor& t, int root, const CollectiveOptions& o) override {
     CheckTensor("broadcast", "tensor", t);
-    collective::CheckRoot(root, size());
+    collective::CheckRoot("broadcast", root, size());
     return Issue(Kind::kBroadcast, o.timeout_s, detail::StrCat(collective::Elements(t), " from rank ", root, ", "),
                  [&](Slot& s) {
                    s.a[rank_] = t;

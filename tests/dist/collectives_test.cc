@@ -144,6 +144,26 @@ TEST(MpiAllReduce, ViewIntoALargerBuffer) {
   }));
 }
 
+// ---- reduce -------------------------------------------------------------------------------------
+
+template <typename T>
+void CheckReduce(ReduceOp op) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  for (int root = 0; root < P; ++root)
+    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{3} * P + 1, kLarge}) {
+      SCOPED_TRACE(::testing::Message() << "root = " << root << ", n = " << n);
+      Tensor t = Make<T>(n, [&](int64_t i) { return r + 1 + Mod(i); });
+      w.Reduce(t, root, Opts(op))->Wait();
+      if (r == root) EXPECT_TRUE(ElementsAre<T>(t, n, [&](int64_t i) { return Reduced(op, P, Mod(i)); }));
+      else EXPECT_TRUE(ElementsAre<T>(t, n, [&](int64_t i) { return r + 1 + Mod(i); })) << "a non-root's input changed";
+    }
+}
+
+TEST(MpiReduce, SumF32ToEveryRoot) { CheckReduce<float>(ReduceOp::kSum); }
+TEST(MpiReduce, AvgF64ToEveryRoot) { CheckReduce<double>(ReduceOp::kAvg); }
+TEST(MpiReduce, MaxI64ToEveryRoot) { CheckReduce<int64_t>(ReduceOp::kMax); }
+
 // ---- reduce_scatter ------------------------------------------------------------------------------
 
 template <typename T>
@@ -181,6 +201,18 @@ void CheckAllGather() {
 }
 
 TEST(MpiAllGather, F32) { CheckAllGather<float>(); }
+// In place: each rank's input is its own block of the output (MPI_IN_PLACE).
+TEST(MpiAllGather, InPlace) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, kLarge / P}) {
+    SCOPED_TRACE(::testing::Message() << "n = " << n);
+    Tensor output = Make<float>(P * n, [&](int64_t j) { return j / n == r ? (r + 1) * 100 + Mod(j % n) : -1; });
+    Tensor mine = output.Slice0(r * n, (r + 1) * n);
+    w.AllGather(mine, output, Opts())->Wait();
+    EXPECT_TRUE(ElementsAre<float>(output, P * n, [&](int64_t j) { return (j / n + 1) * 100 + Mod(j % n); }));
+  }
+}
 TEST(MpiAllGather, F64) { CheckAllGather<double>(); }
 TEST(MpiAllGather, I32) { CheckAllGather<int32_t>(); }
 

@@ -89,6 +89,35 @@ TEST(ThreadGroup, ReduceScatterAllGatherAndBroadcastOnEverySize) {
   }
 }
 
+// reduce: the root ends with the sum, every other rank keeps its input; allgather in place.
+TEST(ThreadGroup, ReduceToEveryRootAndAllGatherInPlaceOnEverySize) {
+  for (int n : {1, 2, 3, 4}) {
+    ExpectNoErrors(RunRanks(n, [n](ProcessGroup& g) {
+      const int me = g.rank();
+      for (int64_t size : kSizes)
+        for (int root = 0; root < n; ++root) {
+          Tensor t = RankInput(me, size);
+          g.Reduce(t, root)->Wait();
+          std::vector<double> got = t.ToVector();
+          for (int64_t i = 0; i < size; ++i) {
+            double sum = 0;
+            for (int r = 0; r < n; ++r) sum += Value(r, i);
+            ASSERT_EQ(got[i], me == root ? sum : Value(me, i)) << "reduce to " << root << ", element " << i;
+          }
+        }
+      for (int64_t block : kSizes) {
+        Tensor all = Tensor::Full({block * n}, -1, DType::kF32);
+        Tensor mine = all.Slice0(me * block, (me + 1) * block);
+        mine.CopyFrom(RankInput(me, block));
+        g.AllGather(mine, all)->Wait();
+        std::vector<double> got = all.ToVector();
+        for (int r = 0; r < n; ++r)
+          for (int64_t i = 0; i < block; ++i) ASSERT_EQ(got[r * block + i], Value(r, i)) << "block " << r;
+      }
+    }));
+  }
+}
+
 // Several collectives in flight at once complete, with the same sequence numbers on every rank.
 TEST(ThreadGroup, OutstandingCollectivesCompleteInAnyWaitOrder) {
   ExpectNoErrors(RunRanks(3, [](ProcessGroup& g) {
@@ -196,6 +225,10 @@ TEST(ThreadGroup, BadArgumentsAreRefusedBeforeAnythingIsIssued) {
   EXPECT_THROW(gs[0]->ReduceScatter(in, out), ShapeError);
   EXPECT_THROW(gs[0]->AllGather(out, in), ShapeError);
   EXPECT_THROW(gs[0]->Broadcast(in, 2), ValueError);
+  EXPECT_THROW(gs[0]->Reduce(in, -1), ValueError);
+  Tensor four = Tensor::Zeros({4}, DType::kF32);
+  Tensor block1 = four.Slice0(2, 4);  // rank 0's block is [0, 2): any other overlap is refused
+  EXPECT_THROW(gs[0]->AllGather(block1, four), ValueError);
   CollectiveOptions o;
   o.timeout_s = 0;
   EXPECT_THROW(gs[0]->AllReduce(in, o), ValueError);

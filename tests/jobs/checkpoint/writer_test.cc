@@ -14,104 +14,13 @@
 #include <thread>
 
 #include "dist/process_group.h"
+#include "dist/threads/thread_process_group.h"
 #include "tests/jobs/checkpoint/fixture.h"
 
 namespace tessera::jobs::ckpt_test {
 namespace {
 
 // ---- several ranks writing one checkpoint ----------------------------------------------------
-
-// An in-process process group over threads: Broadcast and AllGather, synchronous, with a deadline.
-class ThreadRendezvous {
- public:
-  explicit ThreadRendezvous(int n) : n_(n), slots_(n) {}
-  // Deposits this rank's bytes, waits for every rank, lets `read` see all of them, waits again.
-  void Exchange(int rank, const void* data, size_t n, const std::function<void(const std::vector<std::string>&)>& read,
-                double timeout_s) {
-    slots_[rank].assign(static_cast<const char*>(data), n);
-    Arrive(rank, timeout_s);
-    read(slots_);
-    Arrive(rank, timeout_s);
-  }
-
- private:
-  void Arrive(int rank, double timeout_s) {
-    std::unique_lock<std::mutex> l(mu_);
-    const uint64_t gen = gen_;
-    if (++arrived_ == n_) {
-      arrived_ = 0;
-      ++gen_;
-      cv_.notify_all();
-      return;
-    }
-    if (!cv_.wait_for(l, std::chrono::duration<double>(timeout_s), [&] { return gen_ != gen; }))
-      TESSERA_THROW(dist::CommTimeoutError, "thread group: rank ", rank, " timed out after ", timeout_s, " s");
-  }
-  const int n_;
-  std::vector<std::string> slots_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int arrived_ = 0;
-  uint64_t gen_ = 0;
-};
-
-class DoneWork : public dist::Work {
- public:
-  explicit DoneWork(uint64_t seq) : seq_(seq) {}
-  void Wait() override {}
-  bool IsCompleted() override { return true; }
-  uint64_t sequence() const override { return seq_; }
-
- private:
-  uint64_t seq_;
-};
-
-class ThreadGroup : public dist::ProcessGroup {
- public:
-  ThreadGroup(ThreadRendezvous& rv, int rank, int size) : rv_(rv), rank_(rank), size_(size) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  std::string backend() const override { return "threads"; }
-  std::shared_ptr<dist::Work> AllGather(const Tensor& input, Tensor& output, const dist::CollectiveOptions& o) override {
-    EXPECT_EQ(output.nbytes(), input.nbytes() * size_);
-    rv_.Exchange(
-        rank_, input.raw_data(), input.nbytes(),
-        [&](const std::vector<std::string>& all) {
-          for (int r = 0; r < size_; ++r) {
-            EXPECT_EQ(all[r].size(), input.nbytes());
-            std::memcpy(static_cast<char*>(output.raw_data()) + r * input.nbytes(), all[r].data(), input.nbytes());
-          }
-        },
-        o.timeout_s);
-    return std::make_shared<DoneWork>(++seq_);
-  }
-  std::shared_ptr<dist::Work> Broadcast(Tensor& t, int root, const dist::CollectiveOptions& o) override {
-    rv_.Exchange(
-        rank_, t.raw_data(), t.nbytes(),
-        [&](const std::vector<std::string>& all) {
-          EXPECT_EQ(all[root].size(), t.nbytes());
-          if (rank_ != root) std::memcpy(t.raw_data(), all[root].data(), t.nbytes());
-        },
-        o.timeout_s);
-    return std::make_shared<DoneWork>(++seq_);
-  }
-  std::shared_ptr<dist::Work> AllReduce(Tensor&, const dist::CollectiveOptions&) override { return Unsupported("AllReduce"); }
-  std::shared_ptr<dist::Work> ReduceScatter(const Tensor&, Tensor&, const dist::CollectiveOptions&) override {
-    return Unsupported("ReduceScatter");
-  }
-  std::shared_ptr<dist::Work> Barrier(const dist::CollectiveOptions&) override { return Unsupported("Barrier"); }
-  std::unique_ptr<dist::ProcessGroup> Split(int, int, double) override {
-    TESSERA_THROW(dist::CommError, "thread group: Split is not supported");
-  }
-
- private:
-  std::shared_ptr<dist::Work> Unsupported(const char* what) {
-    TESSERA_THROW(dist::CommError, "thread group: ", what, " is not supported");
-  }
-  ThreadRendezvous& rv_;
-  int rank_, size_;
-  uint64_t seq_ = 0;
-};
 
 // Each rank holds only the slice it owns of `full`, [r n / w, (r + 1) n / w): it cannot write more.
 std::vector<CheckpointLayout> RankSlices(const CheckpointLayout& full, int world) {
@@ -138,9 +47,7 @@ struct ThreadSave {
 ThreadSave SaveOnThreads(const std::vector<CheckpointLayout>& layouts, const optim::Optimizer* opt,
                          const CheckpointWriterOptions& o, bool rank0_last = false) {
   const int world = static_cast<int>(layouts.size());
-  ThreadRendezvous rv(world);
-  std::vector<std::unique_ptr<ThreadGroup>> groups;
-  for (int r = 0; r < world; ++r) groups.push_back(std::make_unique<ThreadGroup>(rv, r, world));
+  std::vector<std::unique_ptr<dist::ProcessGroup>> groups = dist::MakeThreadGroups(world);
   ThreadSave out;
   out.errors.resize(world);
   out.reports.resize(world);
