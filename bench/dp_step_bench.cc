@@ -2,14 +2,15 @@
 // mpirun, the tessera side of bench/run_dp_bench.sh (its peer: bench/torch_ddp_step.py).
 //
 //   mpirun -np N build/bench/dp_step_bench --model w1|w2 [--per-rank-batch 128] [--threads 1]
-//                                          [--warmup 20] [--steps 200] [--repeats 3]
+//                                          [--warmup 20] [--steps 200] [--repeats 3] [--zero-stage 0]
 //
 // Every rank holds its own batch of `per-rank-batch` random samples, resident in memory (inputs
 // uniform in [0, 1) like scaled Fashion-MNIST pixels, labels uniform in [0, 10), a different seed
-// per rank). A step is the data-parallel step of tests/dist/data_parallel_test.cc: ZeroGrad,
-// forward, cross-entropy, backward with the loss scaled by 1 / N (so the sum over ranks is the
-// global mean), the Reducer's bucketed all-reduce started from the gradient hooks and finished
-// with Finish(), Adam(lr 1e-3). Parameters start equal on every rank (BroadcastParameters).
+// per rank). A step is the trainer's own step (dist::DataParallel::Step, also run by the
+// data-parallel tests): forward, cross-entropy, backward with the loss scaled by 1 / N (so the sum
+// over ranks is the global mean), the Reducer's bucketed all-reduce started from the gradient
+// hooks, the finite check of the reduced gradient, Adam(lr 1e-3), and under --zero-stage 1 or 2
+// the sharded update and all-gather. Parameters start equal on every rank (Join's broadcast).
 // With N = 1 there is no group traffic: the Reducer is not installed (a single-rank run is plain
 // training, the baseline for the scaling efficiency).
 //
@@ -36,7 +37,7 @@
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "dist/mpi/runtime.h"
-#include "dist/reducer.h"
+#include "dist/data_parallel.h"
 
 namespace tessera::bench {
 namespace {
@@ -51,6 +52,7 @@ struct Options {
   int steps = 200;
   int repeats = 3;
   double bucket_mb = 25;  // the Reducer's default
+  int zero_stage = 0;
 };
 
 int ParseInt(const std::string& flag, const char* value, int min) {
@@ -75,6 +77,7 @@ Options Parse(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = ParseInt(a, value(), 0);
     else if (a == "--steps") o.steps = ParseInt(a, value(), 1);
     else if (a == "--repeats") o.repeats = ParseInt(a, value(), 1);
+    else if (a == "--zero-stage") o.zero_stage = ParseInt(a, value(), 0);
     else if (a == "--bucket-mb") {
       const char* v = value();
       char* end = nullptr;
@@ -84,7 +87,8 @@ Options Parse(int argc, char** argv) {
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: mpirun -np N dp_step_bench --model w1|w2 [--per-rank-batch 128] [--threads 1]\n"
-          "                                  [--warmup 20] [--steps 200] [--repeats 3] [--bucket-mb 25]\n");
+          "                                  [--warmup 20] [--steps 200] [--repeats 3] [--bucket-mb 25]\n"
+          "                                  [--zero-stage 0|1|2]\n");
       std::exit(0);
     } else {
       TESSERA_THROW(ConfigError, "unknown argument '", a, "' (try --help)");
@@ -104,14 +108,13 @@ void Run(const Options& o, dist::ProcessGroup& world) {
   const int n = world.size(), rank = world.rank();
   auto net = o.model == "w1" ? models::BuildMlp(models::MlpConfig{}) : models::BuildCnn(models::CnnConfig{});
   net->set_needs_input_grad(false);
-  nn::FlatParameters params(*net, Device::CPU(), DType::kF32, /*seed=*/0);
-  params.ZeroGrad();
-  std::unique_ptr<dist::Reducer> reducer;
-  if (n > 1) {
-    dist::BroadcastParameters(params, world);
-    reducer = std::make_unique<dist::Reducer>(params, world, o.bucket_mb);
-  }
-  optim::Adam adam(params.values(), params.grads());
+  dist::DataParallel::Options dpo;
+  dpo.zero_stage = o.zero_stage;
+  dpo.bucket_mb = o.bucket_mb;
+  dist::DataParallel dp(*net, /*seed=*/0, &world, dpo,
+                        [](const Tensor& v, const Tensor& g) { return std::make_unique<optim::Adam>(v, g); });
+  dp.Join();
+  nn::FlatParameters& params = dp.params();
   nn::CrossEntropyLoss loss;
 
   Tensor x = Tensor::Empty({o.per_rank_batch, 1, 28, 28});
@@ -124,12 +127,16 @@ void Run(const Options& o, dist::ProcessGroup& world) {
 
   const double scale = 1.0 / n;
   Tensor last;
+  int64_t steps_done = 0;
   auto step = [&] {
-    params.ZeroGrad();
-    last = loss.Forward(net->Forward(x), y);
-    net->Backward(loss.Backward(scale));
-    if (reducer) reducer->Finish();
-    adam.Step(1e-3);
+    dp.Step(
+        1,
+        [&](int) {
+          last = loss.Forward(net->Forward(x), y);
+          net->Backward(loss.Backward(scale));
+          return scale * last.Item();
+        },
+        /*clip_grad_norm=*/0, 1e-3, ++steps_done);
   };
 
   for (int i = 0; i < o.warmup; ++i) step();
@@ -161,10 +168,10 @@ void Run(const Options& o, dist::ProcessGroup& world) {
   std::printf(
       "{\"kind\": \"dp_step\", \"impl\": \"tessera\", \"model\": \"%s\", \"ranks\": %d, \"threads\": %d, "
       "\"per_rank_batch\": %d, \"global_batch\": %d, \"warmup\": %d, \"steps\": %d, \"repeats\": %d, "
-      "\"buckets\": %zu, \"bucket_mb\": %g, \"samples_per_sec\": %.1f, \"samples_per_sec_min\": %.1f, "
+      "\"zero_stage\": %d, \"buckets\": %zu, \"bucket_mb\": %g, \"samples_per_sec\": %.1f, \"samples_per_sec_min\": %.1f, "
       "\"samples_per_sec_max\": %.1f, \"ms_per_step\": %.3f, \"final_loss\": %.4f, \"runs\": [%s]}\n",
       o.model.c_str(), n, GetNumThreads(), o.per_rank_batch, n * o.per_rank_batch, o.warmup, o.steps, o.repeats,
-      reducer ? reducer->buckets().size() : size_t(0), o.bucket_mb, med,
+      dp.zero_stage(), dp.reducer() ? dp.reducer()->buckets().size() : size_t(0), o.bucket_mb, med,
       *std::min_element(sps.begin(), sps.end()), *std::max_element(sps.begin(), sps.end()),
       1e3 * n * o.per_rank_batch / med, final_loss, runs.c_str());
   std::fflush(stdout);

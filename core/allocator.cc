@@ -1,6 +1,10 @@
 #include "core/allocator.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -94,6 +98,20 @@ void CachingAllocator::EmptyCache() {
 AllocatorStats CachingAllocator::Stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->stats;
+}
+
+void ZeroAndReleasePages(void* p, size_t bytes) {
+  if (bytes == 0) return;
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p), b = a + bytes;
+  const uintptr_t lo = (a + page - 1) / page * page, hi = b / page * page;
+  if (hi <= lo) {
+    std::memset(p, 0, bytes);
+    return;
+  }
+  std::memset(p, 0, lo - a);
+  std::memset(reinterpret_cast<void*>(hi), 0, b - hi);
+  if (madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED) != 0) std::memset(reinterpret_cast<void*>(lo), 0, hi - lo);
 }
 
 namespace {

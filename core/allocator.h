@@ -40,6 +40,11 @@ Allocator& GetAllocator(Device device);
 // Installs the allocator used for `device` (the CUDA backend calls this while registering).
 void SetAllocator(Device device, Allocator* allocator);
 
+// Sets `bytes` of CPU memory at `p` to zero and gives its whole pages back to the system
+// (madvise MADV_DONTNEED: they read as zeros and count towards RSS again only once written), so
+// memory a rank no longer needs (a ZeRO-2 gradient it does not own) stops taking space.
+void ZeroAndReleasePages(void* p, size_t bytes);
+
 // Rounds a request to the size class it is cached under.
 size_t AllocationBucket(size_t bytes);
 

@@ -3,12 +3,17 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/allocator.h"
 #include "dist/collective.h"
 
 namespace tessera::dist {
 
-Reducer::Reducer(nn::FlatParameters& params, ProcessGroup& group, double bucket_mb, double timeout_s)
-    : params_(params), group_(group) {
+Reducer::Reducer(nn::FlatParameters& params, ProcessGroup& group, double bucket_mb, double timeout_s,
+                 const ZeroPartition* partition)
+    : params_(params), group_(group), partition_(partition) {
+  if (partition && (partition->numel != params.numel() || partition->world != group.size()))
+    TESSERA_THROW(ValueError, "Reducer: a ZeRO partition of ", partition->numel, " elements over ", partition->world,
+                  " ranks for ", params.numel(), " elements over ", group.size());
   if (!(bucket_mb > 0)) TESSERA_THROW(ValueError, "Reducer: bucket size must be > 0 MB, got ", bucket_mb);
   options_.op = ReduceOp::kSum;
   options_.timeout_s = timeout_s;
@@ -51,11 +56,34 @@ void Reducer::OnGradReady(nn::Parameter& p) {
 }
 
 void Reducer::LaunchReady() {
-  while (next_to_launch_ < static_cast<int>(buckets_.size()) && pending_[next_to_launch_] <= 0) {
-    const Bucket& b = buckets_[next_to_launch_];
-    Tensor slice = params_.grads().View(b.begin, {b.end - b.begin});
-    work_.push_back(group_.AllReduce(slice, options_));
-    ++next_to_launch_;
+  while (next_to_launch_ < static_cast<int>(buckets_.size()) && pending_[next_to_launch_] <= 0)
+    Launch(buckets_[next_to_launch_++]);
+  Retire(/*wait=*/false);
+}
+
+void Reducer::Launch(const Bucket& b) {
+  Tensor& grads = params_.grads();
+  if (!partition_) {
+    Tensor slice = grads.View(b.begin, {b.end - b.begin});
+    work_.push_back({group_.AllReduce(slice, options_), b.begin, b.end, false});
+    return;
+  }
+  for (const ZeroPartition::Piece& p : partition_->Split(b.begin, b.end)) {
+    Tensor slice = grads.View(p.begin, {p.end - p.begin});
+    work_.push_back({group_.Reduce(slice, p.owner, options_), p.begin, p.end, p.owner != group_.rank()});
+  }
+}
+
+void Reducer::Retire(bool wait) {
+  for (; retired_ < work_.size(); ++retired_) {
+    InFlight& f = work_[retired_];
+    if (wait) f.work->Wait();
+    else if (!f.work->IsCompleted()) return;
+    else f.work->Wait();  // rethrows a failure
+    if (!f.release) continue;
+    Tensor slice = params_.grads().View(f.begin, {f.end - f.begin});
+    if (slice.device().is_cpu()) ZeroAndReleasePages(slice.raw_data(), slice.nbytes());
+    else slice.Zero();
   }
 }
 
@@ -64,11 +92,21 @@ void Reducer::Finish() {
     for (int& p : pending_) p = 0;  // parameters that got no gradient: reduce their zeros too
     LaunchReady();
   }
-  std::vector<std::shared_ptr<Work>> work;
-  work.swap(work_);
   next_to_launch_ = 0;
   for (size_t b = 0; b < buckets_.size(); ++b) pending_[b] = static_cast<int>(buckets_[b].params.size());
-  for (auto& w : work) w->Wait();
+  // Wait for everything even after a failure, so that no collective still uses the buffers.
+  std::exception_ptr error;
+  while (retired_ < work_.size()) {
+    try {
+      Retire(/*wait=*/true);
+    } catch (...) {
+      if (!error) error = std::current_exception();
+      ++retired_;
+    }
+  }
+  work_.clear();
+  retired_ = 0;
+  if (error) std::rethrow_exception(error);
 }
 
 namespace {

@@ -10,6 +10,10 @@
 //
 // Each rank scales its loss so that the sum over ranks is the global mean (see the trainer); the
 // reducer therefore sums. Finish() waits for every bucket and rethrows a communication failure.
+//
+// Given a ZeRO partition (stage 2, dist/zero.h), a bucket is instead reduced to the rank or ranks
+// that own it (one Reduce per owner's piece); once a piece is reduced, every other rank zeroes its
+// copy and gives the pages back, so only the owner's shard and the buckets in flight stay held.
 #pragma once
 
 #include <memory>
@@ -18,6 +22,7 @@
 
 #include "core/nn/module.h"
 #include "dist/process_group.h"
+#include "dist/zero.h"
 
 namespace tessera::dist {
 
@@ -28,8 +33,10 @@ class Reducer {
     std::vector<int> params;      // indices into FlatParameters::entries()
   };
 
-  // Installs itself as params' gradient-ready hook. `params` and `group` must outlive it.
-  Reducer(nn::FlatParameters& params, ProcessGroup& group, double bucket_mb = 25, double timeout_s = 300);
+  // Installs itself as params' gradient-ready hook. `params`, `group` and `partition` (null:
+  // all-reduce every bucket) must outlive it.
+  Reducer(nn::FlatParameters& params, ProcessGroup& group, double bucket_mb = 25, double timeout_s = 300,
+          const ZeroPartition* partition = nullptr);
   ~Reducer();
   Reducer(const Reducer&) = delete;
   Reducer& operator=(const Reducer&) = delete;
@@ -44,8 +51,16 @@ class Reducer {
   const std::vector<Bucket>& buckets() const { return buckets_; }
 
  private:
+  struct InFlight {
+    std::shared_ptr<Work> work;
+    int64_t begin, end;  // the flat range it reduces
+    bool release;        // zero it and give its pages back once done (reduced to another rank)
+  };
   void OnGradReady(nn::Parameter& p);
   void LaunchReady();
+  void Launch(const Bucket& b);
+  // Releases the reduced pieces, in order, up to the first still in flight (all with `wait`).
+  void Retire(bool wait);
 
   nn::FlatParameters& params_;
   ProcessGroup& group_;
@@ -56,7 +71,9 @@ class Reducer {
   std::vector<int> pending_;          // per bucket: parameters still to report
   std::vector<int> param_index_by_offset_;
   int next_to_launch_ = 0;
-  std::vector<std::shared_ptr<Work>> work_;
+  const ZeroPartition* partition_;
+  std::vector<InFlight> work_;
+  size_t retired_ = 0;  // work_[0, retired_) is done
 };
 
 // Checks that every rank built the same parameters (names, offsets, sizes, dtype; a ConfigError on

@@ -19,9 +19,13 @@ std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& d, bool train, cons
 }
 
 std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, nn::FlatParameters& p) {
+  return BuildOptimizer(o, p.values(), p.grads());
+}
+
+std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, const Tensor& values, const Tensor& grads) {
   switch (o.kind()) {
     case OptimizerSpec::SGD:
-      return std::make_unique<optim::Sgd>(p.values(), p.grads(),
+      return std::make_unique<optim::Sgd>(values, grads,
                                           optim::SgdOptions{o.momentum(), o.dampening(), o.weight_decay(), o.nesterov()});
     case OptimizerSpec::RMSPROP: {
       optim::RmspropOptions r;
@@ -29,7 +33,7 @@ std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, nn::Fla
       r.eps = o.eps();
       r.weight_decay = o.weight_decay();
       r.momentum = o.momentum();
-      return std::make_unique<optim::Rmsprop>(p.values(), p.grads(), r);
+      return std::make_unique<optim::Rmsprop>(values, grads, r);
     }
     case OptimizerSpec::ADAM:
     case OptimizerSpec::ADAMW: {
@@ -38,8 +42,8 @@ std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, nn::Fla
       a.beta2 = o.beta2();
       a.eps = o.eps();
       a.weight_decay = o.weight_decay();
-      if (o.kind() == OptimizerSpec::ADAMW) return std::make_unique<optim::AdamW>(p.values(), p.grads(), a);
-      return std::make_unique<optim::Adam>(p.values(), p.grads(), a);
+      if (o.kind() == OptimizerSpec::ADAMW) return std::make_unique<optim::AdamW>(values, grads, a);
+      return std::make_unique<optim::Adam>(values, grads, a);
     }
   }
   TESSERA_THROW(ConfigError, "optimizer.kind: unknown kind");

@@ -19,6 +19,8 @@ namespace tessera::jobs {
 std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& data, bool train,
                                              const datasets::Dataset* train_set = nullptr);
 std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, nn::FlatParameters& p);
+// Over a slice of the flat buffers (a ZeRO shard): `values` and `grads` are views of equal length.
+std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, const Tensor& values, const Tensor& grads);
 std::unique_ptr<optim::LrSchedule> BuildSchedule(const OptimizerSpec& o, int64_t total_steps);
 // "cosine(lr=0.001, warmup_steps=100, total_steps=1407, min_lr=0)": what the rate at any step follows.
 std::string ScheduleDescription(const OptimizerSpec& o, int64_t total_steps);

@@ -83,9 +83,17 @@ void TrainingRun::BuildModelAndOptimizer() {
   CheckModelFitsInMemory(spec_.model());
   net_ = models::BuildModel(spec_.model(), train_data_->example_shape(), classes_);
   net_->set_needs_input_grad(false);
-  params_ = std::make_unique<nn::FlatParameters>(*net_, Device::CPU(), DType::kF32, t_.seed());
+  dist::DataParallel::Options dpo;
+  dpo.zero_stage = spec_.parallel().zero_stage();
+  dpo.bucket_mb = spec_.parallel().bucket_size_mb();
+  dpo.timeout_s = timeout_s_;
+  const OptimizerSpec& os = spec_.optimizer();
+  dp_ = std::make_unique<dist::DataParallel>(*net_, t_.seed(), group_, dpo, [&os](const Tensor& v, const Tensor& g) {
+    return BuildOptimizer(os, v, g);
+  });
+  params_ = &dp_->params();
+  optimizer_ = &dp_->optimizer();
   out_classes_ = static_cast<int>(models::OutFeatures(spec_.model()));
-  optimizer_ = BuildOptimizer(spec_.optimizer(), *params_);
   sampler_ = std::make_unique<datasets::DistributedSampler>(dataset_size_, spec_.data().batch_size(), t_.seed(),
                                                             spec_.data().shuffle(), spec_.data().drop_last(), rank_,
                                                             world_);
@@ -93,7 +101,18 @@ void TrainingRun::BuildModelAndOptimizer() {
   total_steps_ = t_.steps() > 0 ? t_.steps() : steps_per_epoch_ * t_.epochs();
   global_batch_ = spec_.data().batch_size();
   schedule_ = BuildSchedule(spec_.optimizer(), total_steps_);
-  layout_ = MakeCheckpointLayout(*params_, optimizer_.get());
+  // Each rank's optimizer state covers its shard, the slice the checkpoint writer has it write.
+  layout_ = MakeCheckpointLayout(*params_, optimizer_, dp_->partition() ? dp_->partition()->begin() : 0);
+  RecordMemoryHeld();
+}
+
+// What this rank holds, by ZeRO stage (for the log and summary.json).
+void TrainingRun::RecordMemoryHeld() {
+  const dist::DataParallel::Memory m = dp_->Held();
+  summary_.zero_stage = dp_->zero_stage();
+  summary_.parameter_bytes = m.parameter_bytes;
+  summary_.gradient_bytes = m.gradient_bytes;
+  summary_.optimizer_state_bytes = m.optimizer_state_bytes;
 }
 
 // A checkpoint to continue from wins; otherwise train.init_from's weights, if any. A resumed run
@@ -148,8 +167,7 @@ void TrainingRun::JoinRanks() {
   start_step_ = step_;
   if (group_) {
     AgreeOnStep(step_, *group_, timeout_s_, plan_.ckpt_dir);
-    dist::BroadcastParameters(*params_, *group_, 0, timeout_s_);
-    reducer_ = std::make_unique<dist::Reducer>(*params_, *group_, spec_.parallel().bucket_size_mb(), timeout_s_);
+    dp_->Join();
     ckpt_group_ = group_->Split(0, rank_, timeout_s_);
   }
   const CheckpointSpec& cs = spec_.checkpoint();
@@ -182,9 +200,18 @@ void TrainingRun::Announce() {
             static_cast<long long>(total_steps_), static_cast<long long>(steps_per_epoch_),
             static_cast<long long>(global_batch_), world_, world_ == 1 ? "" : "s", t_.threads(),
             t_.threads() == 1 ? "" : "s", static_cast<unsigned long long>(t_.seed()));
-  if (reducer_)
+  if (dp_->reducer())
     log_->Say("data parallel: %zu gradient buckets of up to %.3g MB, collective timeout %.0f s\n",
-              reducer_->buckets().size(), spec_.parallel().bucket_size_mb(), timeout_s_);
+              dp_->reducer()->buckets().size(), spec_.parallel().bucket_size_mb(), timeout_s_);
+  const int zero_stage = dp_->zero_stage();
+  log_->Say("memory per rank: parameters %.1f MB, gradients %.1f MB%s, optimizer state %.1f MB (ZeRO stage %d%s)\n",
+            summary_.parameter_bytes / 1e6, summary_.gradient_bytes / 1e6,
+            zero_stage >= 2 ? " (its shard; buckets in flight come on top)" : "", summary_.optimizer_state_bytes / 1e6,
+            zero_stage, zero_stage > 0 ? detail::StrCat(", shard of ", dp_->partition()->shard_size(), " of ",
+                                                        params_->numel(), " elements").c_str() : "");
+  if (!already_complete_)  // a finished run directory is left as it was
+    log_->Emit({{"event", "memory"}, {"zero_stage", zero_stage}, {"parameter_bytes", summary_.parameter_bytes},
+                {"gradient_bytes", summary_.gradient_bytes}, {"optimizer_state_bytes", summary_.optimizer_state_bytes}});
   if (!spec_.publish().store().empty())
     log_->Say("publish: at the end, the %s weights to %s as model '%s'%s%s\n",
               spec_.publish().when() == PublishSpec::BEST ? ("best (" + spec_.publish().metric() + ")").c_str() : "final",

@@ -21,7 +21,8 @@ std::string FormatDuration(double s) {
 
 // ---- the loop ---------------------------------------------------------------------------------
 
-// Accumulate over micro-steps, reduce, check, clip, step. Returns the step's global mean loss.
+// One step of this rank's batch, in `accumulate` micro-batches (dist::DataParallel::Step: reduce,
+// check, clip, step, gather). Returns this rank's share of the step's global mean loss.
 double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
   const int64_t n = batch.features.dim(0);
   const int accumulate = t_.accumulate_steps();
@@ -29,29 +30,19 @@ double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
   // sum of the ranks' gradients is the gradient of the global mean loss.
   const int64_t in_epoch = (step_ % steps_per_epoch_) * global_batch_;
   const int64_t n_global = std::min<int64_t>(global_batch_, dataset_size_ - in_epoch);
-  params_->ZeroGrad();
-  double step_loss = 0;
-  for (int k = 0; k < accumulate; ++k) {
-    int64_t lo = n * k / accumulate, hi = n * (k + 1) / accumulate;
-    if (reducer_) reducer_->set_enabled(k == accumulate - 1);
-    if (lo == hi) continue;
+  const auto micro_batch = [&](int k) {
+    const int64_t lo = n * k / accumulate, hi = n * (k + 1) / accumulate;
+    if (lo == hi) return 0.0;
     Tensor x = batch.features.Slice0(lo, hi), y = batch.labels.Slice0(lo, hi);
     const double w = static_cast<double>(hi - lo) / static_cast<double>(n_global);
     // Dropout masks follow the examples, so they do not depend on the number of ranks.
     net_->SetBatchPosition(
         static_cast<uint64_t>(step_ * global_batch_ + sampler_->LocalOffset(step_ % steps_per_epoch_) + lo));
-    step_loss += w * loss_fn_.Forward(net_->Forward(x), y).Item();
+    const double loss = w * loss_fn_.Forward(net_->Forward(x), y).Item();
     net_->Backward(loss_fn_.Backward(w));
-  }
-  if (reducer_) reducer_->Finish();
-  // After the all-reduce every rank holds the same gradients: checking them (rather than this
-  // rank's share of the loss) makes every rank stop at the same step with the same message.
-  if (!std::isfinite(step_loss) || (reducer_ && !std::isfinite(ops::SumSquares(params_->grads()))))
-    TESSERA_THROW(Error, "the training loss or its gradients became non-finite at step ", step_ + 1,
-                  "; lower optimizer.lr or set optimizer.clip_grad_norm");
-  const double clip = spec_.optimizer().clip_grad_norm();
-  if (clip > 0) optim::ClipGradNorm(params_->grads(), clip);  // gradients are global after the reduce
-  optimizer_->Step(lr);
+    return loss;
+  };
+  const double step_loss = dp_->Step(accumulate, micro_batch, spec_.optimizer().clip_grad_norm(), lr, step_ + 1);
   ++step_;
   window_loss_ += step_loss;
   ++window_steps_;

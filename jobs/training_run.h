@@ -18,7 +18,7 @@
 #include "core/ops/ops.h"
 #include "core/threads.h"
 #include "datasets/sampler.h"
-#include "dist/reducer.h"
+#include "dist/data_parallel.h"
 #include "jobs/build.h"
 #include "jobs/evaluate.h"
 #include "jobs/preemption.h"
@@ -47,6 +47,7 @@ class TrainingRun {
   void CheckLaunch();
   void OpenData();
   void BuildModelAndOptimizer();
+  void RecordMemoryHeld();
   void StartFromCheckpointOrWeights();
   void JoinRanks();
   void Announce();
@@ -92,8 +93,10 @@ class TrainingRun {
   std::unique_ptr<datasets::Dataset> train_data_, test_data_;
   int classes_ = 0, out_classes_ = 0;
   std::unique_ptr<nn::Sequential> net_;
-  std::unique_ptr<nn::FlatParameters> params_;
-  std::unique_ptr<optim::Optimizer> optimizer_;
+  // The parameters, optimizer, reducer and step (ZeRO stages 0 to 2); params_ and optimizer_ are dp_'s.
+  std::unique_ptr<dist::DataParallel> dp_;
+  nn::FlatParameters* params_ = nullptr;
+  optim::Optimizer* optimizer_ = nullptr;
   std::unique_ptr<datasets::DistributedSampler> sampler_;
   std::unique_ptr<optim::LrSchedule> schedule_;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, global_batch_ = 0, dataset_size_ = 0;
@@ -108,7 +111,6 @@ class TrainingRun {
   std::atomic<bool> stop_digests_{false};  // declared first: outlives the hashing that reads it
   std::future<std::vector<store::FileDigest>> dataset_digests_;
 
-  std::unique_ptr<dist::Reducer> reducer_;
   std::unique_ptr<dist::ProcessGroup> ckpt_group_;  // the checkpoint writer's own collectives
   std::unique_ptr<CheckpointWriter> writer_;
   Clock::time_point last_save_ = Clock::now();

@@ -1,8 +1,10 @@
 #include "core/nn/module.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
+#include "core/allocator.h"
 #include "core/random.h"
 
 namespace tessera::nn {
@@ -116,10 +118,11 @@ void Sequential::set_needs_input_grad(bool needs) {
   for (size_t i = 0; i < num_children() && i <= first; ++i) child(i).set_needs_input_grad(needs);
 }
 
-FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64_t seed)
+FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64_t seed, int64_t size_multiple)
     : model_(model) {
   if (!IsFloating(dtype))
     TESSERA_THROW(ValueError, "FlatParameters: parameters must be floating point, got ", DTypeName(dtype));
+  if (size_multiple < 1) TESSERA_THROW(ValueError, "FlatParameters: size_multiple must be >= 1, got ", size_multiple);
   auto named = model.NamedParameters();
   int64_t offset = 0;
   for (auto& [name, p] : named) {
@@ -130,25 +133,37 @@ FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64
     num_params_ += n;
     offset += (n + kAlignment - 1) / kAlignment * kAlignment;
   }
-  // Initial values are drawn on the host in double, then cast and copied once.
-  std::vector<double> host(static_cast<size_t>(offset), 0.0);
+  offset = (offset + size_multiple - 1) / size_multiple * size_multiple;
+  // Initial values are drawn on the host in double a chunk at a time, cast into a host buffer of
+  // `dtype` (no double copy of the whole model: that alone would be 8 bytes a parameter).
+  Tensor staged = Tensor::Zeros({offset}, dtype);
+  constexpr int64_t kChunk = 1 << 16;
+  std::vector<double> chunk;
   for (size_t i = 0; i < entries_.size(); ++i) {
     const Entry& e = entries_[i];
     const Init& init = e.param->init;
     PhiloxGenerator gen(seed, /*stream=*/i + 1);
-    double* dst = host.data() + e.offset;
-    for (int64_t j = 0; j < e.numel; ++j) {
-      switch (init.kind) {
-        case Init::kZeros: dst[j] = 0; break;
-        case Init::kOnes: dst[j] = 1; break;
-        case Init::kUniform: dst[j] = gen.Uniform(init.a, init.b); break;
-        case Init::kNormal: dst[j] = init.a + init.b * gen.Normal(); break;
+    for (int64_t lo = 0; lo < e.numel; lo += kChunk) {
+      const int64_t n = std::min(kChunk, e.numel - lo);
+      chunk.resize(static_cast<size_t>(n));
+      for (int64_t j = 0; j < n; ++j) {
+        switch (init.kind) {
+          case Init::kZeros: chunk[j] = 0; break;
+          case Init::kOnes: chunk[j] = 1; break;
+          case Init::kUniform: chunk[j] = gen.Uniform(init.a, init.b); break;
+          case Init::kNormal: chunk[j] = init.a + init.b * gen.Normal(); break;
+        }
       }
+      staged.Slice0(e.offset + lo, e.offset + lo + n).CopyFrom(Tensor::FromVector(chunk, {n}, dtype));
     }
   }
-  Tensor staged = Tensor::FromVector(host, {offset}, dtype);
   values_ = device.is_cpu() ? staged : staged.To(device);
-  grads_ = Tensor::Zeros({offset}, dtype, device);
+  if (device.is_cpu()) {  // zeros that take no memory until written (a ZeRO-2 rank never writes most)
+    grads_ = Tensor::Empty({offset}, dtype, device);
+    ZeroAndReleasePages(grads_.raw_data(), grads_.nbytes());
+  } else {
+    grads_ = Tensor::Zeros({offset}, dtype, device);
+  }
   for (Entry& e : entries_) {
     e.param->value = values_.View(e.offset, e.param->shape);
     e.param->grad = grads_.View(e.offset, e.param->shape);

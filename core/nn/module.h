@@ -154,8 +154,10 @@ class FlatParameters {
   // Allocates the buffers on `device` in `dtype`, initialises every parameter from `seed` (each
   // parameter draws from its own Philox stream, so adding a layer does not change the others),
   // seeds the model's random layers, and zeroes the gradients. The model must outlive this.
+  // `size_multiple`: numel() is padded up to a multiple of it (ZeRO shards the buffers into that
+  // many equal parts).
   FlatParameters(Module& model, Device device = Device::CPU(), DType dtype = DType::kF32,
-                 uint64_t seed = 0);
+                 uint64_t seed = 0, int64_t size_multiple = 1);
   ~FlatParameters();
   FlatParameters(const FlatParameters&) = delete;
   FlatParameters& operator=(const FlatParameters&) = delete;

@@ -24,9 +24,12 @@ TEST_P(DataParallel, NRanksReproduceOneRankWithTheGlobalBatch) {
   const int steps = 50;
   const int64_t per_rank = cnn ? 8 : 16, global = per_rank * n;
   const dp_test::Data data = dp_test::MakeData(steps, global);  // the same on every rank
-  std::vector<double> single = dp_test::Train(cnn, data, global, steps, nullptr);
+  dp_test::TrainConfig c;
+  c.cnn = cnn;
+  std::vector<double> single = dp_test::Train(data, global, steps, nullptr, c);
   size_t buckets = 0;
-  std::vector<double> parallel = dp_test::Train(cnn, data, global, steps, &world, &buckets);
+  c.buckets = &buckets;
+  std::vector<double> parallel = dp_test::Train(data, global, steps, &world, c);
   EXPECT_GE(buckets, 2u) << "the test must exercise several buckets";
   std::string worst;
   EXPECT_LE(dp_test::RelativeDifference(single, parallel, &worst), 1e-5) << worst << " (" << n << " ranks)";

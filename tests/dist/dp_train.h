@@ -1,6 +1,6 @@
-// Shared by the data-parallel suites (data_parallel_test under mpirun, reducer_test on threads):
-// a few steps of W1 or W2 on one process or on a process group through the Reducer, and how far
-// two parameter vectors are apart.
+// Shared by the data-parallel suites (data_parallel_test under mpirun, reducer_test and zero_test
+// on threads): steps of W1 or W2 on one process or on a process group through the trainer's step
+// (ZeRO stages 0 to 2), and how far two parameter vectors are apart.
 #pragma once
 
 #include <cmath>
@@ -13,7 +13,7 @@
 #include "core/nn/loss.h"
 #include "core/optim/optimizer.h"
 #include "core/random.h"
-#include "dist/reducer.h"
+#include "dist/data_parallel.h"
 #include "tests/core/gradcheck.h"
 
 namespace tessera::dist::dp_test {
@@ -38,40 +38,56 @@ inline Data MakeData(int steps, int64_t global_batch) {
   return d;
 }
 
-// Trains `steps` steps on the global batches [s*B, (s+1)*B) of the data; with a group, this rank
-// takes its slice of each and all-reduces through a Reducer with small buckets (several per
-// step), in `accumulate` micro-batches of which only the last communicates.
-inline std::vector<double> Train(bool cnn, const Data& d, int64_t global_batch, int steps, ProcessGroup* group,
-                                 size_t* buckets = nullptr, int accumulate = 1) {
-  auto net = Build(cnn);
+struct TrainConfig {
+  bool cnn = false;     // W2 rather than W1
+  int accumulate = 1;   // micro-batches per step
+  int zero_stage = 0;
+  double clip = 0;      // clip_grad_norm; 0: none
+  size_t* buckets = nullptr;  // set to the reducer's bucket count
+  double timeout_s = 60;      // of every collective
+  int stop_after = -1;        // >= 0: this many steps, then return (a rank that stops taking part)
+};
+
+// Trains `steps` steps of Adam on the global batches [s*B, (s+1)*B) of the data, through the
+// trainer's own step (dist::DataParallel): with a group, this rank takes its slice of each and
+// reduces through small buckets (several per step). Returns every parameter's values, padding
+// left out (ZeRO pads the flat buffers).
+inline std::vector<double> Train(const Data& d, int64_t global_batch, int steps, ProcessGroup* group,
+                                 const TrainConfig& c = {}) {
+  auto net = Build(c.cnn);
   net->set_needs_input_grad(false);
-  nn::FlatParameters params(*net, Device::CPU(), DType::kF32, 11);
-  std::unique_ptr<Reducer> reducer;
-  if (group) {
-    // Start from different values on each rank: the broadcast must make them equal.
-    if (group->rank() != 0) params.values().Fill(0.25);
-    BroadcastParameters(params, *group);
-    reducer = std::make_unique<Reducer>(params, *group, /*bucket_mb=*/0.25, /*timeout_s=*/60);
-    if (buckets) *buckets = reducer->buckets().size();
-  }
-  optim::Adam adam(params.values(), params.grads());
+  DataParallel::Options o;
+  o.zero_stage = c.zero_stage;
+  o.bucket_mb = 0.25;
+  o.timeout_s = c.timeout_s;
+  DataParallel dp(*net, 11, group, o, [](const Tensor& v, const Tensor& g) { return std::make_unique<optim::Adam>(v, g); });
+  nn::FlatParameters& params = dp.params();
+  // Start from different values on each rank: Join's broadcast must make them equal.
+  if (group && group->rank() != 0) params.values().Fill(0.25);
+  dp.Join();
+  if (c.buckets) *c.buckets = dp.reducer() ? dp.reducer()->buckets().size() : 0;
   nn::CrossEntropyLoss loss;
   const int world = group ? group->size() : 1, rank = group ? group->rank() : 0;
   const int64_t local = global_batch / world;
-  for (int s = 0; s < steps; ++s) {
-    params.ZeroGrad();
-    for (int k = 0; k < accumulate; ++k) {
-      const int64_t lo = s * global_batch + rank * local + local * k / accumulate;
-      const int64_t hi = s * global_batch + rank * local + local * (k + 1) / accumulate;
-      if (reducer) reducer->set_enabled(k == accumulate - 1);
-      loss.Forward(net->Forward(d.x.Slice0(lo, hi)), d.y.Slice0(lo, hi));
-      // This micro-batch's share of the global mean.
-      net->Backward(loss.Backward(static_cast<double>(hi - lo) / static_cast<double>(global_batch)));
-    }
-    if (reducer) reducer->Finish();
-    adam.Step(1e-3);
+  for (int s = 0; s < steps && s != c.stop_after; ++s) {
+    dp.Step(
+        c.accumulate,
+        [&](int k) {
+          const int64_t lo = s * global_batch + rank * local + local * k / c.accumulate;
+          const int64_t hi = s * global_batch + rank * local + local * (k + 1) / c.accumulate;
+          if (lo == hi) return 0.0;
+          // This micro-batch's share of the global mean.
+          const double w = static_cast<double>(hi - lo) / static_cast<double>(global_batch);
+          const double l = w * loss.Forward(net->Forward(d.x.Slice0(lo, hi)), d.y.Slice0(lo, hi)).Item();
+          net->Backward(loss.Backward(w));
+          return l;
+        },
+        c.clip, 1e-3, s + 1);
   }
-  return params.values().ToVector();
+  std::vector<double> all = params.values().ToVector(), out;
+  for (const nn::FlatParameters::Entry& e : params.entries())
+    out.insert(out.end(), all.begin() + e.offset, all.begin() + e.offset + e.numel);
+  return out;
 }
 
 // ||b - a|| / ||a||, or a description of where they differ most in `worst`.

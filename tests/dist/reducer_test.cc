@@ -21,11 +21,15 @@ TEST(Reducer, ThreadRanksReproduceOneProcess) {
       SCOPED_TRACE(std::to_string(n) + " ranks, " + std::to_string(accumulate) + " micro-batches");
       const int64_t global = 8 * n;
       const dp_test::Data data = dp_test::MakeData(steps, global);
-      const std::vector<double> single = dp_test::Train(false, data, global, steps, nullptr, nullptr, accumulate);
+      dp_test::TrainConfig c;
+      c.accumulate = accumulate;
+      const std::vector<double> single = dp_test::Train(data, global, steps, nullptr, c);
       std::vector<std::vector<double>> ranks(n);
       std::vector<size_t> buckets(n);
       std::vector<std::string> errors = RunRanks(n, [&](ProcessGroup& g) {
-        ranks[g.rank()] = dp_test::Train(false, data, global, steps, &g, &buckets[g.rank()], accumulate);
+        dp_test::TrainConfig rc = c;
+        rc.buckets = &buckets[g.rank()];
+        ranks[g.rank()] = dp_test::Train(data, global, steps, &g, rc);
       });
       for (int r = 0; r < n; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
       EXPECT_GE(buckets[0], 2u) << "the test must exercise several buckets";

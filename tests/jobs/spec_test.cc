@@ -229,8 +229,9 @@ TEST_F(SpecTest, BadOverridesAreClearErrors) {
 }
 
 TEST_F(SpecTest, UnimplementedFeaturesAreRefusedNotIgnored) {
-  std::string msg = ErrorOf(Valid("parallel { zero_stage: 2 }\ncheckpoint { every_steps: 100 }\n"));
-  EXPECT_NE(msg.find("parallel.zero_stage"), std::string::npos) << msg;
+  std::string msg = ErrorOf(Valid("parallel { zero_stage: 3 }\ncheckpoint { every_steps: 100 }\n"));
+  EXPECT_NE(msg.find("parallel.zero_stage: stage 3 (sharded parameters) is not available"), std::string::npos) << msg;
+  EXPECT_EQ(ErrorOf(Valid("parallel { zero_stage: 2 }\n")), "(no error)");  // stages 1 and 2 are
   EXPECT_EQ(msg.find("checkpoint.every_steps"), std::string::npos) << msg;  // checkpoints are implemented
 }
 

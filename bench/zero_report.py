@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""bench/run_zero_bench.sh's report: zero_report.py RAW.jsonl OUT_DIR [NOTE] -> OUT_DIR/zero_memory.{md,json}."""
+import json
+import sys
+
+raw, out = sys.argv[1], sys.argv[2]
+note = sys.argv[3] if len(sys.argv) > 3 else ""
+rows = [json.loads(l) for l in open(raw) if l.strip()]
+MB = 1e6
+tessera = [r for r in rows if r["peer"] == "tessera"]
+torch = [r for r in rows if r["peer"] == "torch_fsdp"]
+base = {r["ranks"]: max(r["peak_rss_bytes"]) for r in tessera if r["hidden"] == "16"}
+wide = [r for r in tessera if r["hidden"] != "16"]
+stage0 = {r["ranks"]: r["step_seconds"] for r in wide if r["stage"] == 0}
+
+
+def formula(psi_bytes, stage, n):  # fp32 Adam: 4 + 4 + 8 bytes a parameter; psi_bytes = 4 bytes x Ψ
+    p, g, o = psi_bytes, psi_bytes, 2 * psi_bytes
+    if stage >= 1:
+        o /= n
+    if stage >= 2:
+        g /= n
+    return p + g + o
+
+
+lines = ["# ZeRO memory and step time (bench/run_zero_bench.sh)", "",
+         "784-4096x6-10 MLP (Ψ = %d parameters), fp32, Adam; mpirun, 1 thread a rank, 2 cores (N = 4 "
+         "oversubscribed); global batch %s. Bytes per rank, in MB." % (
+             wide[0]["memory"]["parameter_bytes"] // 4 if wide else 0, "64"), "",
+         "| N | stage | reported (params + grads + optimizer) | formula | reported / formula | peak RSS (max over ranks) "
+         "| RSS less the 16-unit job | that / formula | step s | vs stage 0 |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+report = []
+for r in wide:
+    m = r["memory"]
+    rep = m["parameter_bytes"] + m["gradient_bytes"] + m["optimizer_state_bytes"]
+    f = formula(m["parameter_bytes"], r["stage"], r["ranks"])
+    rss = max(r["peak_rss_bytes"])
+    model_rss = rss - base.get(r["ranks"], 0)
+    ratio = r["step_seconds"] / stage0[r["ranks"]] if r["ranks"] in stage0 else float("nan")
+    lines.append(f"| {r['ranks']} | {r['stage']} | {m['parameter_bytes']/MB:.0f} + {m['gradient_bytes']/MB:.0f} + "
+                 f"{m['optimizer_state_bytes']/MB:.0f} = {rep/MB:.0f} | {f/MB:.0f} | {rep/f:.3f} | {rss/MB:.0f} | "
+                 f"{model_rss/MB:.0f} | {model_rss/f:.3f} | {r['step_seconds']:.3f} | {ratio:.2f}x |")
+    report.append({**r, "reported_bytes": rep, "formula_bytes": f, "model_rss_bytes": model_rss,
+                   "step_vs_stage0": ratio})
+lines += ["", "The 16-unit job's peak RSS per N (data, runtime, buffers): " +
+          ", ".join(f"N={n}: {b/MB:.0f} MB" for n, b in sorted(base.items())), ""]
+if torch:
+    lines += ["## PyTorch FSDP on CPU (gloo), the same model, in the same run", "",
+              "| N | strategy | step s (median over ranks) | peak RSS (max over ranks) | less its pre-model RSS | "
+              "tessera step s at the matching stage | tessera / torch |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    match = {"DDP": 0, "SHARD_GRAD_OP": 2, "FULL_SHARD": 3}
+    for key in sorted({(t["ranks"], t["strategy"]) for t in torch}):
+        ts = [t for t in torch if (t["ranks"], t["strategy"]) == key]
+        step = sorted(t["step_seconds"] for t in ts)[len(ts) // 2]
+        rss = max(t["peak_rss_bytes"] for t in ts)
+        net = max(t["peak_rss_bytes"] - t["base_rss_bytes"] for t in ts)
+        ours = [r for r in wide if r["ranks"] == key[0] and r["stage"] == match[key[1]]]
+        ours_s = f"{ours[0]['step_seconds']:.3f}" if ours else "(stage 3: not built)"
+        ratio = f"{ours[0]['step_seconds'] / step:.2f}" if ours else "-"
+        lines.append(f"| {key[0]} | {key[1]} | {step:.3f} | {rss/MB:.0f} | {net/MB:.0f} | {ours_s} | {ratio} |")
+        report.append({"peer": "torch_fsdp", "ranks": key[0], "strategy": key[1], "step_seconds": step,
+                       "peak_rss_bytes": rss, "net_rss_bytes": net, "torch": ts[0]["torch"]})
+    lines += ["", f"PyTorch {torch[0]['torch']}.", ""]
+if note:
+    lines += [f"Note: {note}", ""]
+open(f"{out}/zero_memory.md", "w").write("\n".join(lines))
+json.dump(report, open(f"{out}/zero_memory.json", "w"), indent=1)
+print("\n".join(lines))

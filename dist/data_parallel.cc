@@ -1,0 +1,85 @@
+#include "dist/data_parallel.h"
+
+#include <cmath>
+
+#include "core/ops/ops.h"
+
+namespace tessera::dist {
+
+DataParallel::DataParallel(nn::Module& net, uint64_t seed, ProcessGroup* group, Options options,
+                           const MakeOptimizer& make)
+    : group_(group && group->size() > 1 ? group : nullptr), o_(options) {
+  if (options.zero_stage < 0 || options.zero_stage > 2)
+    TESSERA_THROW(ValueError, "data parallel: ZeRO stage ", options.zero_stage, " is not one of 0, 1, 2");
+  stage_ = group_ ? options.zero_stage : 0;
+  const int world = group_ ? group_->size() : 1;
+  params_ = std::make_unique<nn::FlatParameters>(net, Device::CPU(), DType::kF32, seed, stage_ > 0 ? world : 1);
+  if (stage_ > 0) {
+    partition_ = std::make_unique<ZeroPartition>(MakeZeroPartition(params_->numel(), *group_));
+    optimizer_ = make(partition_->Mine(params_->values()), partition_->Mine(params_->grads()));
+  } else {
+    optimizer_ = make(params_->values(), params_->grads());
+  }
+}
+
+void DataParallel::Join() {
+  if (!group_ || reducer_) return;
+  BroadcastParameters(*params_, *group_, 0, o_.timeout_s);
+  reducer_ = std::make_unique<Reducer>(*params_, *group_, o_.bucket_mb, o_.timeout_s,
+                                       stage_ >= 2 ? partition_.get() : nullptr);
+}
+
+double DataParallel::Step(int accumulate, const std::function<double(int)>& micro_batch, double clip_grad_norm,
+                          double lr, int64_t step) {
+  if (group_ && !reducer_) TESSERA_THROW(Error, "data parallel: Step before Join");
+  ZeroGradients();
+  const bool reduce_each = stage_ >= 2;
+  double loss = 0;
+  for (int k = 0; k < accumulate; ++k) {
+    if (reducer_) reducer_->set_enabled(reduce_each || k == accumulate - 1);
+    loss += micro_batch(k);
+    if (reducer_ && reduce_each) reducer_->Finish();
+  }
+  if (reducer_ && !reduce_each) reducer_->Finish();
+  // After the reduce every rank sees the same gradient norm: checking it (rather than this rank's
+  // share of the loss) makes every rank stop at the same step with the same message.
+  const double sum_squares = reducer_ || clip_grad_norm > 0 ? GradSumSquares() : 0;
+  if (!std::isfinite(loss) || (reducer_ && !std::isfinite(sum_squares)))
+    TESSERA_THROW(Error, "the training loss or its gradients became non-finite at step ", step,
+                  "; lower optimizer.lr or set optimizer.clip_grad_norm");
+  if (clip_grad_norm > 0) {  // by the global norm (gradients are global after the reduce)
+    Tensor g = optimizer_->grads();
+    optim::ClipGradNorm(g, clip_grad_norm, sum_squares);
+  }
+  optimizer_->Step(lr);
+  if (partition_) GatherShards(params_->values(), *partition_, *group_, Collective());
+  return loss;
+}
+
+DataParallel::Memory DataParallel::Held() const {
+  Memory m;
+  m.parameter_bytes = static_cast<int64_t>(params_->values().nbytes());
+  m.gradient_bytes =
+      static_cast<int64_t>(stage_ >= 2 ? partition_->Mine(params_->grads()).nbytes() : params_->grads().nbytes());
+  for (const auto& [name, t] : optimizer_->State()) m.optimizer_state_bytes += static_cast<int64_t>(t.nbytes());
+  return m;
+}
+
+// At stage 2 a rank's gradient outside its shard is zero already (the reducer gave it back).
+void DataParallel::ZeroGradients() {
+  if (stage_ >= 2) partition_->Mine(params_->grads()).Zero();
+  else params_->ZeroGrad();
+}
+
+double DataParallel::GradSumSquares() const {
+  if (stage_ >= 2) return GlobalSumSquares(params_->grads(), *partition_, *group_, Collective());
+  return ops::SumSquares(params_->grads());  // every rank holds the whole reduced gradient
+}
+
+CollectiveOptions DataParallel::Collective() const {
+  CollectiveOptions c;
+  c.timeout_s = o_.timeout_s;
+  return c;
+}
+
+}  // namespace tessera::dist
