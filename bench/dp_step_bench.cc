@@ -131,7 +131,7 @@ void Run(const Options& o, dist::ProcessGroup& world) {
   auto step = [&] {
     dp.Step(
         1,
-        [&](int) {
+        [&](int) -> std::optional<double> {
           last = loss.Forward(net->Forward(x), y);
           net->Backward(loss.Backward(scale));
           return scale * last.Item();

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # ZeRO memory and step time: `tessera train` (mpirun, 1 thread a rank) on the issue's wide MLP,
 # 784-4096x6-10 (Ψ = 87M parameters, fp32, Adam), at N = 1, 2 and 4 ranks (4 oversubscribed on
-# this 2-core machine) and stages 0, 1 and 2; beside it, in the same run, PyTorch FSDP on CPU with
+# this 2-core machine) and stages 0 to 3; beside it, in the same run, PyTorch FSDP on CPU with
 # gloo (DDP, SHARD_GRAD_OP, FULL_SHARD) on the same model, if a PyTorch 2.x is at hand.
 #
 #   bench/run_zero_bench.sh [BUILD_DIR] [TORCH_PYTHON]
 #
 # Per run and rank: what tessera reports it holds (summary.json memory_per_rank), the formula for
-# fp32 Adam (params 4Ψ, grads 4Ψ, moments 8Ψ: stage 1 8Ψ + 8Ψ/N, stage 2 4Ψ + 12Ψ/N), the peak RSS
+# fp32 Adam (params 4Ψ, grads 4Ψ, moments 8Ψ: stage 1 8Ψ + 8Ψ/N, stage 2 4Ψ + 12Ψ/N, stage 3 16Ψ/N
+# plus two gathered layers), the peak RSS
 # (summary.json peak_rss_bytes) and the peak RSS less that of the same job with a 16-unit hidden
 # layer (data, runtime, buffers: what is not the model's); the median step time of steps 3 to
 # STEPS, and its ratio to stage 0 on the same N. TORCH_PYTHON: a python with torch >= 2 (default
@@ -37,7 +38,7 @@ optimizer { kind: ADAM lr: 0.0001 }
 train { steps: $STEPS log_every_steps: 1 threads: 1 seed: 1 }
 checkpoint { save_final: false }
 PB
-RAW="$W/raw.jsonl"
+RAW="$OUT/zero_memory.raw.jsonl"  # kept: every run's numbers as measured
 : > "$RAW"
 
 tessera_run() {  # N STAGE HIDDEN
@@ -61,7 +62,7 @@ PY
 
 for n in 1 2 4; do
   tessera_run "$n" 0 16
-  for stage in 0 1 2; do
+  for stage in 0 1 2 3; do
     [ "$n" = 1 ] && [ "$stage" != 0 ] && continue
     tessera_run "$n" "$stage" "$HIDDEN"
   done

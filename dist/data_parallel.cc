@@ -8,10 +8,12 @@ namespace tessera::dist {
 
 DataParallel::DataParallel(nn::Module& net, uint64_t seed, ProcessGroup* group, Options options,
                            const MakeOptimizer& make)
-    : group_(group && group->size() > 1 ? group : nullptr), o_(options) {
-  if (options.zero_stage < 0 || options.zero_stage > 2)
-    TESSERA_THROW(ValueError, "data parallel: ZeRO stage ", options.zero_stage, " is not one of 0, 1, 2");
+    : group_(group && group->size() > 1 ? group : nullptr), o_(options), net_(dynamic_cast<nn::Sequential*>(&net)) {
+  if (options.zero_stage < 0 || options.zero_stage > 3)
+    TESSERA_THROW(ValueError, "data parallel: ZeRO stage ", options.zero_stage, " is not one of 0, 1, 2, 3");
   stage_ = group_ ? options.zero_stage : 0;
+  if (stage_ == 3 && !net_)
+    TESSERA_THROW(ValueError, "ZeRO-3 gathers the children of a Sequential; this model is a ", net.type_name());
   const int world = group_ ? group_->size() : 1;
   params_ = std::make_unique<nn::FlatParameters>(net, Device::CPU(), DType::kF32, seed, stage_ > 0 ? world : 1);
   if (stage_ > 0) {
@@ -27,17 +29,32 @@ void DataParallel::Join() {
   BroadcastParameters(*params_, *group_, 0, o_.timeout_s);
   reducer_ = std::make_unique<Reducer>(*params_, *group_, o_.bucket_mb, o_.timeout_s,
                                        stage_ >= 2 ? partition_.get() : nullptr);
+  if (stage_ == 3) {
+    sharded_ = std::make_unique<ShardedParameters>(*params_, *net_, *partition_, group_->Split(0, group_->rank(), o_.timeout_s),
+                                                   o_.timeout_s);
+    sharded_->Release();
+  }
 }
 
-double DataParallel::Step(int accumulate, const std::function<double(int)>& micro_batch, double clip_grad_norm,
-                          double lr, int64_t step) {
+void DataParallel::GatherParameters() {
+  if (sharded_) sharded_->GatherAll();
+}
+
+void DataParallel::ReleaseParameters() {
+  if (sharded_) sharded_->Release();
+}
+
+double DataParallel::Step(int accumulate, const MicroBatch& micro_batch, double clip_grad_norm, double lr,
+                          int64_t step) {
   if (group_ && !reducer_) TESSERA_THROW(Error, "data parallel: Step before Join");
   ZeroGradients();
   const bool reduce_each = stage_ >= 2;
   double loss = 0;
   for (int k = 0; k < accumulate; ++k) {
     if (reducer_) reducer_->set_enabled(reduce_each || k == accumulate - 1);
-    loss += micro_batch(k);
+    const std::optional<double> l = micro_batch(k);
+    if (l) loss += *l;
+    else if (sharded_) sharded_->Walk();  // no examples here: keep the gathers matched
     if (reducer_ && reduce_each) reducer_->Finish();
   }
   if (reducer_ && !reduce_each) reducer_->Finish();
@@ -52,13 +69,15 @@ double DataParallel::Step(int accumulate, const std::function<double(int)>& micr
     optim::ClipGradNorm(g, clip_grad_norm, sum_squares);
   }
   optimizer_->Step(lr);
-  if (partition_) GatherShards(params_->values(), *partition_, *group_, Collective());
+  if (partition_ && stage_ < 3) GatherShards(params_->values(), *partition_, *group_, Collective());
   return loss;
 }
 
 DataParallel::Memory DataParallel::Held() const {
   Memory m;
-  m.parameter_bytes = static_cast<int64_t>(params_->values().nbytes());
+  m.parameter_bytes =
+      static_cast<int64_t>(stage_ >= 3 ? partition_->Mine(params_->values()).nbytes() : params_->values().nbytes());
+  if (sharded_) m.gathered_unit_bytes = sharded_->largest_unit_bytes();
   m.gradient_bytes =
       static_cast<int64_t>(stage_ >= 2 ? partition_->Mine(params_->grads()).nbytes() : params_->grads().nbytes());
   for (const auto& [name, t] : optimizer_->State()) m.optimizer_state_bytes += static_cast<int64_t>(t.nbytes());

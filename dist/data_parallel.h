@@ -1,11 +1,12 @@
-// Data-parallel training on a process group, ZeRO stages 0 to 2 (dist/zero.h): the flat
-// parameters, this rank's optimizer (over its shard from stage 1), the gradient reducer, and the
-// training step in named pieces -- accumulate over micro-batches, reduce, check, clip by the global
-// norm, step, gather the updated shards. The trainer (jobs/) and the data-parallel tests run this
-// same step.
+// Data-parallel training on a process group, ZeRO stages 0 to 3 (dist/zero.h, dist/zero3.h): the
+// flat parameters, this rank's optimizer (over its shard from stage 1), the gradient reducer, the
+// parameter gathers of stage 3, and the training step in named pieces -- accumulate over
+// micro-batches, reduce, check, clip by the global norm, step, gather the updated shards (stages 1
+// and 2; stage 3 gathers each layer as it runs). The trainer (jobs/) and the data-parallel tests
+// run this same step.
 //
 // Micro-batches (gradient accumulation): at stages 0 and 1 they accumulate locally and only the
-// last one reduces; at stage 2 each one reduces into the owners' shards, so that no rank keeps a
+// last one reduces; from stage 2 each one reduces into the owners' shards, so that no rank keeps a
 // full gradient between micro-batches (a collective per bucket per micro-batch: the price of the
 // memory).
 #pragma once
@@ -13,12 +14,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "core/nn/module.h"
 #include "core/optim/optimizer.h"
 #include "dist/process_group.h"
 #include "dist/reducer.h"
 #include "dist/zero.h"
+#include "dist/zero3.h"
 
 namespace tessera::dist {
 
@@ -27,34 +30,42 @@ class DataParallel {
   // Builds the optimizer over `values` and `grads`: the whole flat buffers, or this rank's shard.
   using MakeOptimizer = std::function<std::unique_ptr<optim::Optimizer>(const Tensor& values, const Tensor& grads)>;
   struct Options {
-    int zero_stage = 0;  // 0, 1 or 2; any stage is 0 on one rank
+    int zero_stage = 0;  // 0 to 3; any stage is 0 on one rank
     double bucket_mb = 25;
     double timeout_s = 300;  // of every collective
   };
   // What this rank holds between steps, in bytes.
   struct Memory {
-    int64_t parameter_bytes = 0;
-    int64_t gradient_bytes = 0;  // at stage 2 the shard: buckets in flight during backward come on top
+    int64_t parameter_bytes = 0;  // at stage 3 the shard: up to two gathered units come on top
+    int64_t gradient_bytes = 0;   // from stage 2 the shard: buckets in flight during backward come on top
+    int64_t gathered_unit_bytes = 0;  // stage 3: the largest unit
     int64_t optimizer_state_bytes = 0;
   };
 
   // Lays out `net`'s parameters (initialised from `seed`; padded to a multiple of the group size
   // under ZeRO) and builds the optimizer. `group`: null or a group of one for one process. `net`
-  // and `group` must outlive this.
+  // and `group` must outlive this; at stage 3 `net` must be a Sequential (its children are the
+  // units gathered).
   DataParallel(nn::Module& net, uint64_t seed, ProcessGroup* group, Options options, const MakeOptimizer& make);
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
 
   // Checks that every rank built the same model, copies rank 0's parameters to every rank (load a
-  // checkpoint or weights before), and starts the reducer. Call once, before the first Step.
+  // checkpoint or weights before), and starts the reducer; at stage 3 then gives back all but
+  // this rank's shard. Call once, before the first Step.
   void Join();
 
+  // Stage 3: every parameter whole on every rank until ReleaseParameters (evaluation, checks,
+  // publishing, reading the weights). Collectives: every rank calls them. Nothing at stages 0-2.
+  void GatherParameters();
+  void ReleaseParameters();
+
   // One optimizer step. micro_batch(k) runs forward and backward of micro-batch k of `accumulate`
-  // (nothing for an empty one) and returns its share of the loss; every rank calls Step, with or
-  // without examples. Throws Error naming `step` when the loss or the reduced gradient is not
-  // finite. Returns the sum of the micro-batches' shares.
-  double Step(int accumulate, const std::function<double(int k)>& micro_batch, double clip_grad_norm, double lr,
-              int64_t step);
+  // and returns its share of the loss, or nullopt when this rank has no examples in it; every
+  // rank calls Step, with or without examples. Throws Error naming `step` when the loss or the
+  // reduced gradient is not finite. Returns the sum of the micro-batches' shares.
+  using MicroBatch = std::function<std::optional<double>(int k)>;
+  double Step(int accumulate, const MicroBatch& micro_batch, double clip_grad_norm, double lr, int64_t step);
 
   nn::FlatParameters& params() { return *params_; }
   const nn::FlatParameters& params() const { return *params_; }
@@ -78,6 +89,8 @@ class DataParallel {
   std::unique_ptr<ZeroPartition> partition_;
   std::unique_ptr<optim::Optimizer> optimizer_;
   std::unique_ptr<Reducer> reducer_;
+  nn::Sequential* net_;  // at stage 3
+  std::unique_ptr<ShardedParameters> sharded_;  // stage 3, from Join
 };
 
 }  // namespace tessera::dist

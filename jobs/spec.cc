@@ -345,8 +345,6 @@ void ValidateRest(const JobSpec& s, Validator& v) {
   v.Require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s", "must be > 0" + Got(p.collective_timeout_s()));
   v.Require(p.bucket_size_mb() > 0, "parallel.bucket_size_mb", "must be > 0" + Got(p.bucket_size_mb()));
   // Accepted by the schema but not implemented by this version: refuse rather than ignore.
-  v.Require(p.zero_stage() <= 2, "parallel.zero_stage",
-            "stage 3 (sharded parameters) is not available in this version yet (use 0, 1 or 2)");
   v.Require(p.tensor() == 1, "parallel.tensor", "tensor parallelism is not available in this version yet (use 1)");
   v.Require(p.pipeline() == 1, "parallel.pipeline", "pipeline parallelism is not available in this version yet (use 1)");
   const CheckpointSpec& c = s.checkpoint();

@@ -103,7 +103,6 @@ void TrainingRun::BuildModelAndOptimizer() {
   schedule_ = BuildSchedule(spec_.optimizer(), total_steps_);
   // Each rank's optimizer state covers its shard, the slice the checkpoint writer has it write.
   layout_ = MakeCheckpointLayout(*params_, optimizer_, dp_->partition() ? dp_->partition()->begin() : 0);
-  RecordMemoryHeld();
 }
 
 // What this rank holds, by ZeRO stage (for the log and summary.json).
@@ -113,6 +112,7 @@ void TrainingRun::RecordMemoryHeld() {
   summary_.parameter_bytes = m.parameter_bytes;
   summary_.gradient_bytes = m.gradient_bytes;
   summary_.optimizer_state_bytes = m.optimizer_state_bytes;
+  summary_.gathered_unit_bytes = m.gathered_unit_bytes;
 }
 
 // A checkpoint to continue from wins; otherwise train.init_from's weights, if any. A resumed run
@@ -185,6 +185,7 @@ void TrainingRun::JoinRanks() {
     writer_ = std::make_unique<CheckpointWriter>(wo);
   }
   already_complete_ = !resume_path_.empty() && step_ >= total_steps_;
+  RecordMemoryHeld();
 }
 
 void TrainingRun::Announce() {
@@ -204,14 +205,19 @@ void TrainingRun::Announce() {
     log_->Say("data parallel: %zu gradient buckets of up to %.3g MB, collective timeout %.0f s\n",
               dp_->reducer()->buckets().size(), spec_.parallel().bucket_size_mb(), timeout_s_);
   const int zero_stage = dp_->zero_stage();
-  log_->Say("memory per rank: parameters %.1f MB, gradients %.1f MB%s, optimizer state %.1f MB (ZeRO stage %d%s)\n",
-            summary_.parameter_bytes / 1e6, summary_.gradient_bytes / 1e6,
+  log_->Say("memory per rank: parameters %.1f MB%s, gradients %.1f MB%s, optimizer state %.1f MB (ZeRO stage %d%s)\n",
+            summary_.parameter_bytes / 1e6,
+            zero_stage >= 3 ? detail::StrCat(" (its shard; up to two layers of at most ", summary_.gathered_unit_bytes / 1e6,
+                                             " MB gathered at a time)").c_str()
+                            : "",
+            summary_.gradient_bytes / 1e6,
             zero_stage >= 2 ? " (its shard; buckets in flight come on top)" : "", summary_.optimizer_state_bytes / 1e6,
             zero_stage, zero_stage > 0 ? detail::StrCat(", shard of ", dp_->partition()->shard_size(), " of ",
                                                         params_->numel(), " elements").c_str() : "");
   if (!already_complete_)  // a finished run directory is left as it was
     log_->Emit({{"event", "memory"}, {"zero_stage", zero_stage}, {"parameter_bytes", summary_.parameter_bytes},
-                {"gradient_bytes", summary_.gradient_bytes}, {"optimizer_state_bytes", summary_.optimizer_state_bytes}});
+                {"gradient_bytes", summary_.gradient_bytes}, {"optimizer_state_bytes", summary_.optimizer_state_bytes},
+                {"gathered_unit_bytes", summary_.gathered_unit_bytes}});
   if (!spec_.publish().store().empty())
     log_->Say("publish: at the end, the %s weights to %s as model '%s'%s%s\n",
               spec_.publish().when() == PublishSpec::BEST ? ("best (" + spec_.publish().metric() + ")").c_str() : "final",

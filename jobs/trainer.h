@@ -47,11 +47,13 @@ struct TrainSummary {
   // TrainerOptions::preemptible: the signal the run stopped on (0: it ran to the end). The
   // checkpoint of the step it stopped after is committed; summary.json is not written.
   int preempted_by = 0;
-  // What each rank holds, in bytes (parallel.zero_stage shards gradients and optimizer state):
-  // the parameters, the gradients it keeps between steps (at stage 2 its shard; buckets in
-  // flight during backward come on top), the optimizer state; and every rank's peak RSS.
+  // What each rank holds, in bytes (parallel.zero_stage shards optimizer state, gradients and
+  // parameters): the parameters (at stage 3 its shard), the gradients it keeps between steps
+  // (from stage 2 its shard; buckets in flight during backward come on top), the optimizer
+  // state; and every rank's peak RSS.
   int zero_stage = 0;
   int64_t parameter_bytes = 0, gradient_bytes = 0, optimizer_state_bytes = 0;
+  int64_t gathered_unit_bytes = 0;  // stage 3: the largest layer gathered whole (at most two at a time)
   std::vector<int64_t> peak_rss_bytes;  // by rank
 };
 

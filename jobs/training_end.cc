@@ -20,6 +20,7 @@ int64_t PeakRssBytes() {
 void TrainingRun::PublishIfAsked() {
   const PublishSpec& p = spec_.publish();
   if (p.store().empty()) return;
+  WholeParameters whole(*dp_);  // stage 3: rank 0 publishes the whole model
   summary_.published_model = p.model().empty() ? spec_.name() : p.model();
   std::string error;
   store::PublishResult result;
@@ -142,7 +143,8 @@ void TrainingRun::WriteSummary() {
             {"zero_stage", summary_.zero_stage},
             {"memory_per_rank", {{"parameter_bytes", summary_.parameter_bytes},
                                  {"gradient_bytes", summary_.gradient_bytes},
-                                 {"optimizer_state_bytes", summary_.optimizer_state_bytes}}},
+                                 {"optimizer_state_bytes", summary_.optimizer_state_bytes},
+                                 {"gathered_unit_bytes", summary_.gathered_unit_bytes}}},
             {"peak_rss_bytes", summary_.peak_rss_bytes},
             {"resumed_from_step", summary_.resumed_from_step},
             {"checkpoint", summary_.checkpoint},

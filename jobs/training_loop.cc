@@ -30,9 +30,9 @@ double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
   // sum of the ranks' gradients is the gradient of the global mean loss.
   const int64_t in_epoch = (step_ % steps_per_epoch_) * global_batch_;
   const int64_t n_global = std::min<int64_t>(global_batch_, dataset_size_ - in_epoch);
-  const auto micro_batch = [&](int k) {
+  const auto micro_batch = [&](int k) -> std::optional<double> {
     const int64_t lo = n * k / accumulate, hi = n * (k + 1) / accumulate;
-    if (lo == hi) return 0.0;
+    if (lo == hi) return std::nullopt;
     Tensor x = batch.features.Slice0(lo, hi), y = batch.labels.Slice0(lo, hi);
     const double w = static_cast<double>(hi - lo) / static_cast<double>(n_global);
     // Dropout masks follow the examples, so they do not depend on the number of ranks.
@@ -54,7 +54,10 @@ double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
 // Every log_every_steps: the job's loss and throughput (summed over ranks), the event and the
 // progress line; a time-based checkpoint when one is due.
 void TrainingRun::LogWindow(double lr, int epoch) {
-  CheckWeightsFinite(params_->values(), detail::StrCat("after step ", step_));
+  {
+    WholeParameters whole(*dp_);
+    CheckWeightsFinite(params_->values(), detail::StrCat("after step ", step_));
+  }
   auto now = Clock::now();
   double dt = window_time_ + Seconds(t_window_, now);
   window_time_ = 0;
@@ -101,6 +104,7 @@ void TrainingRun::CheckpointAfterStep(double lr) {
 
 void TrainingRun::EvaluateAt(int64_t step, int epoch) {
   auto t0 = Clock::now();
+  WholeParameters whole(*dp_);  // stage 3: evaluation runs on the whole model
   last_eval_ = Evaluate(*net_, *test_data_, eval_norm_, spec_.data().eval_batch_size(), out_classes_, group_, timeout_s_);
   json j = EvalJson(last_eval_);
   j["event"] = "eval";
@@ -204,7 +208,10 @@ void TrainingRun::CheckWeightsFinite(const Tensor& values, const std::string& wh
 
 void TrainingRun::Save(double lr) {
   if (step_ == last_saved_step_) return;
-  CheckWeightsFinite(params_->values(), detail::StrCat("after step ", step_));
+  {
+    WholeParameters whole(*dp_);  // the writer itself copies this rank's shard only
+    CheckWeightsFinite(params_->values(), detail::StrCat("after step ", step_));
+  }
   last_saved_step_ = step_;
   double stall = writer_->Save(layout_, MetaAt(step_, lr));
   last_save_ = Clock::now();

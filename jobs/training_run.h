@@ -37,6 +37,19 @@ using json = nlohmann::json;
 
 inline double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
+// ZeRO stage 3: every parameter whole on every rank while this lives (a collective: every rank
+// makes one at the same point); nothing at stages 0 to 2.
+class WholeParameters {
+ public:
+  explicit WholeParameters(dist::DataParallel& dp) : dp_(dp) { dp_.GatherParameters(); }
+  ~WholeParameters() { dp_.ReleaseParameters(); }
+  WholeParameters(const WholeParameters&) = delete;
+  WholeParameters& operator=(const WholeParameters&) = delete;
+
+ private:
+  dist::DataParallel& dp_;
+};
+
 class TrainingRun {
  public:
   TrainingRun(const JobSpec& spec, const TrainerOptions& opt);

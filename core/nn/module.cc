@@ -95,9 +95,15 @@ void Module::RequireMaterialized(const Parameter& p) const {
 
 Tensor Sequential::Forward(const Tensor& x) {
   Tensor h = x;
-  for (size_t i = 0; i < num_children(); ++i) h = child(i).Forward(h);
+  for (size_t i = 0; i < num_children(); ++i) {
+    Notify(i, ChildEvent::kBeforeForward);
+    h = child(i).Forward(h);
+    Notify(i, ChildEvent::kAfterForward);
+  }
   return h;
 }
+
+size_t Sequential::FirstChildBackwardRuns() { return needs_input_grad() ? 0 : FirstChildWithParameters(); }
 
 size_t Sequential::FirstChildWithParameters() {
   for (size_t i = 0; i < num_children(); ++i)
@@ -106,9 +112,13 @@ size_t Sequential::FirstChildWithParameters() {
 }
 
 Tensor Sequential::Backward(const Tensor& dy) {
-  size_t stop = needs_input_grad() ? 0 : FirstChildWithParameters();
+  size_t stop = FirstChildBackwardRuns();
   Tensor g = dy;
-  for (size_t i = num_children(); i-- > stop;) g = child(i).Backward(g);
+  for (size_t i = num_children(); i-- > stop;) {
+    Notify(i, ChildEvent::kBeforeBackward);
+    g = child(i).Backward(g);
+    Notify(i, ChildEvent::kAfterBackward);
+  }
   return needs_input_grad() ? g : Tensor();
 }
 

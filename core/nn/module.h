@@ -113,6 +113,12 @@ class Module {
 // Runs children in order; backward in reverse.
 class Sequential : public Module {
  public:
+  // Around each child's forward and backward, a hook may run (ZeRO-3 gathers a child's parameters
+  // just before it runs and gives them back after).
+  enum class ChildEvent { kBeforeForward, kAfterForward, kBeforeBackward, kAfterBackward };
+  using ChildHook = std::function<void(size_t child, ChildEvent event)>;
+  void SetChildHook(ChildHook hook) { child_hook_ = std::move(hook); }
+
   Sequential() : Module("Sequential") {}
   // Appends a layer named by its index ("0", "1", ...); returns it.
   template <typename M>
@@ -128,9 +134,15 @@ class Sequential : public Module {
   // children before it (Flatten, say) have nothing to compute.
   Tensor Backward(const Tensor& dy) override;
   void set_needs_input_grad(bool needs) override;
+  // The children Backward() runs (from the last down to this one).
+  size_t FirstChildBackwardRuns();
 
  private:
   size_t FirstChildWithParameters();
+  void Notify(size_t child, ChildEvent e) {
+    if (child_hook_) child_hook_(child, e);
+  }
+  ChildHook child_hook_;
 };
 
 // Lays out every parameter of a model in one contiguous value buffer and one gradient buffer of

@@ -46,6 +46,7 @@ struct TrainConfig {
   size_t* buckets = nullptr;  // set to the reducer's bucket count
   double timeout_s = 60;      // of every collective
   int stop_after = -1;        // >= 0: this many steps, then return (a rank that stops taking part)
+  std::vector<double>* sharded_values = nullptr;  // the flat values before the final gather
 };
 
 // Trains `steps` steps of Adam on the global batches [s*B, (s+1)*B) of the data, through the
@@ -68,14 +69,15 @@ inline std::vector<double> Train(const Data& d, int64_t global_batch, int steps,
   if (c.buckets) *c.buckets = dp.reducer() ? dp.reducer()->buckets().size() : 0;
   nn::CrossEntropyLoss loss;
   const int world = group ? group->size() : 1, rank = group ? group->rank() : 0;
-  const int64_t local = global_batch / world;
+  // Rank r's slice of each global batch, as the sampler cuts it: sizes differ by at most one.
+  const int64_t first = global_batch * rank / world, local = global_batch * (rank + 1) / world - first;
   for (int s = 0; s < steps && s != c.stop_after; ++s) {
     dp.Step(
         c.accumulate,
-        [&](int k) {
-          const int64_t lo = s * global_batch + rank * local + local * k / c.accumulate;
-          const int64_t hi = s * global_batch + rank * local + local * (k + 1) / c.accumulate;
-          if (lo == hi) return 0.0;
+        [&](int k) -> std::optional<double> {
+          const int64_t lo = s * global_batch + first + local * k / c.accumulate;
+          const int64_t hi = s * global_batch + first + local * (k + 1) / c.accumulate;
+          if (lo == hi) return std::nullopt;
           // This micro-batch's share of the global mean.
           const double w = static_cast<double>(hi - lo) / static_cast<double>(global_batch);
           const double l = w * loss.Forward(net->Forward(d.x.Slice0(lo, hi)), d.y.Slice0(lo, hi)).Item();
@@ -84,6 +86,9 @@ inline std::vector<double> Train(const Data& d, int64_t global_batch, int steps,
         },
         c.clip, 1e-3, s + 1);
   }
+  if (c.stop_after >= 0 && c.stop_after < steps) return {};  // stopped: it takes part in nothing more
+  if (c.sharded_values) *c.sharded_values = params.values().ToVector();
+  dp.GatherParameters();  // stage 3: every parameter whole on every rank
   std::vector<double> all = params.values().ToVector(), out;
   for (const nn::FlatParameters::Entry& e : params.entries())
     out.insert(out.end(), all.begin() + e.offset, all.begin() + e.offset + e.numel);

@@ -6,7 +6,9 @@
 #       see then;
 #   (d) kill -STOP rank 1 while a checkpoint is saved after every step: the survivors may be
 #       waiting for a save (the checkpoint writer's collectives) rather than in training, and
-#       must time out all the same.
+#       must time out all the same;
+#   (e) kill -STOP rank 1 at ZeRO stage 3, where most collectives are the gathers of each layer's
+#       parameters (broadcasts, on a group of their own) and the reduces of its gradients.
 # In each case the job must exit non-zero within the collective timeout plus a margin. In (a) and
 # (b) a surviving rank must report the collective, its sequence number and rank 1 as not
 # responding (heartbeats, dist/mpi/heartbeat.h).
@@ -126,7 +128,7 @@ check_exit() {  # NAME STATUS: mpirun's documented exit status (docs/errors.md):
 
 # A survivor's report: the collective, its sequence number, rank 1 as not responding (a checkpoint's
 # collectives wait the timeout plus the time its bytes take at checkpoint.min_io_mb_per_s: 5.03 s here).
-SURVIVOR_ERROR='tessera: error on rank [02]: (checkpoint at step [0-9]+: )?(allreduce|reduce_scatter|allgather|broadcast|barrier) #[0-9]+ \([^)]*\) did not complete within 5(\.[0-9]+)? s: .*ranks not responding \(no heartbeat for [0-9.]+ s\): \[1\]'
+SURVIVOR_ERROR='tessera: error on rank [02]: (checkpoint at step [0-9]+: )?(allreduce|reduce|reduce_scatter|allgather|broadcast|barrier) #[0-9]+ \([^)]*\) did not complete within 5(\.[0-9]+)? s: .*ranks not responding \(no heartbeat for [0-9.]+ s\): \[1\]'
 check_survivor_error() {  # NAME
   grep -Eq "$SURVIVOR_ERROR" "$DIR/$1.out" \
     || { cat "$DIR/$1.out"; fail "$1: no surviving rank named the collective and rank 1"; }
@@ -158,4 +160,11 @@ EXTRA_SETS=()
 check_exit stop_ckpt 1
 check_survivor_error stop_ckpt
 grep -q '^checkpoint: step' "$DIR/stop_ckpt.out" || { cat "$DIR/stop_ckpt.out"; fail "stop_ckpt: no checkpoint was written"; }
+
+# (e) kill -STOP at ZeRO stage 3.
+EXTRA_SETS=(--set parallel.zero_stage=3)
+run_case stop_zero3 STOP
+EXTRA_SETS=()
+check_exit stop_zero3 1
+check_survivor_error stop_zero3
 echo "ok"

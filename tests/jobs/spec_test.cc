@@ -229,10 +229,13 @@ TEST_F(SpecTest, BadOverridesAreClearErrors) {
 }
 
 TEST_F(SpecTest, UnimplementedFeaturesAreRefusedNotIgnored) {
-  std::string msg = ErrorOf(Valid("parallel { zero_stage: 3 }\ncheckpoint { every_steps: 100 }\n"));
-  EXPECT_NE(msg.find("parallel.zero_stage: stage 3 (sharded parameters) is not available"), std::string::npos) << msg;
-  EXPECT_EQ(ErrorOf(Valid("parallel { zero_stage: 2 }\n")), "(no error)");  // stages 1 and 2 are
+  std::string msg = ErrorOf(Valid("parallel { tensor: 2 }\ncheckpoint { every_steps: 100 }\n"));
+  EXPECT_NE(msg.find("parallel.tensor: tensor parallelism is not available"), std::string::npos) << msg;
   EXPECT_EQ(msg.find("checkpoint.every_steps"), std::string::npos) << msg;  // checkpoints are implemented
+  for (int stage = 0; stage <= 3; ++stage)  // every ZeRO stage is
+    EXPECT_EQ(ErrorOf(Valid("parallel { zero_stage: " + std::to_string(stage) + " }\n")), "(no error)") << stage;
+  msg = ErrorOf(Valid("parallel { zero_stage: 4 }\n"));
+  EXPECT_NE(msg.find("parallel.zero_stage: must be 0, 1, 2 or 3"), std::string::npos) << msg;
 }
 
 TEST_F(SpecTest, CheckpointPolicyIsValidated) {
