@@ -55,6 +55,7 @@ ev = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
 steps = [batch / e["samples_per_sec"] for e in ev if e["event"] == "train" and e["step"] >= 3]
 print(json.dumps({"peer": "tessera", "ranks": n, "stage": stage, "hidden": hidden,
                   "memory": s["memory_per_rank"], "peak_rss_bytes": s["peak_rss_bytes"],
+                  "between_steps_rss_bytes": s["between_steps_rss_bytes"],
                   "step_seconds": statistics.median(steps)}))
 PY
   echo "  tessera N=$n stage $stage hidden ${hidden%%,*}x$(tr ',' '\n' <<< "$hidden" | wc -l): done" >&2

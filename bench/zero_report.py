@@ -17,6 +17,7 @@ MB = 1e6
 tessera = [r for r in rows if r["peer"] == "tessera"]
 torch = [r for r in rows if r["peer"] == "torch_fsdp"]
 base = {r["ranks"]: max(r["peak_rss_bytes"]) for r in tessera if r["hidden"] == "16"}
+base_between = {r["ranks"]: max(r["between_steps_rss_bytes"]) for r in tessera if r["hidden"] == "16"}
 wide = [r for r in tessera if r["hidden"] != "16"]
 stage0 = {r["ranks"]: r["step_seconds"] for r in wide if r["stage"] == 0}
 
@@ -36,25 +37,29 @@ lines = ["# ZeRO memory and step time (bench/run_zero_bench.sh)", "",
          "784-4096x6-10 MLP (Ψ = %d parameters with padding), fp32, Adam; mpirun, 1 thread a rank, 2 cores "
          "(N = 4 oversubscribed); global batch 64. Bytes per rank, in MB." % (
              wide[0]["memory"]["parameter_bytes"] // 4 if wide else 0), "",
-         "| N | stage | reported (params + grads + optimizer) | formula (stage 3: + 2 gathered layers) | reported / formula | peak RSS (max over ranks) "
-         "| RSS less the 16-unit job | that / formula | step s | vs stage 0 |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "Peak: the process's peak RSS (VmHWM), less the 16-unit job's. Between steps: the largest RSS at "
+         "a log line (after a step), less the 16-unit job's: what the formula counts, without backward's "
+         "buckets in flight. Both the largest over ranks.", "",
+         "| N | stage | reported (params + grads + optimizer) | formula (stage 3: + 2 gathered layers) | reported / formula "
+         "| peak | peak / formula | between steps | between / formula | step s | vs stage 0 |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 report = []
 for r in wide:
     m = r["memory"]
     rep = m["parameter_bytes"] + m["gradient_bytes"] + m["optimizer_state_bytes"]
     psi4 = m["parameter_bytes"] * (r["ranks"] if r["stage"] >= 3 else 1)  # 4 bytes x Ψ
     f = formula(psi4, r["stage"], r["ranks"]) + 2 * m.get("gathered_unit_bytes", 0)
-    rss = max(r["peak_rss_bytes"])
-    model_rss = rss - base.get(r["ranks"], 0)
+    model_rss = max(r["peak_rss_bytes"]) - base.get(r["ranks"], 0)
+    between = max(r["between_steps_rss_bytes"]) - base_between.get(r["ranks"], 0)
     ratio = r["step_seconds"] / stage0[r["ranks"]] if r["ranks"] in stage0 else float("nan")
     lines.append(f"| {r['ranks']} | {r['stage']} | {m['parameter_bytes']/MB:.0f} + {m['gradient_bytes']/MB:.0f} + "
-                 f"{m['optimizer_state_bytes']/MB:.0f} = {rep/MB:.0f} | {f/MB:.0f} | {rep/f:.3f} | {rss/MB:.0f} | "
-                 f"{model_rss/MB:.0f} | {model_rss/f:.3f} | {r['step_seconds']:.3f} | {ratio:.2f}x |")
-    report.append({**r, "reported_bytes": rep, "formula_bytes": f, "model_rss_bytes": model_rss,
-                   "step_vs_stage0": ratio})
-lines += ["", "The 16-unit job's peak RSS per N (data, runtime, buffers): " +
-          ", ".join(f"N={n}: {b/MB:.0f} MB" for n, b in sorted(base.items())), ""]
+                 f"{m['optimizer_state_bytes']/MB:.0f} = {rep/MB:.0f} | {f/MB:.0f} | {rep/f:.3f} | "
+                 f"{model_rss/MB:.0f} | {model_rss/f:.3f} | {between/MB:.0f} | {between/f:.3f} | "
+                 f"{r['step_seconds']:.3f} | {ratio:.2f}x |")
+    report.append({**r, "reported_bytes": rep, "formula_bytes": f, "peak_less_base_bytes": model_rss,
+                   "between_steps_less_base_bytes": between, "step_vs_stage0": ratio})
+lines += ["", "The 16-unit job's RSS per N (data, runtime, buffers), peak and between steps: " +
+          ", ".join(f"N={n}: {b/MB:.0f} and {base_between[n]/MB:.0f} MB" for n, b in sorted(base.items())), ""]
 if torch:
     lines += ["## PyTorch FSDP on CPU (gloo), the same model, in the same run", "",
               "| N | strategy | step s (median over ranks) | peak RSS (max over ranks) | less its pre-model RSS | "

@@ -42,7 +42,9 @@ void SetAllocator(Device device, Allocator* allocator);
 
 // Sets `bytes` of CPU memory at `p` to zero and gives its whole pages back to the system
 // (madvise MADV_DONTNEED: they read as zeros and count towards RSS again only once written), so
-// memory a rank no longer needs (a ZeRO-2 gradient it does not own) stops taking space.
+// memory a rank no longer needs (a ZeRO-2 gradient it does not own) stops taking space. `p` must
+// be private anonymous memory (what the CPU allocator hands out): a shared or file-backed mapping
+// would not read back as zeros.
 void ZeroAndReleasePages(void* p, size_t bytes);
 
 // Rounds a request to the size class it is cached under.

@@ -25,7 +25,7 @@ DataParallel::DataParallel(nn::Module& net, uint64_t seed, ProcessGroup* group, 
 }
 
 void DataParallel::Join() {
-  if (!group_ || reducer_) return;
+  if (!group_ || joined_) return;
   BroadcastParameters(*params_, *group_, 0, o_.timeout_s);
   reducer_ = std::make_unique<Reducer>(*params_, *group_, o_.bucket_mb, o_.timeout_s,
                                        stage_ >= 2 ? partition_.get() : nullptr);
@@ -34,6 +34,17 @@ void DataParallel::Join() {
                                                    o_.timeout_s);
     sharded_->Release();
   }
+  joined_ = true;
+}
+
+bool DataParallel::ParametersFinite() {
+  if (!sharded_) return std::isfinite(ops::SumSquares(params_->values()));
+  Tensor bad = Tensor::FromVector({std::isfinite(ops::SumSquares(partition_->Mine(params_->values()))) ? 0.0 : 1.0},
+                                  {1}, DType::kF64);
+  CollectiveOptions o = Collective();
+  o.op = ReduceOp::kMax;
+  group_->AllReduce(bad, o)->Wait();
+  return bad.data<double>()[0] == 0;
 }
 
 void DataParallel::GatherParameters() {
@@ -46,7 +57,7 @@ void DataParallel::ReleaseParameters() {
 
 double DataParallel::Step(int accumulate, const MicroBatch& micro_batch, double clip_grad_norm, double lr,
                           int64_t step) {
-  if (group_ && !reducer_) TESSERA_THROW(Error, "data parallel: Step before Join");
+  if (group_ && !joined_) TESSERA_THROW(Error, "data parallel: Step before Join");
   ZeroGradients();
   const bool reduce_each = stage_ >= 2;
   double loss = 0;
@@ -60,7 +71,9 @@ double DataParallel::Step(int accumulate, const MicroBatch& micro_batch, double 
   if (reducer_ && !reduce_each) reducer_->Finish();
   // After the reduce every rank sees the same gradient norm: checking it (rather than this rank's
   // share of the loss) makes every rank stop at the same step with the same message.
-  const double sum_squares = reducer_ || clip_grad_norm > 0 ? GradSumSquares() : 0;
+  // From stage 2 the norm is all-reduced anyway: a non-finite loss on any rank joins it, so every
+  // rank stops together (below, a non-finite loss makes the all-reduced gradient non-finite).
+  const double sum_squares = reducer_ || clip_grad_norm > 0 ? GradSumSquares(std::isfinite(loss)) : 0;
   if (!std::isfinite(loss) || (reducer_ && !std::isfinite(sum_squares)))
     TESSERA_THROW(Error, "the training loss or its gradients became non-finite at step ", step,
                   "; lower optimizer.lr or set optimizer.clip_grad_norm");
@@ -90,8 +103,9 @@ void DataParallel::ZeroGradients() {
   else params_->ZeroGrad();
 }
 
-double DataParallel::GradSumSquares() const {
-  if (stage_ >= 2) return GlobalSumSquares(params_->grads(), *partition_, *group_, Collective());
+double DataParallel::GradSumSquares(bool loss_finite) const {
+  if (stage_ >= 2)
+    return GlobalSumSquares(params_->grads(), *partition_, *group_, Collective(), loss_finite ? 0.0 : NAN);
   return ops::SumSquares(params_->grads());  // every rank holds the whole reduced gradient
 }
 

@@ -59,6 +59,9 @@ class DataParallel {
   // publishing, reading the weights). Collectives: every rank calls them. Nothing at stages 0-2.
   void GatherParameters();
   void ReleaseParameters();
+  // Whether every parameter is finite on every rank (stage 3: each rank checks its shard and they
+  // agree by an all-reduce; below it each rank holds them all). Every rank calls it.
+  bool ParametersFinite();
 
   // One optimizer step. micro_batch(k) runs forward and backward of micro-batch k of `accumulate`
   // and returns its share of the loss, or nullopt when this rank has no examples in it; every
@@ -79,7 +82,9 @@ class DataParallel {
 
  private:
   void ZeroGradients();
-  double GradSumSquares() const;  // of the whole reduced gradient, the same on every rank
+  // Of the whole reduced gradient, the same on every rank; NaN from stage 2 when any rank's loss
+  // is not finite.
+  double GradSumSquares(bool loss_finite) const;
   CollectiveOptions Collective() const;
 
   ProcessGroup* group_;  // null on one rank
@@ -91,6 +96,7 @@ class DataParallel {
   std::unique_ptr<Reducer> reducer_;
   nn::Sequential* net_;  // at stage 3
   std::unique_ptr<ShardedParameters> sharded_;  // stage 3, from Join
+  bool joined_ = false;
 };
 
 }  // namespace tessera::dist

@@ -41,7 +41,15 @@ Reducer::Reducer(nn::FlatParameters& params, ProcessGroup& group, double bucket_
   params.SetGradReadyHook([this](nn::Parameter& p) { OnGradReady(p); });
 }
 
-Reducer::~Reducer() { params_.SetGradReadyHook(nullptr); }
+Reducer::~Reducer() {
+  params_.SetGradReadyHook(nullptr);
+  for (InFlight& f : work_) {  // no collective may still use the buffers (NCCL keeps no reference)
+    try {
+      f.work->Wait();
+    } catch (...) {  // reported where it happened
+    }
+  }
+}
 
 void Reducer::OnGradReady(nn::Parameter& p) {
   if (!enabled_ || buckets_.empty()) return;
@@ -88,14 +96,18 @@ void Reducer::Retire(bool wait) {
 }
 
 void Reducer::Finish() {
+  std::exception_ptr error;
   if (enabled_) {
     for (int& p : pending_) p = 0;  // parameters that got no gradient: reduce their zeros too
-    LaunchReady();
+    try {
+      LaunchReady();
+    } catch (...) {
+      error = std::current_exception();
+    }
   }
   next_to_launch_ = 0;
   for (size_t b = 0; b < buckets_.size(); ++b) pending_[b] = static_cast<int>(buckets_[b].params.size());
   // Wait for everything even after a failure, so that no collective still uses the buffers.
-  std::exception_ptr error;
   while (retired_ < work_.size()) {
     try {
       Retire(/*wait=*/true);

@@ -36,8 +36,9 @@ void GatherShards(Tensor& values, const ZeroPartition& p, ProcessGroup& group, c
   group.AllGather(mine, values, o)->Wait();
 }
 
-double GlobalSumSquares(const Tensor& grads, const ZeroPartition& p, ProcessGroup& group, const CollectiveOptions& o) {
-  Tensor v = Tensor::FromVector({ops::SumSquares(p.Mine(grads))}, {1}, DType::kF64);
+double GlobalSumSquares(const Tensor& grads, const ZeroPartition& p, ProcessGroup& group, const CollectiveOptions& o,
+                        double add) {
+  Tensor v = Tensor::FromVector({ops::SumSquares(p.Mine(grads)) + add}, {1}, DType::kF64);
   CollectiveOptions sum = o;
   sum.op = ReduceOp::kSum;
   group.AllReduce(v, sum)->Wait();

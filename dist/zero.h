@@ -49,7 +49,9 @@ ZeroPartition MakeZeroPartition(int64_t numel, const ProcessGroup& group);
 void GatherShards(Tensor& values, const ZeroPartition& p, ProcessGroup& group, const CollectiveOptions& o);
 
 // The sum of squares of the whole gradient when each rank holds the reduced gradient of its own
-// shard only: this rank's shard summed, then all-reduced (the same value on every rank).
-double GlobalSumSquares(const Tensor& grads, const ZeroPartition& p, ProcessGroup& group, const CollectiveOptions& o);
+// shard only: this rank's shard summed, plus `add`, then all-reduced (the same value on every rank;
+// a NaN `add` on any rank makes it NaN everywhere).
+double GlobalSumSquares(const Tensor& grads, const ZeroPartition& p, ProcessGroup& group, const CollectiveOptions& o,
+                        double add = 0);
 
 }  // namespace tessera::dist

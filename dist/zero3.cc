@@ -117,7 +117,9 @@ void ShardedParameters::Walk() {
     OnChild(unit.child, E::kBeforeForward);
     OnChild(unit.child, E::kAfterForward);
   }
+  const size_t first = net_.FirstChildBackwardRuns();
   for (size_t i = units_.size(); i-- > 0;) {
+    if (units_[i].child < first) break;  // backward does not run it either
     OnChild(units_[i].child, E::kBeforeBackward);
     OnChild(units_[i].child, E::kAfterBackward);
   }

@@ -55,6 +55,9 @@ struct TrainSummary {
   int64_t parameter_bytes = 0, gradient_bytes = 0, optimizer_state_bytes = 0;
   int64_t gathered_unit_bytes = 0;  // stage 3: the largest layer gathered whole (at most two at a time)
   std::vector<int64_t> peak_rss_bytes;  // by rank
+  // By rank: the largest RSS seen at a log line, after a step (what a rank holds between steps,
+  // without backward's buckets in flight).
+  std::vector<int64_t> between_steps_rss_bytes;
 };
 
 struct TrainerOptions {

@@ -5,16 +5,6 @@ namespace tessera::jobs::internal {
 
 namespace fs = std::filesystem;
 
-namespace {
-// This process's peak resident set (VmHWM), in bytes; 0 where /proc does not say.
-int64_t PeakRssBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::strtoll(line.c_str() + 6, nullptr, 10) * 1024;
-  return 0;
-}
-}  // namespace
 
 // that it failed, from rank 0: one broadcast on every rank, whatever rank 0 found.
 void TrainingRun::PublishIfAsked() {
@@ -115,14 +105,19 @@ void TrainingRun::WriteSummary() {
     summary_.samples_per_sec = v.data<double>()[0];
   }
   summary_.wall_seconds = Seconds(t_start_, Clock::now());
-  Tensor rss = Tensor::FromVector({static_cast<double>(PeakRssBytes())}, {1}, DType::kI64);
+  Tensor rss = Tensor::FromVector({static_cast<double>(ProcessMemoryBytes("VmHWM:")),
+                                    static_cast<double>(between_steps_rss_)}, {2}, DType::kI64);
   if (group_) {
-    Tensor all = Tensor::Empty({world_}, DType::kI64);
+    Tensor all = Tensor::Empty({2 * world_}, DType::kI64);
     group_->AllGather(rss, all, Collective())->Wait();
     rss = all;
   }
   summary_.peak_rss_bytes.clear();
-  for (int r = 0; r < rss.numel(); ++r) summary_.peak_rss_bytes.push_back(rss.data<int64_t>()[r]);
+  summary_.between_steps_rss_bytes.clear();
+  for (int r = 0; r < rss.numel() / 2; ++r) {
+    summary_.peak_rss_bytes.push_back(rss.data<int64_t>()[2 * r]);
+    summary_.between_steps_rss_bytes.push_back(rss.data<int64_t>()[2 * r + 1]);
+  }
   if (!lead_) return;
   if (already_complete_ && fs::exists(opt_.run_dir + "/summary.json")) return;
   json s = {{"name", summary_.name},
@@ -146,6 +141,7 @@ void TrainingRun::WriteSummary() {
                                  {"optimizer_state_bytes", summary_.optimizer_state_bytes},
                                  {"gathered_unit_bytes", summary_.gathered_unit_bytes}}},
             {"peak_rss_bytes", summary_.peak_rss_bytes},
+            {"between_steps_rss_bytes", summary_.between_steps_rss_bytes},
             {"resumed_from_step", summary_.resumed_from_step},
             {"checkpoint", summary_.checkpoint},
             {"tessera_version", TESSERA_VERSION}};

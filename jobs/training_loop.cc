@@ -54,10 +54,8 @@ double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
 // Every log_every_steps: the job's loss and throughput (summed over ranks), the event and the
 // progress line; a time-based checkpoint when one is due.
 void TrainingRun::LogWindow(double lr, int epoch) {
-  {
-    WholeParameters whole(*dp_);
-    CheckWeightsFinite(params_->values(), detail::StrCat("after step ", step_));
-  }
+  between_steps_rss_ = std::max(between_steps_rss_, ProcessMemoryBytes("VmRSS:"));
+  CheckWeightsFiniteOnEveryRank(detail::StrCat("after step ", step_));
   auto now = Clock::now();
   double dt = window_time_ + Seconds(t_window_, now);
   window_time_ = 0;
@@ -179,7 +177,7 @@ CheckpointMeta TrainingRun::MetaAt(int64_t at, double lr) const {
   for (int r = 0; r < world_; ++r) m.rank_next_example.push_back(at * global_batch_ + len * r / world_);
   m.world_size = world_;
   m.data_parallel = world_;
-  m.zero_stage = spec_.parallel().zero_stage();
+  m.zero_stage = dp_->zero_stage();  // the stage in effect (0 on one rank, whatever the spec says)
   m.tensor_parallel = std::max(1, spec_.parallel().tensor());
   m.pipeline_parallel = std::max(1, spec_.parallel().pipeline());
   m.optimizer = optimizer_->name();
@@ -206,12 +204,17 @@ void TrainingRun::CheckWeightsFinite(const Tensor& values, const std::string& wh
                        "far overflow float32)");
 }
 
+// The same check of the parameters as they are during training, every rank agreeing (at stage 3
+// each checks its shard; the whole model is gathered only to name the tensor).
+void TrainingRun::CheckWeightsFiniteOnEveryRank(const std::string& where) {
+  if (dp_->ParametersFinite()) return;
+  WholeParameters whole(*dp_);
+  CheckWeightsFinite(params_->values(), where);
+}
+
 void TrainingRun::Save(double lr) {
   if (step_ == last_saved_step_) return;
-  {
-    WholeParameters whole(*dp_);  // the writer itself copies this rank's shard only
-    CheckWeightsFinite(params_->values(), detail::StrCat("after step ", step_));
-  }
+  CheckWeightsFiniteOnEveryRank(detail::StrCat("after step ", step_));
   last_saved_step_ = step_;
   double stall = writer_->Save(layout_, MetaAt(step_, lr));
   last_save_ = Clock::now();

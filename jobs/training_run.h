@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -36,6 +37,16 @@ using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
 inline double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// A field of /proc/self/status in bytes ("VmRSS:", "VmHWM:"); 0 where /proc does not say.
+inline int64_t ProcessMemoryBytes(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(field);
+  while (std::getline(in, line))
+    if (line.compare(0, n, field) == 0) return std::strtoll(line.c_str() + n, nullptr, 10) * 1024;
+  return 0;
+}
 
 // ZeRO stage 3: every parameter whole on every rank while this lives (a collective: every rank
 // makes one at the same point); nothing at stages 0 to 2.
@@ -88,6 +99,7 @@ class TrainingRun {
   // Throws naming the first parameter that holds NaN or Inf, `where` they were found, and `hint`
   // (by default: what makes training diverge).
   void CheckWeightsFinite(const Tensor& values, const std::string& where, const char* hint = nullptr) const;
+  void CheckWeightsFiniteOnEveryRank(const std::string& where);
   void Save(double lr);
   void ReportCheckpoints();
 
@@ -134,6 +146,7 @@ class TrainingRun {
   double window_loss_ = 0, last_window_loss_ = 0;                    // sums of per-step global mean losses
   int64_t window_steps_ = 0, window_samples_ = 0, total_samples_ = 0;  // samples: this rank's
   double train_seconds_ = 0;  // excludes evaluation
+  int64_t between_steps_rss_ = 0;  // the largest RSS at a log line
   double window_time_ = 0;    // training time of the current log window before an evaluation
   Clock::time_point t_window_ = Clock::now();
   EvalResult last_eval_;

@@ -10,6 +10,7 @@
 
 #include "core/ops/cuda/context.h"
 #include "core/ops/cuda/cuda_check.h"
+#include "dist/collective.h"
 
 namespace tessera::dist {
 namespace {
@@ -158,6 +159,7 @@ class NcclProcessGroup : public ProcessGroup {
     if (out.numel() != in.numel() * s_->size || in.dtype() != out.dtype())
       TESSERA_THROW(ShapeError, "allgather: output ", out.Describe(), " must hold ", s_->size, " x the input ",
                     in.Describe());
+    collective::AllGatherInPlace(in, out, s_->rank);  // refuses any other overlap
     return Launch("allgather", out, o, [&](cudaStream_t st) {
       return ncclAllGather(in.raw_data(), out.raw_data(), in.numel(), NcclType("allgather", in.dtype()), s_->comm, st);
     });

@@ -111,6 +111,27 @@ TEST(Zero, AtStage3ARankHoldsOnlyItsShardBetweenSteps) {
   EXPECT_GT(nonzero_inside, static_cast<int64_t>(half));  // most of both shards are nonzero
 }
 
+// A NaN in one rank's shard at stage 3 is seen by every rank (each checks only its own shard).
+TEST(Zero, ANonFiniteParameterInOneShardIsSeenByEveryRank) {
+  for (int stage : {0, 3}) {
+    std::vector<int> finite(3, -1);
+    std::vector<std::string> errors = RunRanks(3, [&](ProcessGroup& g) {
+      auto net = models::BuildMlp({});
+      DataParallel::Options o;
+      o.zero_stage = stage;
+      DataParallel dp(*net, 1, &g, o, [](const Tensor& v, const Tensor& gr) { return std::make_unique<optim::Adam>(v, gr); });
+      dp.Join();
+      bool before = dp.ParametersFinite();
+      // Rank 2 spoils the last element of its own shard (at stage 0: of its copy, which is all).
+      if (g.rank() == 2) dp.params().values().data<float>()[dp.params().numel() - 1] = NAN;
+      finite[g.rank()] = before && !dp.ParametersFinite() ? 0 : 1;
+    });
+    for (const std::string& e : errors) ASSERT_EQ(e, "");
+    for (int r = 0; r < 3; ++r)
+      EXPECT_EQ(finite[r], stage == 3 || r == 2 ? 0 : 1) << "stage " << stage << ", rank " << r;
+  }
+}
+
 // A rank that stops taking part in a stage-2 step: every other rank fails within the deadline,
 // naming the reduce and the rank, never hangs.
 TEST(Zero, ARankThatStopsIsNamedByTheOthersWithinTheDeadline) {
