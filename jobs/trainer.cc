@@ -205,6 +205,9 @@ void TrainingRun::Announce() {
     log_->Say("data parallel: %zu gradient buckets of up to %.3g MB, collective timeout %.0f s\n",
               dp_->reducer()->buckets().size(), spec_.parallel().bucket_size_mb(), timeout_s_);
   const int zero_stage = dp_->zero_stage();
+  if (spec_.parallel().zero_stage() > 0 && !group_)
+    log_->Say("parallel.zero_stage %d shards over data-parallel ranks; with one rank there is nothing to shard "
+              "(stage 0)\n", spec_.parallel().zero_stage());
   log_->Say("memory per rank: parameters %.1f MB%s, gradients %.1f MB%s, optimizer state %.1f MB (ZeRO stage %d%s)\n",
             summary_.parameter_bytes / 1e6,
             zero_stage >= 3 ? detail::StrCat(" (its shard; up to two layers of at most ", summary_.gathered_unit_bytes / 1e6,
