@@ -11,13 +11,14 @@
 # plus two gathered layers), the peak RSS
 # (summary.json peak_rss_bytes) and the peak RSS less that of the same job with a 16-unit hidden
 # layer (data, runtime, buffers: what is not the model's); the median step time of steps 3 to
-# STEPS, and its ratio to stage 0 on the same N. TORCH_PYTHON: a python with torch >= 2 (default
-# /work/venv-fsdp/bin/python; the FSDP rows are left out, saying so, without one).
+# STEPS, and its ratio to stage 0 on the same N. TORCH_PYTHON: a python with torch >= 2 (default:
+# $TORCH_PYTHON, else python3 on PATH; e.g. `python3 -m venv /tmp/fsdp && /tmp/fsdp/bin/pip install
+# torch`). Without one the FSDP rows are left out, and the report says so.
 # Writes bench/results/zero_memory.{md,json}. Environment: STEPS (8), BATCH (64), RESULTS_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
-TORCH_PY=${2:-/work/venv-fsdp/bin/python}
+TORCH_PY=${2:-${TORCH_PYTHON:-python3}}
 TESSERA=$BUILD/tessera
 [ -x "$TESSERA" ] || { echo "missing $TESSERA: build it first" >&2; exit 1; }
 PY=/usr/bin/python3

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/allocator.h"
 #include "dist/collective.h"
 
 namespace tessera::dist {
@@ -89,9 +88,7 @@ void Reducer::Retire(bool wait) {
     else if (!f.work->IsCompleted()) return;
     else f.work->Wait();  // rethrows a failure
     if (!f.release) continue;
-    Tensor slice = params_.grads().View(f.begin, {f.end - f.begin});
-    if (slice.device().is_cpu()) ZeroAndReleasePages(slice.raw_data(), slice.nbytes());
-    else slice.Zero();
+    ZeroAndRelease(params_.grads().View(f.begin, {f.end - f.begin}));
   }
 }
 

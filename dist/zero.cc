@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/allocator.h"
 #include "core/ops/ops.h"
 
 namespace tessera::dist {
@@ -16,6 +17,11 @@ std::vector<ZeroPartition::Piece> ZeroPartition::Split(int64_t lo, int64_t hi) c
     lo = stop;
   }
   return pieces;
+}
+
+void ZeroAndRelease(Tensor t) {
+  if (t.device().is_cpu()) ZeroAndReleasePages(t.raw_data(), t.nbytes());
+  else t.Zero();
 }
 
 ZeroPartition MakeZeroPartition(int64_t numel, const ProcessGroup& group) {

@@ -42,6 +42,10 @@ struct ZeroPartition {
   std::vector<Piece> Split(int64_t begin, int64_t end) const;
 };
 
+// Zeroes `t` and, on the CPU, gives its pages back (core/allocator.h): what a rank drops of a
+// bucket or layer it does not own.
+void ZeroAndRelease(Tensor t);
+
 // The partition of `numel` elements over `group`; ValueError unless numel is a multiple of its size.
 ZeroPartition MakeZeroPartition(int64_t numel, const ProcessGroup& group);
 

@@ -1,6 +1,6 @@
 #include "dist/zero3.h"
 
-#include "core/allocator.h"
+#include <algorithm>
 
 namespace tessera::dist {
 
@@ -20,7 +20,10 @@ ShardedParameters::ShardedParameters(nn::FlatParameters& params, nn::Sequential&
     if (n == 0) continue;
     if (e + n > entries.size()) TESSERA_THROW(Error, "ZeRO-3: the model's parameters are not laid out from it");
     unit_of_child_[c] = static_cast<int>(units_.size());
-    units_.push_back({c, entries[e].offset, 0});
+    Unit unit;
+    unit.child = c;
+    unit.begin = entries[e].offset;
+    units_.push_back(unit);
     e += n;
   }
   for (size_t u = 0; u < units_.size(); ++u)
@@ -89,9 +92,7 @@ void ShardedParameters::ReleaseUnit(int u) {
   Tensor& values = params_.values();
   for (const ZeroPartition::Piece& p : partition_.Split(unit.begin, unit.end)) {
     if (p.owner == partition_.rank) continue;
-    Tensor piece = values.View(p.begin, {p.end - p.begin});
-    if (piece.device().is_cpu()) ZeroAndReleasePages(piece.raw_data(), piece.nbytes());
-    else piece.Zero();
+    ZeroAndRelease(values.View(p.begin, {p.end - p.begin}));
   }
   unit.state = State::kReleased;
 }

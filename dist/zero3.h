@@ -46,8 +46,8 @@ class ShardedParameters {
  private:
   enum class State { kReleased, kInFlight, kWhole };
   struct Unit {
-    size_t child;
-    int64_t begin, end;  // flat range
+    size_t child = 0;
+    int64_t begin = 0, end = 0;  // flat range
     State state = State::kReleased;
     std::vector<std::shared_ptr<Work>> work;
   };

@@ -16,6 +16,7 @@
 #include "dist/collective.h"
 #include "dist/mpi/heartbeat.h"
 #include "dist/mpi/mpi_check.h"
+#include "dist/mpi/op.h"
 #include "dist/mpi/runtime.h"
 
 namespace tessera::dist {
@@ -25,11 +26,10 @@ using Clock = std::chrono::steady_clock;
 using collective::Elements;
 using collective::Kind;
 using collective::RankList;
+using mpi_internal::Op;
 
 // The tag of "arrived at collective k" announcements on the control communicator.
 constexpr int kArrivedTag = 1;
-// Elements per MPI call for allreduce and broadcast (MPI counts are int).
-constexpr int64_t kChunk = int64_t{1} << 28;
 // How long a timed-out Wait() keeps reading announcements before naming the missing ranks.
 constexpr auto kArrivalGrace = std::chrono::milliseconds(200);
 // A peer not heard from (dist/mpi/heartbeat.h) for this long is "not responding" ...
@@ -37,59 +37,11 @@ constexpr double kSilenceS = 2.0;
 // ... once it has had this long, after the arrival grace, to be heard from.
 constexpr double kHeartbeatDrainS = 1.5;
 
-// One issued collective. The fields from `done` on are guarded by State::mu; the split result is
-// written by the worker before it sets `done`.
-struct Op {
-  Kind kind = Kind::kBarrier;
-  Tensor a;  // allreduce, broadcast: the tensor; reduce_scatter, allgather: the input
-  Tensor b;  // reduce_scatter, allgather: the output
-  ReduceOp reduce = ReduceOp::kSum;
-  int root = 0, color = 0, key = 0;
-  double timeout_s = 0;
-  uint64_t seq = 0;
-  std::string what;  // "allreduce #17 (2048 f32, group of 3)"
-  Clock::time_point issued, deadline;
-
-  bool done = false;
-  std::exception_ptr error;
-  std::string timeout_message;  // set once a Wait() on it timed out
-  MPI_Comm split_data = MPI_COMM_NULL, split_control = MPI_COMM_NULL;
-};
-
 // An "arrived at k" announcement to every peer; `value` must live until the sends complete.
 struct PendingSend {
   uint64_t value = 0;
   std::vector<MPI_Request> requests;
 };
-
-MPI_Datatype MpiType(DType t) {
-  switch (t) {
-    case DType::kF32:
-      return MPI_FLOAT;
-    case DType::kF64:
-      return MPI_DOUBLE;
-    case DType::kI32:
-      return MPI_INT32_T;
-    case DType::kI64:
-      return MPI_INT64_T;
-    default:
-      break;
-  }
-  TESSERA_THROW(ShapeError, "MPI process group: dtype ", DTypeName(t), " is not supported");
-}
-
-MPI_Op MpiOp(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kMax:
-      return MPI_MAX;
-    case ReduceOp::kMin:
-      return MPI_MIN;
-    case ReduceOp::kSum:
-    case ReduceOp::kAvg:
-      break;
-  }
-  return MPI_SUM;  // kAvg: the sum, divided afterwards
-}
 
 // Rejects what the MPI backend cannot carry; `op` and `role` name the call and the argument.
 void CheckTensor(const char* op, const char* role, const Tensor& t) {
@@ -266,79 +218,6 @@ struct MpiProcessGroup::State {
     return m.str();
   }
 
-  // Runs `op` with blocking MPI calls. Worker thread only.
-  void Execute(Op& op) {
-    switch (op.kind) {
-      case Kind::kAllReduce: {
-        const int64_t n = op.a.numel();
-        if (n == 0) return;
-        char* p = static_cast<char*>(op.a.raw_data());
-        const size_t bytes = SizeOf(op.a.dtype());
-        for (int64_t off = 0; off < n; off += kChunk) {
-          const int count = static_cast<int>(std::min(kChunk, n - off));
-          TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p + off * bytes, count, MpiType(op.a.dtype()),
-                                          MpiOp(op.reduce), data));
-        }
-        if (op.reduce == ReduceOp::kAvg) collective::DivideBy(op.a, size);
-        return;
-      }
-      case Kind::kReduce: {
-        const int64_t n = op.a.numel();
-        if (n == 0) return;
-        char* p = static_cast<char*>(op.a.raw_data());
-        const size_t bytes = SizeOf(op.a.dtype());
-        const bool root = rank == op.root;
-        for (int64_t off = 0; off < n; off += kChunk) {
-          const int count = static_cast<int>(std::min(kChunk, n - off));
-          void* buf = p + off * bytes;
-          TESSERA_MPI_CHECK(MPI_Reduce(root ? MPI_IN_PLACE : buf, root ? buf : nullptr, count, MpiType(op.a.dtype()),
-                                       MpiOp(op.reduce), op.root, data));
-        }
-        if (root && op.reduce == ReduceOp::kAvg) collective::DivideBy(op.a, size);
-        return;
-      }
-      case Kind::kReduceScatter: {
-        const int64_t n = op.b.numel();
-        if (n == 0) return;
-        TESSERA_MPI_CHECK(MPI_Reduce_scatter_block(op.a.raw_data(), op.b.raw_data(), static_cast<int>(n),
-                                                   MpiType(op.a.dtype()), MpiOp(op.reduce), data));
-        if (op.reduce == ReduceOp::kAvg) collective::DivideBy(op.b, size);
-        return;
-      }
-      case Kind::kAllGather: {
-        const int64_t n = op.a.numel();
-        if (n == 0) return;
-        const MPI_Datatype type = MpiType(op.a.dtype());
-        const bool in_place = collective::AllGatherInPlace(op.a, op.b, rank);
-        TESSERA_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : op.a.raw_data(), static_cast<int>(n), type,
-                                        op.b.raw_data(), static_cast<int>(n), type, data));
-        return;
-      }
-      case Kind::kBroadcast: {
-        const int64_t n = op.a.numel();
-        if (n == 0) return;
-        char* p = static_cast<char*>(op.a.raw_data());
-        const size_t bytes = SizeOf(op.a.dtype());
-        for (int64_t off = 0; off < n; off += kChunk) {
-          const int count = static_cast<int>(std::min(kChunk, n - off));
-          TESSERA_MPI_CHECK(MPI_Bcast(p + off * bytes, count, MpiType(op.a.dtype()), op.root, data));
-        }
-        return;
-      }
-      case Kind::kBarrier:
-        TESSERA_MPI_CHECK(MPI_Barrier(data));
-        return;
-      case Kind::kSplit: {
-        MPI_Comm split = MPI_COMM_NULL;
-        TESSERA_MPI_CHECK(MPI_Comm_split(data, op.color, op.key, &split));
-        TESSERA_MPI_CHECK(MPI_Comm_dup(split, &op.split_data));
-        TESSERA_MPI_CHECK(MPI_Comm_dup(split, &op.split_control));
-        TESSERA_MPI_CHECK(MPI_Comm_free(&split));
-        return;
-      }
-    }
-  }
-
   // Cancels the posted receives and frees the communicators. Called once the worker has left
   // MPI for good; never throws.
   void ReleaseMpiResources() noexcept {
@@ -439,7 +318,7 @@ void RunWorker(std::shared_ptr<State> s) {
     std::string reason;
     try {
       s->Announce(op->seq);
-      s->Execute(*op);
+      mpi_internal::RunOp(*op, s->data, s->rank, s->size);
     } catch (const std::exception& e) {
       reason = op->what + " failed: " + e.what();
       error = std::make_exception_ptr(CommError(reason));

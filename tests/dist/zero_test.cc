@@ -208,7 +208,9 @@ TEST(Zero, WhatARankHoldsFollowsTheFormulas) {
       EXPECT_EQ(m.gradient_bytes, stage >= 2 ? psi / 4 : psi);
       EXPECT_EQ(m.optimizer_state_bytes, stage >= 1 ? 2 * psi / 4 : 2 * psi);
     }
-    if (stage > 0) EXPECT_EQ(numel % 4, 0) << "the flat buffers are padded to a multiple of the ranks";
+    if (stage > 0) {
+      EXPECT_EQ(numel % 4, 0) << "the flat buffers are padded to a multiple of the ranks";
+    }
   }
 }
 
