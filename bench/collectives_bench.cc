@@ -105,14 +105,16 @@ int main(int argc, char** argv) {
     dist::Reducer reducer(params, *world);
     const auto& entries = params.entries();
     int iters = 100;
-    double red = TimeIt(iters, [&] {
+    const auto raw_allreduce = [&] {
+      MPI_Allreduce(MPI_IN_PLACE, params.grads().raw_data(), static_cast<int>(params.numel()), MPI_FLOAT, MPI_SUM,
+                    raw);
+    };
+    double mpi = TimeIt(iters, raw_allreduce);  // before and after, the faster kept, as above
+    const double red = TimeIt(iters, [&] {
       for (size_t i = entries.size(); i-- > 0;) (*entries[i].param->grad_ready_hook)(*entries[i].param);
       reducer.Finish();
     });
-    double mpi = TimeIt(iters, [&] {
-      MPI_Allreduce(MPI_IN_PLACE, params.grads().raw_data(), static_cast<int>(params.numel()), MPI_FLOAT, MPI_SUM,
-                    raw);
-    });
+    mpi = std::min(mpi, TimeIt(iters, raw_allreduce));
     if (rank == 0)
       std::printf("{\"kind\": \"reducer\", \"model\": \"w2\", \"ranks\": %d, \"bytes\": %lld, \"buckets\": %zu, "
                   "\"mpi_us\": %.2f, \"reducer_us\": %.2f, \"overhead\": %.4f}\n",

@@ -50,8 +50,9 @@ md += ["## The reducer on W2's gradients (target: at most 5% over raw MPI)", "",
 for r in rows:
     if r["kind"] == "reducer":
         md.append(f"| {r['ranks']} | {r['bytes']} | {r['buckets']} | {r['mpi_us']:.1f} | {r['reducer_us']:.1f} | {100 * r['overhead']:.0f}% |")
-md += ["", "Each tessera collective is handed to the group's worker thread and announced to the peers (for the",
-       "timeout diagnostics) before MPI runs it: that fixed cost dominates small messages (issue 9, part 2)."]
+md += ["", "Each tessera collective runs on the group's worker thread (so that Wait() can time out while MPI blocks);",
+       "handing it over, polled rather than woken, costs about 1.5 us, which is what remains at small sizes. Who arrived",
+       "travels on the heartbeats, so no collective sends a message of its own."]
 open(sys.argv[2], "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 PY

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "dist/mpi/arrivals.h"
 #include "dist/mpi/mpi_check.h"
 
 namespace tessera::dist::internal {
@@ -26,10 +27,14 @@ constexpr auto kStopTimeout = std::chrono::seconds(2);
 constexpr double kGapRecordS = 1.0;
 constexpr size_t kGapsKept = 8;
 
-// Heartbeats are empty; MPI still wants a buffer address. Static, so that a request freed while
-// still pending never outlives it.
-char g_send_buffer[1];
-char g_recv_buffer[1];
+// A heartbeat is this process's arrival board (dist/mpi/arrivals.h): at most this many words.
+constexpr int kBoardWords = static_cast<int>(2 * kMaxGroupsReported);
+
+// Per peer: the board being sent to it and the one being received from it. Freed only when no
+// request on them was left pending (see Release).
+struct Buffers {
+  std::vector<std::vector<uint64_t>> send, recv;
+};
 
 struct Monitor {
   MPI_Comm comm = MPI_COMM_NULL;  // a dup of MPI_COMM_WORLD, errors returned
@@ -47,20 +52,41 @@ struct Monitor {
   std::vector<std::deque<std::pair<Clock::time_point, double>>> gaps;
   Clock::time_point last_poll;
   std::vector<bool> failed;  // an MPI call on this peer failed: it is no longer heard from
+  Buffers* buffers = nullptr;
+  std::vector<std::vector<uint64_t>> board;  // per peer: the latest arrival board received
+  std::vector<uint64_t> heard_poll;          // per peer: the poll that received it
+  uint64_t polls = 0;                        // Poll() calls so far
+
+  // Posts the receive of peer p's next heartbeat; false (and the peer failed) when MPI refuses.
+  bool PostReceive(int p) {
+    if (MPI_Irecv(buffers->recv[p].data(), kBoardWords, MPI_UINT64_T, p, kHeartbeatTag, comm, &recv[p]) ==
+        MPI_SUCCESS)
+      return true;
+    recv[p] = MPI_REQUEST_NULL;
+    failed[p] = true;
+    return false;
+  }
 
   // Reads every heartbeat that has arrived, re-posting the receives. mu held.
   void Poll() {
     const Clock::time_point now = Clock::now();
+    ++polls;
     for (int p = 0; p < size; ++p) {
       if (p == rank || failed[p]) continue;
       bool heard = false;
       for (;;) {
         int flag = 0;
-        if (MPI_Test(&recv[p], &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        MPI_Status status;
+        if (MPI_Test(&recv[p], &flag, &status) != MPI_SUCCESS) {
           failed[p] = true;
           break;
         }
         if (!flag) break;
+        int words = 0;
+        if (MPI_Get_count(&status, MPI_UINT64_T, &words) != MPI_SUCCESS || words < 0 || words > kBoardWords)
+          words = 0;
+        board[p].assign(buffers->recv[p].begin(), buffers->recv[p].begin() + words);
+        heard_poll[p] = polls;
         if (!heard) {
           // The peer was silent at least until the previous poll found nothing; measuring to
           // `now` instead would blame the peer for a stall of this process.
@@ -72,11 +98,7 @@ struct Monitor {
           heard = true;
         }
         last_heard[p] = now;
-        if (MPI_Irecv(g_recv_buffer, 0, MPI_BYTE, p, kHeartbeatTag, comm, &recv[p]) != MPI_SUCCESS) {
-          recv[p] = MPI_REQUEST_NULL;
-          failed[p] = true;
-          break;
-        }
+        if (!PostReceive(p)) break;
       }
     }
     last_poll = now;
@@ -90,8 +112,10 @@ struct Monitor {
     return longest;
   }
 
-  // Sends a heartbeat to every peer whose previous one has left. mu held.
+  // Sends a heartbeat, this process's arrival board, to every peer whose previous one has left.
+  // mu held.
   void Beat() {
+    const std::vector<uint64_t> mine = ArrivalBoard();
     for (int p = 0; p < size; ++p) {
       if (p == rank || failed[p]) continue;
       int flag = 1;
@@ -100,7 +124,9 @@ struct Monitor {
         continue;
       }
       if (!flag) continue;  // the peer is not taking them (stopped, or its queue is full)
-      if (MPI_Isend(g_send_buffer, 0, MPI_BYTE, p, kHeartbeatTag, comm, &send[p]) != MPI_SUCCESS) {
+      buffers->send[p] = mine;
+      if (MPI_Isend(buffers->send[p].data(), static_cast<int>(mine.size()), MPI_UINT64_T, p, kHeartbeatTag, comm,
+                    &send[p]) != MPI_SUCCESS) {
         send[p] = MPI_REQUEST_NULL;
         failed[p] = true;
       }
@@ -113,17 +139,28 @@ struct Monitor {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (finalized || comm == MPI_COMM_NULL) return;
+    bool left_pending = false;  // a request freed while pending may still use its buffer
     for (int p = 0; p < size; ++p) {
       if (recv[p] != MPI_REQUEST_NULL) {
         MPI_Cancel(&recv[p]);
-        if (failed[p])
+        if (failed[p]) {
           MPI_Request_free(&recv[p]);
-        else
+          left_pending = true;
+        } else {
           MPI_Wait(&recv[p], MPI_STATUS_IGNORE);  // a cancelled receive completes locally
+        }
       }
-      if (send[p] != MPI_REQUEST_NULL) MPI_Request_free(&send[p]);
+      if (send[p] != MPI_REQUEST_NULL) {
+        int done = 0;
+        if (MPI_Test(&send[p], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || !done) {
+          MPI_Request_free(&send[p]);
+          left_pending = true;
+        }
+      }
     }
     MPI_Comm_free(&comm);
+    if (!left_pending) delete buffers;  // otherwise deliberately leaked: a few KiB per peer
+    buffers = nullptr;
   }
 };
 
@@ -167,17 +204,22 @@ void StartHeartbeats() {
   m->last_poll = Clock::now();
   m->gaps.resize(n);
   m->failed.assign(n, false);
+  m->board.resize(n);
+  m->heard_poll.assign(n, 0);
   if (m->size == 1) {  // nobody to beat to: no thread, no communicator
     m->exited = true;
     g_monitor = std::move(m);
     return;
   }
   TESSERA_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &m->comm));
+  m->buffers = new Buffers;
+  m->buffers->send.resize(n);
+  m->buffers->recv.assign(n, std::vector<uint64_t>(kBoardWords));
   try {
     TESSERA_MPI_CHECK(MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN));
     for (int p = 0; p < m->size; ++p) {
       if (p == m->rank) continue;
-      TESSERA_MPI_CHECK(MPI_Irecv(g_recv_buffer, 0, MPI_BYTE, p, kHeartbeatTag, m->comm, &m->recv[p]));
+      if (!m->PostReceive(p)) TESSERA_THROW(CommError, "StartHeartbeats: MPI_Irecv from rank ", p, " failed");
     }
     m->thread = std::thread(Run, m);
   } catch (...) {
@@ -214,8 +256,8 @@ bool StopHeartbeats() noexcept {
   return true;
 }
 
-bool HeartbeatSilences(const std::vector<int>& world_ranks, double window_s, double silence_s, double drain_s,
-                       std::vector<double>* silences_s) {
+bool HeartbeatReports(const std::vector<int>& world_ranks, uint64_t group_id, double window_s, double silence_s,
+                      double drain_s, std::vector<PeerReport>* reports) {
   std::shared_ptr<Monitor> m;
   {
     std::lock_guard<std::mutex> lock(g_mu);
@@ -227,26 +269,30 @@ bool HeartbeatSilences(const std::vector<int>& world_ranks, double window_s, dou
   };
   const Clock::time_point since = Clock::now() - seconds(window_s);
   const Clock::time_point drain_end = Clock::now() + seconds(drain_s);
+  uint64_t first_poll = 0;  // heartbeats that were queued before this call are drained by it
   for (;;) {
-    bool all_heard = true;  // recently, that is
+    bool settled = true;  // every peer sent a board after the first poll, or is silent
     Clock::time_point now;
     {
       std::lock_guard<std::mutex> lock(m->mu);
       if (m->stop) return false;
       m->Poll();
+      if (first_poll == 0) first_poll = m->polls;
       now = Clock::now();
-      silences_s->clear();
-      for (int r : world_ranks) {
-        double silence = -1;
-        if (r >= 0 && r < m->size) {
-          silence = m->Silence(r, since, now);
-          if (r != m->rank && std::chrono::duration<double>(now - m->last_heard[r]).count() > silence_s)
-            all_heard = false;
-        }
-        silences_s->push_back(silence);
+      reports->assign(world_ranks.size(), PeerReport{});
+      for (size_t i = 0; i < world_ranks.size(); ++i) {
+        const int r = world_ranks[i];
+        if (r < 0 || r >= m->size) continue;
+        PeerReport& report = (*reports)[i];
+        report.silence_s = m->Silence(r, since, now);
+        if (r == m->rank) continue;
+        report.fresh = m->heard_poll[r] > first_poll;
+        report.listed = FindArrival(m->board[r], group_id, &report.entered);
+        const double quiet = std::chrono::duration<double>(now - m->last_heard[r]).count();
+        if (!report.fresh || quiet > silence_s) settled = false;
       }
     }
-    if (all_heard || now >= drain_end) return true;
+    if (settled || now >= drain_end) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }

@@ -1,6 +1,7 @@
 #include "dist/mpi/mpi_process_group.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <condition_variable>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "dist/collective.h"
+#include "dist/mpi/arrivals.h"
 #include "dist/mpi/heartbeat.h"
 #include "dist/mpi/mpi_check.h"
 #include "dist/mpi/op.h"
@@ -28,20 +30,28 @@ using collective::Kind;
 using collective::RankList;
 using mpi_internal::Op;
 
-// The tag of "arrived at collective k" announcements on the control communicator.
-constexpr int kArrivedTag = 1;
-// How long a timed-out Wait() keeps reading announcements before naming the missing ranks.
-constexpr auto kArrivalGrace = std::chrono::milliseconds(200);
 // A peer not heard from (dist/mpi/heartbeat.h) for this long is "not responding" ...
 constexpr double kSilenceS = 2.0;
-// ... once it has had this long, after the arrival grace, to be heard from.
+// ... once it has had this long to be heard from; live peers send their arrivals within it.
 constexpr double kHeartbeatDrainS = 1.5;
 
-// An "arrived at k" announcement to every peer; `value` must live until the sends complete.
-struct PendingSend {
-  uint64_t value = 0;
-  std::vector<MPI_Request> requests;
-};
+// How long the worker, idle, and a Wait() on an op still running, poll (yielding the core to any
+// other thread that is ready) before they sleep: a collective issued or finished meanwhile is
+// handed over without waking a thread, which costs a few microseconds each way (more from an
+// idle core) and was most of the cost of a small collective.
+constexpr auto kSpinBudget = std::chrono::microseconds(50);
+
+// Polls `ready` until it holds (true) or `budget` has passed (false).
+template <typename Ready>
+bool SpinUntil(const Ready& ready, std::chrono::nanoseconds budget) {
+  if (ready()) return true;
+  const auto end = Clock::now() + budget;
+  for (;;) {
+    std::this_thread::yield();
+    if (ready()) return true;
+    if (Clock::now() >= end) return false;
+  }
+}
 
 // Rejects what the MPI backend cannot carry; `op` and `role` name the call and the argument.
 void CheckTensor(const char* op, const char* role, const Tensor& t) {
@@ -65,28 +75,26 @@ void CheckCount(const char* op, const char* role, int64_t n) {
 // ---- state shared by the group, its worker thread and its Work handles --------------------------
 
 struct MpiProcessGroup::State {
-  MPI_Comm data = MPI_COMM_NULL;     // collectives
-  MPI_Comm control = MPI_COMM_NULL;  // "arrived at k" announcements
+  MPI_Comm data = MPI_COMM_NULL;  // the collectives
   int rank = 0;
   int size = 1;
   std::vector<int> world_rank;  // group rank -> MPI_COMM_WORLD rank
   bool same_as_world = true;    // world_rank[r] == r for every r
+  uint64_t id = 0;              // the same on every member (dist/mpi/arrivals.h)
+  internal::ArrivalSlot entered;  // the collective the worker entered last, for the heartbeats
 
   std::mutex mu;                    // guards the queue and status below, and Op's result fields
   std::condition_variable work_cv;  // to the worker: queued work or stop
   std::condition_variable done_cv;  // to waiters: an op finished, or the group broke
   std::deque<std::shared_ptr<Op>> queue;
+  std::atomic<size_t> queued{0};  // queue.size(), for the worker to poll without the lock
   std::shared_ptr<Op> running;  // the op the worker is executing, if any
   uint64_t next_seq = 1;
   std::string broken;     // why the group is broken; empty while it is healthy
   bool stop = false;      // the group object is gone; the worker exits when idle
   bool detached = false;  // ... and the worker then releases the MPI resources
 
-  std::mutex ctrl_mu;  // guards the control-message fields below
-  std::vector<uint64_t> recv_value;
-  std::vector<MPI_Request> recv_request;  // one posted receive per peer
-  std::vector<uint64_t> arrived;          // the highest k each peer announced
-  std::deque<std::unique_ptr<PendingSend>> sends;
+  std::mutex release_mu;  // guards `released` and the freeing of `data`
   bool released = false;
 
   std::string BrokenMessage() const { return "the process group is broken and cannot be used: " + broken; }
@@ -101,55 +109,6 @@ struct MpiProcessGroup::State {
     return s;
   }
 
-  // Completes arrived announcements (re-posting their receives) and finished sends. ctrl_mu held.
-  void PollControl() {
-    if (released) return;
-    for (int p = 0; p < size; ++p) {
-      if (p == rank) continue;
-      for (;;) {
-        int flag = 0;
-        TESSERA_MPI_CHECK(MPI_Test(&recv_request[p], &flag, MPI_STATUS_IGNORE));
-        if (!flag) break;
-        arrived[p] = std::max(arrived[p], recv_value[p]);
-        TESSERA_MPI_CHECK(
-            MPI_Irecv(&recv_value[p], 1, MPI_UINT64_T, p, kArrivedTag, control, &recv_request[p]));
-      }
-    }
-    while (!sends.empty()) {
-      auto& requests = sends.front()->requests;
-      int flag = 0;
-      TESSERA_MPI_CHECK(
-          MPI_Testall(static_cast<int>(requests.size()), requests.data(), &flag, MPI_STATUSES_IGNORE));
-      if (!flag) break;
-      sends.pop_front();
-    }
-  }
-
-  // Tells every peer that this rank is entering collective `seq`.
-  void Announce(uint64_t seq) {
-    if (size == 1) return;
-    std::lock_guard<std::mutex> lock(ctrl_mu);
-    PollControl();
-    auto send = std::make_unique<PendingSend>();
-    send->value = seq;
-    send->requests.assign(static_cast<size_t>(size - 1), MPI_REQUEST_NULL);
-    PendingSend* s = send.get();
-    sends.push_back(std::move(send));
-    size_t i = 0;
-    for (int p = 0; p < size; ++p) {
-      if (p == rank) continue;
-      TESSERA_MPI_CHECK(MPI_Isend(&s->value, 1, MPI_UINT64_T, p, kArrivedTag, control, &s->requests[i++]));
-    }
-  }
-
-  // Peers that have not announced `seq`. ctrl_mu held.
-  std::vector<int> NotArrived(uint64_t seq) const {
-    std::vector<int> missing;
-    for (int p = 0; p < size; ++p)
-      if (p != rank && arrived[p] < seq) missing.push_back(p);
-    return missing;
-  }
-
   // The CommTimeoutError message for `op`, whose deadline has passed.
   std::string DiagnoseTimeout(const Op& op) {
     uint64_t stuck_seq = op.seq;
@@ -159,97 +118,61 @@ struct MpiProcessGroup::State {
       std::lock_guard<std::mutex> lock(mu);
       if (running && running->seq < op.seq) {
         stuck_seq = running->seq;
-        stuck_what = running->what;
+        stuck_what = running->What();
         since = std::min(since, running->issued);
       }
     }
-    std::vector<int> missing;
-    std::string poll_error;
-    const auto grace_end = Clock::now() + kArrivalGrace;
-    for (;;) {
-      {
-        std::lock_guard<std::mutex> lock(ctrl_mu);
-        try {
-          PollControl();
-        } catch (const Error& e) {
-          poll_error = e.what();
-        }
-        missing = NotArrived(stuck_seq);
-      }
-      if (missing.empty() || !poll_error.empty() || Clock::now() >= grace_end) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    // Which peers fell silent while this collective was pending: a rank killed or stopped
-    // inside it has arrived too. Whether this rank itself was stalled, too.
-    std::vector<int> silent;
-    std::vector<double> silences;
+    // Which peers had not entered it, and which fell silent while it was pending: a rank killed
+    // or stopped inside it has arrived too. Whether this rank itself was stalled, too.
     const double window_s = std::chrono::duration<double>(Clock::now() - since).count();
+    std::vector<internal::PeerReport> reports;
     const bool have_heartbeats =
-        internal::HeartbeatSilences(world_rank, window_s, kSilenceS, kHeartbeatDrainS, &silences);
+        internal::HeartbeatReports(world_rank, id, window_s, kSilenceS, kHeartbeatDrainS, &reports);
+    std::vector<int> missing, silent;
     double silent_for = 0;
     if (have_heartbeats) {
       for (int p = 0; p < size; ++p) {
-        if (p == rank || silences[p] <= kSilenceS) continue;
-        silent_for = silent.empty() ? silences[p] : std::min(silent_for, silences[p]);
+        if (p == rank) continue;
+        if (!reports[p].listed || reports[p].entered < stuck_seq) missing.push_back(p);
+        if (reports[p].silence_s <= kSilenceS) continue;
+        silent_for = silent.empty() ? reports[p].silence_s : std::min(silent_for, reports[p].silence_s);
         silent.push_back(p);
       }
     }
     std::ostringstream m;
-    m << op.what << " did not complete within " << op.timeout_s << " s: ";
+    m << op.What() << " did not complete within " << op.timeout_s << " s: ";
     if (!stuck_what.empty()) m << "this rank is still in " << stuck_what << ", where ";
-    m << "ranks that did not arrive: " << DescribeRanks(missing);
-    if (missing.empty() && silent.empty())
-      m << " (every rank entered it: one may have died inside it, or the timeout is too short for "
-           "this size)";
-    else if (missing.empty())
-      m << " (every rank entered it)";
-    if (!poll_error.empty()) m << " (arrivals could not be read: " << poll_error << ")";
-    if (have_heartbeats) {
+    if (!have_heartbeats) {
+      m << "which ranks did not arrive is unknown (heartbeats are not running: initialise MPI with "
+           "tessera::dist::InitMpi)";
+    } else {
+      m << "ranks that did not arrive: " << DescribeRanks(missing);
+      if (missing.empty() && silent.empty())
+        m << " (every rank entered it: one may have died inside it, or the timeout is too short for "
+             "this size)";
+      else if (missing.empty())
+        m << " (every rank entered it)";
       m << "; ranks not responding";
       if (!silent.empty())
         m << " (no heartbeat for " << (silent.size() > 1 ? "at least " : "") << std::fixed
           << std::setprecision(1) << silent_for << " s)";
       m << ": " << DescribeRanks(silent);
-      if (silences[rank] > kSilenceS)
-        m << "; this rank itself was stalled for " << std::fixed << std::setprecision(1) << silences[rank]
-          << " s (stopped, or starved of CPU) while it waited";
+      if (reports[rank].silence_s > kSilenceS)
+        m << "; this rank itself was stalled for " << std::fixed << std::setprecision(1)
+          << reports[rank].silence_s << " s (stopped, or starved of CPU) while it waited";
     }
     m << "; the job cannot continue (a rank died, hung or was stopped)";
     return m.str();
   }
 
-  // Cancels the posted receives and frees the communicators. Called once the worker has left
-  // MPI for good; never throws.
+  // Takes the group off the arrival board and frees the communicator. Called once the worker
+  // has left MPI for good; never throws.
   void ReleaseMpiResources() noexcept {
-    std::lock_guard<std::mutex> lock(ctrl_mu);
+    std::lock_guard<std::mutex> lock(release_mu);
     if (released) return;
-    if (!MpiIsInitialized()) {
-      released = true;
-      return;
-    }
-    try {
-      PollControl();  // consume the announcements that have arrived
-    } catch (const Error&) {
-    }
     released = true;
-    for (MPI_Request& r : recv_request) {
-      if (r == MPI_REQUEST_NULL) continue;
-      MPI_Cancel(&r);
-      MPI_Wait(&r, MPI_STATUS_IGNORE);  // a cancelled receive completes locally
-    }
-    for (auto& send : sends) {
-      int flag = 0;
-      MPI_Testall(static_cast<int>(send->requests.size()), send->requests.data(), &flag, MPI_STATUSES_IGNORE);
-      if (flag) continue;
-      // Not yet delivered (8-byte sends are eager, so this is rare): let MPI finish it in the
-      // background. Its buffer must outlive it, so it is deliberately leaked.
-      for (MPI_Request& r : send->requests)
-        if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
-      send.release();
-    }
-    sends.clear();
-    if (control != MPI_COMM_NULL) MPI_Comm_free(&control);
-    if (data != MPI_COMM_NULL) MPI_Comm_free(&data);
+    if (entered) internal::UnregisterArrivals(id);
+    if (MpiIsInitialized() && data != MPI_COMM_NULL) MPI_Comm_free(&data);
   }
 };
 
@@ -264,6 +187,7 @@ class MpiWork : public Work {
 
   void Wait() override {
     State& s = *state_;
+    SpinUntil([&] { return op_->finished.load(std::memory_order_acquire); }, kSpinBudget);
     std::unique_lock<std::mutex> lock(s.mu);
     const auto finished = [&] { return op_->done || !s.broken.empty(); };
     if (!s.done_cv.wait_until(lock, op_->deadline, finished)) {
@@ -282,7 +206,7 @@ class MpiWork : public Work {
       if (op_->error) std::rethrow_exception(op_->error);
       return;
     }
-    throw CommError(op_->what + " cannot complete: " + s.BrokenMessage());
+    throw CommError(op_->What() + " cannot complete: " + s.BrokenMessage());
   }
 
   bool IsCompleted() override {
@@ -301,14 +225,17 @@ void RunWorker(std::shared_ptr<State> s) {
   for (;;) {
     std::shared_ptr<Op> op;
     {
+      SpinUntil([&] { return s->queued.load(std::memory_order_acquire) > 0; }, kSpinBudget);
       std::unique_lock<std::mutex> lock(s->mu);
       s->work_cv.wait(lock, [&] { return s->stop || !s->queue.empty(); });
       if (s->queue.empty()) break;
       op = std::move(s->queue.front());
       s->queue.pop_front();
+      s->queued.store(s->queue.size(), std::memory_order_release);
       if (!s->broken.empty()) {
-        op->error = std::make_exception_ptr(CommError(op->what + " was not run: " + s->BrokenMessage()));
+        op->error = std::make_exception_ptr(CommError(op->What() + " was not run: " + s->BrokenMessage()));
         op->done = true;
+        op->finished.store(true, std::memory_order_release);
         s->done_cv.notify_all();
         continue;
       }
@@ -317,16 +244,17 @@ void RunWorker(std::shared_ptr<State> s) {
     std::exception_ptr error;
     std::string reason;
     try {
-      s->Announce(op->seq);
+      s->entered->store(op->seq, std::memory_order_release);  // for the heartbeats
       mpi_internal::RunOp(*op, s->data, s->rank, s->size);
     } catch (const std::exception& e) {
-      reason = op->what + " failed: " + e.what();
+      reason = op->What() + " failed: " + e.what();
       error = std::make_exception_ptr(CommError(reason));
     }
     {
       std::lock_guard<std::mutex> lock(s->mu);
       s->running.reset();
       op->done = true;
+      op->finished.store(true, std::memory_order_release);
       op->error = error;
       if (error && s->broken.empty()) s->broken = reason;
       s->done_cv.notify_all();
@@ -343,16 +271,17 @@ void RunWorker(std::shared_ptr<State> s) {
 }
 
 std::shared_ptr<Work> Enqueue(State& s, const std::shared_ptr<State>& shared, std::shared_ptr<Op> op,
-                              double timeout_s, const std::string& desc) {
+                              double timeout_s) {
   collective::CheckTimeout(op->kind, timeout_s);
   std::lock_guard<std::mutex> lock(s.mu);
   if (!s.broken.empty()) TESSERA_THROW(CommError, collective::Name(op->kind), ": ", s.BrokenMessage());
   op->seq = s.next_seq++;
   op->timeout_s = timeout_s;
-  op->what = collective::Describe(op->kind, op->seq, desc, s.size);
+  op->group_size = s.size;
   op->issued = Clock::now();
   op->deadline = collective::Deadline(op->issued, timeout_s);
   s.queue.push_back(op);
+  s.queued.store(s.queue.size(), std::memory_order_release);
   s.work_cv.notify_one();
   return std::make_shared<MpiWork>(shared, std::move(op));
 }
@@ -368,19 +297,23 @@ MpiProcessGroup::MpiProcessGroup(MPI_Comm comm) {
     TESSERA_THROW(CommError,
                   "MpiProcessGroup: MPI was initialised without MPI_THREAD_MULTIPLE; "
                   "initialise it with tessera::dist::InitMpi");
-  MPI_Comm data = MPI_COMM_NULL, control = MPI_COMM_NULL;
+  MPI_Comm data = MPI_COMM_NULL;
   TESSERA_MPI_CHECK(MPI_Comm_dup(comm, &data));
-  TESSERA_MPI_CHECK(MPI_Comm_dup(comm, &control));
   state_ = std::make_shared<State>();
   state_->data = data;
-  state_->control = control;
+  try {
+    state_->id = internal::AgreeGroupId(data);
+  } catch (...) {
+    MPI_Comm_free(&state_->data);
+    throw;
+  }
   Start();
 }
 
-MpiProcessGroup::MpiProcessGroup(MPI_Comm data, MPI_Comm control) {
+MpiProcessGroup::MpiProcessGroup(Adopt, MPI_Comm data, uint64_t id) {
   state_ = std::make_shared<State>();
   state_->data = data;
-  state_->control = control;
+  state_->id = id;
   Start();
 }
 
@@ -388,7 +321,6 @@ void MpiProcessGroup::Start() {
   State& s = *state_;
   try {
     TESSERA_MPI_CHECK(MPI_Comm_set_errhandler(s.data, MPI_ERRORS_RETURN));
-    TESSERA_MPI_CHECK(MPI_Comm_set_errhandler(s.control, MPI_ERRORS_RETURN));
     TESSERA_MPI_CHECK(MPI_Comm_rank(s.data, &s.rank));
     TESSERA_MPI_CHECK(MPI_Comm_size(s.data, &s.size));
 
@@ -403,14 +335,7 @@ void MpiProcessGroup::Start() {
     TESSERA_MPI_CHECK(MPI_Group_free(&world));
     s.same_as_world = s.world_rank == ranks;
 
-    s.recv_value.assign(ranks.size(), 0);
-    s.recv_request.assign(ranks.size(), MPI_REQUEST_NULL);
-    s.arrived.assign(ranks.size(), 0);
-    for (int p = 0; p < s.size; ++p) {
-      if (p == s.rank) continue;
-      TESSERA_MPI_CHECK(
-          MPI_Irecv(&s.recv_value[p], 1, MPI_UINT64_T, p, kArrivedTag, s.control, &s.recv_request[p]));
-    }
+    s.entered = internal::RegisterArrivals(s.id);
   } catch (...) {
     s.ReleaseMpiResources();
     throw;
@@ -436,7 +361,7 @@ MpiProcessGroup::~MpiProcessGroup() {
     if (s.running) latest = std::max(latest, s.running->deadline);
     const auto idle = [&] { return (s.queue.empty() && !s.running) || !s.broken.empty(); };
     if (!s.done_cv.wait_until(lock, latest, idle)) {
-      s.broken = (s.running ? s.running->what : std::string("a collective")) +
+      s.broken = (s.running ? s.running->What() : std::string("a collective")) +
                  " had not completed by its deadline when its process group was destroyed";
       std::fprintf(stderr, "tessera: rank %d of a group of %d: %s; the job cannot continue\n", s.rank, s.size,
                    s.broken.c_str());
@@ -445,10 +370,12 @@ MpiProcessGroup::~MpiProcessGroup() {
     s.stop = true;
     if (!s.broken.empty()) {
       for (auto& op : s.queue) {
-        op->error = std::make_exception_ptr(CommError(op->what + " was not run: " + s.BrokenMessage()));
+        op->error = std::make_exception_ptr(CommError(op->What() + " was not run: " + s.BrokenMessage()));
         op->done = true;
+        op->finished.store(true, std::memory_order_release);
       }
       s.queue.clear();
+      s.queued.store(0);
       s.done_cv.notify_all();
     }
     // A worker still inside MPI (its collective timed out) cannot be joined.
@@ -473,7 +400,7 @@ std::shared_ptr<Work> MpiProcessGroup::AllReduce(Tensor& t, const CollectiveOpti
   op->kind = Kind::kAllReduce;
   op->a = t;
   op->reduce = o.op;
-  return Enqueue(*state_, state_, std::move(op), o.timeout_s, Elements(t) + ", ");
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s);
 }
 
 std::shared_ptr<Work> MpiProcessGroup::Reduce(Tensor& t, int root, const CollectiveOptions& o) {
@@ -484,8 +411,7 @@ std::shared_ptr<Work> MpiProcessGroup::Reduce(Tensor& t, int root, const Collect
   op->a = t;
   op->root = root;
   op->reduce = o.op;
-  return Enqueue(*state_, state_, std::move(op), o.timeout_s,
-                 ::tessera::detail::StrCat(Elements(t), " to rank ", root, ", "));
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s);
 }
 
 std::shared_ptr<Work> MpiProcessGroup::ReduceScatter(const Tensor& input, Tensor& output,
@@ -500,8 +426,7 @@ std::shared_ptr<Work> MpiProcessGroup::ReduceScatter(const Tensor& input, Tensor
   op->a = input;
   op->b = output;
   op->reduce = o.op;
-  return Enqueue(*state_, state_, std::move(op), o.timeout_s,
-                 ::tessera::detail::StrCat(Elements(input), " -> ", n, ", "));
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s);
 }
 
 std::shared_ptr<Work> MpiProcessGroup::AllGather(const Tensor& input, Tensor& output,
@@ -516,8 +441,7 @@ std::shared_ptr<Work> MpiProcessGroup::AllGather(const Tensor& input, Tensor& ou
   op->kind = Kind::kAllGather;
   op->a = input;
   op->b = output;
-  return Enqueue(*state_, state_, std::move(op), o.timeout_s,
-                 ::tessera::detail::StrCat(Elements(input), " -> ", output.numel(), ", "));
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s);
 }
 
 std::shared_ptr<Work> MpiProcessGroup::Broadcast(Tensor& t, int root, const CollectiveOptions& o) {
@@ -527,14 +451,13 @@ std::shared_ptr<Work> MpiProcessGroup::Broadcast(Tensor& t, int root, const Coll
   op->kind = Kind::kBroadcast;
   op->a = t;
   op->root = root;
-  return Enqueue(*state_, state_, std::move(op), o.timeout_s,
-                 ::tessera::detail::StrCat(Elements(t), " from rank ", root, ", "));
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s);
 }
 
 std::shared_ptr<Work> MpiProcessGroup::Barrier(const CollectiveOptions& o) {
   auto op = std::make_shared<Op>();
   op->kind = Kind::kBarrier;
-  return Enqueue(*state_, state_, std::move(op), o.timeout_s, "");
+  return Enqueue(*state_, state_, std::move(op), o.timeout_s);
 }
 
 std::unique_ptr<ProcessGroup> MpiProcessGroup::Split(int color, int key, double timeout_s) {
@@ -543,10 +466,9 @@ std::unique_ptr<ProcessGroup> MpiProcessGroup::Split(int color, int key, double 
   op->kind = Kind::kSplit;
   op->color = color;
   op->key = key;
-  auto work = Enqueue(*state_, state_, op, timeout_s,
-                      ::tessera::detail::StrCat("color ", color, ", key ", key, ", "));
+  auto work = Enqueue(*state_, state_, op, timeout_s);
   work->Wait();
-  return std::unique_ptr<ProcessGroup>(new MpiProcessGroup(op->split_data, op->split_control));
+  return std::unique_ptr<ProcessGroup>(new MpiProcessGroup(Adopt{}, op->split_data, op->split_id));
 }
 
 }  // namespace tessera::dist

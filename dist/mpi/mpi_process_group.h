@@ -7,18 +7,18 @@
 //    divided by size(), in the tensor's own arithmetic (integers truncate). Sizes are checked when
 //    the collective is issued (ShapeError naming the collective and the sizes); a rejected call
 //    takes no sequence number.
-//  * Execution: the group dups the given communicator twice, one for data and one for control
-//    messages (the given communicator stays the caller's). One worker thread per group runs the
-//    collectives in issue order with blocking MPI calls on the data communicator.
-//  * Timeouts: before entering collective k the worker tells every peer "arrived at k" on the
-//    control communicator. When Wait() passes the deadline (issue time + timeout_s) it reads the
-//    peers' announcements for a short grace period and throws CommTimeoutError naming the
-//    collective, its sequence number and the group ranks that did not arrive (with their world
-//    ranks when they differ), then the ranks not responding: those that went more than 2 s
-//    without a heartbeat while the collective was pending (dist/mpi/heartbeat.h, started by
-//    InitMpi; a rank currently silent first gets up to 1.5 s more to be heard from). This names a
-//    rank killed or stopped inside the collective, which has arrived; and, when this rank was
-//    itself stopped or starved, says so. Wait() thus throws up to about 1.7 s after the deadline.
+//  * Execution: the group dups the given communicator (which stays the caller's). One worker
+//    thread per group runs the collectives in issue order with blocking MPI calls on it.
+//  * Timeouts: before entering collective k the worker notes k on this process's arrival board
+//    (dist/mpi/arrivals.h), which the heartbeat thread sends to every peer every 0.5 s
+//    (dist/mpi/heartbeat.h, started by InitMpi); a collective itself sends no message for this.
+//    When Wait() passes the deadline (issue time + timeout_s) it waits for a heartbeat from every
+//    peer sent after that (up to 1.5 s) and throws CommTimeoutError naming the collective, its
+//    sequence number and the group ranks that did not arrive (with their world ranks when they
+//    differ), then the ranks not responding: those that went more than 2 s without a heartbeat
+//    while the collective was pending. This names a rank killed or stopped inside the
+//    collective, which has arrived; and, when this rank was itself stopped or starved, says so.
+//    Wait() thus throws up to about 1.5 s after the deadline.
 //    The group is then broken: every later call, and Wait() on every collective not yet
 //    completed, throws CommError. Its worker stays inside MPI until the missing ranks arrive, if
 //    ever; see FinalizeMpi.
@@ -36,6 +36,7 @@
 
 #include <mpi.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -68,8 +69,9 @@ class MpiProcessGroup : public ProcessGroup {
   struct State;  // shared with the worker thread and the Work handles
 
  private:
-  // Adopts two communicators already dup'ed for this group (from Split).
-  MpiProcessGroup(MPI_Comm data, MPI_Comm control);
+  // Adopts a communicator already dup'ed for this group, and its id (from Split).
+  struct Adopt {};
+  MpiProcessGroup(Adopt, MPI_Comm data, uint64_t id);
   void Start();
 
   std::shared_ptr<State> state_;

@@ -1,9 +1,10 @@
 // Internal to dist/mpi/: one issued collective, as the MPI process group's worker thread runs it
-// (mpi_process_group.cc queues, announces and times them; run_op.cc makes the MPI calls).
+// (mpi_process_group.cc queues and times them; run_op.cc makes the MPI calls).
 #pragma once
 
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -25,13 +26,19 @@ struct Op {
   int root = 0, color = 0, key = 0;
   double timeout_s = 0;
   uint64_t seq = 0;
-  std::string what;  // "allreduce #17 (2048 f32, group of 3)"
+  int group_size = 1;
   std::chrono::steady_clock::time_point issued, deadline;
 
   bool done = false;
+  std::atomic<bool> finished{false};  // `done`, for a Wait() to poll without the lock
   std::exception_ptr error;
   std::string timeout_message;  // set once a Wait() on it timed out
-  MPI_Comm split_data = MPI_COMM_NULL, split_control = MPI_COMM_NULL;
+  MPI_Comm split_data = MPI_COMM_NULL;
+  uint64_t split_id = 0;  // the new group's id (dist/mpi/arrivals.h)
+
+  // "allreduce #17 (2048 f32, group of 3)": built only for messages, since a small collective
+  // costs a few microseconds in all.
+  std::string What() const;
 };
 
 // Runs `op` with blocking MPI calls on `data`, of which this process is `rank` of `size`.

@@ -1,6 +1,7 @@
 // The MPI calls of each collective (dist/mpi/op.h).
 #include <algorithm>
 
+#include "dist/mpi/arrivals.h"
 #include "dist/mpi/mpi_check.h"
 #include "dist/mpi/op.h"
 
@@ -42,6 +43,21 @@ MPI_Op MpiOp(ReduceOp op) {
 }
 
 }  // namespace
+
+std::string Op::What() const {
+  using ::tessera::detail::StrCat;
+  std::string detail;
+  switch (kind) {
+    case Kind::kAllReduce: detail = collective::Elements(a) + ", "; break;
+    case Kind::kReduce: detail = StrCat(collective::Elements(a), " to rank ", root, ", "); break;
+    case Kind::kReduceScatter:
+    case Kind::kAllGather: detail = StrCat(collective::Elements(a), " -> ", b.numel(), ", "); break;
+    case Kind::kBroadcast: detail = StrCat(collective::Elements(a), " from rank ", root, ", "); break;
+    case Kind::kBarrier: break;
+    case Kind::kSplit: detail = StrCat("color ", color, ", key ", key, ", "); break;
+  }
+  return collective::Describe(kind, seq, detail, group_size);
+}
 
 void RunOp(Op& op, MPI_Comm data, int rank, int size) {
   switch (op.kind) {
@@ -105,10 +121,12 @@ void RunOp(Op& op, MPI_Comm data, int rank, int size) {
       TESSERA_MPI_CHECK(MPI_Barrier(data));
       return;
     case Kind::kSplit: {
+      // The id is agreed over the whole parent, within this op and its deadline: each process
+      // joins only one of the new groups, so one id serves them all.
+      op.split_id = internal::AgreeGroupId(data);
       MPI_Comm split = MPI_COMM_NULL;
       TESSERA_MPI_CHECK(MPI_Comm_split(data, op.color, op.key, &split));
       TESSERA_MPI_CHECK(MPI_Comm_dup(split, &op.split_data));
-      TESSERA_MPI_CHECK(MPI_Comm_dup(split, &op.split_control));
       TESSERA_MPI_CHECK(MPI_Comm_free(&split));
       return;
     }

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -14,6 +15,19 @@
 
 #include "dist/mpi/mpi_process_group.h"
 #include "tests/dist/mpi_test_env.h"
+
+// Every point-to-point send that tessera itself makes, counted by interposing MPI's send calls
+// (Open MPI's collectives do not go through them): see MpiMessages below.
+std::atomic<int64_t> g_sends{0};
+extern "C" int MPI_Isend(const void* buf, int count, MPI_Datatype type, int dest, int tag, MPI_Comm comm,
+                         MPI_Request* request) {
+  ++g_sends;
+  return PMPI_Isend(buf, count, type, dest, tag, comm, request);
+}
+extern "C" int MPI_Send(const void* buf, int count, MPI_Datatype type, int dest, int tag, MPI_Comm comm) {
+  ++g_sends;
+  return PMPI_Send(buf, count, type, dest, tag, comm);
+}
 
 namespace tessera::dist {
 namespace {
@@ -380,6 +394,35 @@ TEST(MpiErrors, BadArgumentsThrowWithoutTakingASequenceNumber) {
   auto after = w.Barrier(Opts());
   EXPECT_EQ(after->sequence(), before->sequence() + 1);
   after->Wait();
+}
+
+// A collective sends no message of its own to say it arrived (that was N - 1 per rank per
+// collective, N^2 in all): only the heartbeats send, one per peer every 0.5 s, whatever the
+// number of collectives. The timeout tests below check that the missing ranks are still named.
+TEST(MpiMessages, CollectivesSendNoMessagesBesideTheHeartbeats) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  Tensor t = Make<float>(16, [&](int64_t i) { return r + 1 + Mod(i); });
+  Tensor out = Tensor::Empty({16 * P}, DType::kF32);
+  w.Barrier(Opts())->Wait();
+  const int64_t before = g_sends.load();
+  const auto start = Clock::now();
+  constexpr int kRounds = 500;
+  for (int i = 0; i < kRounds; ++i) {
+    w.AllReduce(t, Opts(ReduceOp::kMax))->Wait();
+    w.AllGather(t, out, Opts())->Wait();
+  }
+  const double elapsed = Seconds(start);
+  const int64_t sent = g_sends.load() - before;
+  const int64_t heartbeats = (P - 1) * (static_cast<int64_t>(elapsed / 0.5) + 2);
+  EXPECT_LE(sent, heartbeats) << 2 * kRounds << " collectives in " << elapsed << " s";
+  if (r == 0)
+    std::printf("[rank 0] %d collectives in %.3f s: %lld sends by tessera (heartbeats)\n", 2 * kRounds, elapsed,
+                static_cast<long long>(sent));
+  // The count sees tessera's sends: over 1.2 s the heartbeats go to every peer at least twice.
+  const int64_t quiet_before = g_sends.load();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  EXPECT_GE(g_sends.load() - quiet_before, 2 * (P - 1));
 }
 
 // ---- timeouts: keep these tests last; each breaks a dedicated group -----------------------------
