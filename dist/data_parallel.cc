@@ -73,7 +73,8 @@ double DataParallel::Step(int accumulate, const MicroBatch& micro_batch, double 
   // share of the loss) makes every rank stop at the same step with the same message.
   // From stage 2 the norm is all-reduced anyway: a non-finite loss on any rank joins it, so every
   // rank stops together (below, a non-finite loss makes the all-reduced gradient non-finite).
-  const double sum_squares = reducer_ || clip_grad_norm > 0 ? GradSumSquares(std::isfinite(loss)) : 0;
+  const double sum_squares = GradSumSquares(std::isfinite(loss));
+  last_grad_norm_ = std::sqrt(sum_squares);
   if (!std::isfinite(loss) || (reducer_ && !std::isfinite(sum_squares)))
     TESSERA_THROW(Error, "the training loss or its gradients became non-finite at step ", step,
                   "; lower optimizer.lr or set optimizer.clip_grad_norm");

@@ -69,6 +69,9 @@ class DataParallel {
   // reduced gradient is not finite. Returns the sum of the micro-batches' shares.
   using MicroBatch = std::function<std::optional<double>(int k)>;
   double Step(int accumulate, const MicroBatch& micro_batch, double clip_grad_norm, double lr, int64_t step);
+  // The global L2 norm of the last step's reduced gradient, before clipping (the same on every
+  // rank; what torch.nn.utils.clip_grad_norm_ returns).
+  double last_grad_norm() const { return last_grad_norm_; }
 
   nn::FlatParameters& params() { return *params_; }
   const nn::FlatParameters& params() const { return *params_; }
@@ -90,6 +93,7 @@ class DataParallel {
   ProcessGroup* group_;  // null on one rank
   Options o_;
   int stage_ = 0;
+  double last_grad_norm_ = 0;
   std::unique_ptr<nn::FlatParameters> params_;
   std::unique_ptr<ZeroPartition> partition_;
   std::unique_ptr<optim::Optimizer> optimizer_;

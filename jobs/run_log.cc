@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 
@@ -25,6 +26,7 @@ RunLog::RunLog(const std::string& run_dir, const JobSpec& spec, int rank, int wo
     if (!out) TESSERA_THROW(IoError, run_dir, "/job.pbtxt: cannot write");
     metrics_.open(run_dir + "/metrics.jsonl", mode);
     if (!metrics_) TESSERA_THROW(IoError, run_dir, "/metrics.jsonl: cannot write");
+    events_ = std::make_unique<tensorboard::EventFile>(run_dir);  // the file appears at the first scalar
   }
   if (world > 1) {
     std::string path = run_dir + "/rank-" + std::to_string(rank) + ".log";
@@ -35,7 +37,30 @@ RunLog::RunLog(const std::string& run_dir, const JobSpec& spec, int rank, int wo
 }
 
 void RunLog::Emit(const json& event) {
-  if (lead_ && !quiet_) metrics_ << event.dump() << "\n" << std::flush;
+  if (!lead_ || quiet_) return;
+  metrics_ << event.dump() << "\n" << std::flush;
+  tensorboard::EventFile::Scalars scalars = ScalarsOf(event);
+  if (!scalars.empty())
+    events_->Write(event["step"].get<int64_t>(), scalars,
+                   std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+tensorboard::EventFile::Scalars ScalarsOf(const json& event) {
+  tensorboard::EventFile::Scalars out;
+  if (!event.contains("event") || !event.contains("step")) return out;
+  const std::string kind = event["event"].get<std::string>();
+  if (kind != "train" && kind != "eval") return out;
+  for (const auto& [key, value] : event.items()) {
+    if (key == "event" || key == "step") continue;
+    const std::string tag = kind + "/" + key;
+    if (value.is_number()) {
+      out.emplace_back(tag, value.get<double>());
+    } else if (value.is_array()) {
+      for (size_t i = 0; i < value.size(); ++i)
+        if (value[i].is_number()) out.emplace_back(tag + "/" + std::to_string(i), value[i].get<double>());
+    }
+  }
+  return out;
 }
 
 void RunLog::RankEvent(const json& event) {

@@ -1,4 +1,5 @@
-// What a run writes as it goes: RUN_DIR/job.pbtxt, metrics.jsonl and summary.json (rank 0),
+// What a run writes as it goes: RUN_DIR/job.pbtxt, metrics.jsonl, summary.json and TensorBoard's
+// events.out.tfevents.* (rank 0),
 // RUN_DIR/rank-R.log (every rank, under data parallelism), and progress on stdout (rank 0): a live
 // line on a terminal, plain lines otherwise (files, CI, and under mpirun or srun, which hand each
 // rank a pseudo-terminal whatever its own output is).
@@ -6,10 +7,12 @@
 
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "jobs/job.pb.h"
+#include "jobs/tensorboard/event_file.h"
 
 namespace tessera::jobs {
 
@@ -18,7 +21,10 @@ class RunLog {
   // `append`: a resumed run, whose metrics.jsonl and rank logs are continued, not replaced.
   RunLog(const std::string& run_dir, const JobSpec& spec, int rank, int world, bool progress, bool append);
 
-  // One event in metrics.jsonl (rank 0; nothing while quiet).
+  // One event in metrics.jsonl (rank 0; nothing while quiet). "train" and "eval" events also go
+  // to the TensorBoard event file, at their "step": each number as the scalar EVENT/KEY, each list
+  // of numbers as EVENT/KEY/I (train/loss, train/lr, train/grad_norm, train/rank_step_seconds/1,
+  // eval/test_accuracy, ...).
   void Emit(const nlohmann::json& event);
   // One event in this rank's rank-R.log (under data parallelism only).
   void RankEvent(const nlohmann::json& event);
@@ -56,6 +62,10 @@ class RunLog {
   std::string run_dir_;
   bool lead_, progress_, tty_, quiet_ = false;
   std::ofstream metrics_, rank_log_;
+  std::unique_ptr<tensorboard::EventFile> events_;
 };
+
+// The TensorBoard scalars of a metrics event (see RunLog::Emit); empty for other events.
+tensorboard::EventFile::Scalars ScalarsOf(const nlohmann::json& event);
 
 }  // namespace tessera::jobs

@@ -65,18 +65,26 @@ void TrainingRun::LogWindow(double lr, int epoch) {
   // A time-based checkpoint is due by rank 0's clock (so that every rank agrees).
   const double every_minutes = spec_.checkpoint().every_minutes();
   double due = writer_ && every_minutes > 0 && lead_ && Seconds(last_save_, now) >= every_minutes * 60;
+  // Each rank's mean step time over the window, every rank's in one list after the all-reduce
+  // (each fills its own slot), beside the summed loss and throughput.
+  std::vector<double> rank_step(world_, 0.0);
+  rank_step[rank_] = window_steps_ > 0 ? dt / static_cast<double>(window_steps_) : 0;
   if (group_) {
-    Tensor v = Tensor::FromVector({window_loss_, rank_sps, due}, {3}, DType::kF64);
+    std::vector<double> values = {window_loss_, rank_sps, due};
+    values.insert(values.end(), rank_step.begin(), rank_step.end());
+    Tensor v = Tensor::FromVector(values, {static_cast<int64_t>(values.size())}, DType::kF64);
     group_->AllReduce(v, Collective())->Wait();
     loss = v.data<double>()[0];
     job_sps = v.data<double>()[1];
     due = v.data<double>()[2];
+    rank_step.assign(v.data<double>() + 3, v.data<double>() + 3 + world_);
     log_->RankEvent({{"event", "train"}, {"step", step_}, {"rank", rank_}, {"samples_per_sec", rank_sps}});
   }
   loss /= static_cast<double>(window_steps_);
   double eta = train_seconds_ / static_cast<double>(step_ - start_step_) * static_cast<double>(total_steps_ - step_);
   json ev = {{"event", "train"}, {"step", step_}, {"epoch", epoch + 1}, {"loss", loss}, {"lr", lr},
-             {"samples_per_sec", job_sps}, {"eta_seconds", eta}, {"elapsed_seconds", Seconds(t_start_, now)}};
+             {"grad_norm", dp_->last_grad_norm()}, {"samples_per_sec", job_sps}, {"rank_step_seconds", rank_step},
+             {"eta_seconds", eta}, {"elapsed_seconds", Seconds(t_start_, now)}};
   if (group_) ev["rank0_samples_per_sec"] = rank_sps;
   log_->Emit(ev);
   char line[256];

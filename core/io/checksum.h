@@ -1,4 +1,5 @@
-// Checksums of file contents: CRC-32 (zlib's, per tensor, cheap enough to check on every load)
+// Checksums of file contents: CRC-32 (zlib's, per tensor, cheap enough to check on every load),
+// CRC-32C (TensorBoard's record framing)
 // and SHA-256 (OpenSSL's, per file in the model store, strong enough to name content).
 #pragma once
 
@@ -15,6 +16,10 @@ namespace tessera::io {
 uint32_t Crc32(const void* data, size_t n, uint32_t crc = 0);
 // The CRC-32 of A followed by B, from crc(A), crc(B) and B's length.
 uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, int64_t length_b);
+// CRC-32C (Castagnoli, the polynomial of iSCSI and SSE4.2's crc32 instruction) of `n` bytes,
+// continuing from `crc` (0 to start): what TFRecord and TensorBoard event files frame records
+// with. Table-driven; meant for records of a few hundred bytes, not bulk data.
+uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
 // "0x1a2b3c4d".
 std::string Hex32(uint32_t v);
 
