@@ -62,11 +62,13 @@ int main(int argc, char** argv) {
       "  tessera store list --store models    tessera store show fmnist-cnn@staging --store models\n"
       "  tessera serve --store models --model fmnist-cnn@production   (KServe v2 / Triton protocol on :8000, :8001)\n"
       "  tessera submit jobs/examples/fmnist_cnn.pbtxt --nodes 2 --gpus-per-node 8 --time 4:00:00   (Slurm)\n"
+      "  tessera plot runs/a runs/b -o sweep.png    tensorboard --logdir runs/   (curves)\n"
       "Every field of a job spec, with its default: docs/job-spec.md; the model store: docs/model-store.md; Slurm: docs/slurm.md");
 
   launch::RunState state{&argc, &argv};
   std::vector<launch::Command> commands = launch::AddTrainCommands(app, state);
-  for (auto* add : {&launch::AddCkptCommands, &launch::AddStoreCommands, &launch::AddServeCommands, &launch::AddSubmitCommands})
+  for (auto* add : {&launch::AddCkptCommands, &launch::AddStoreCommands, &launch::AddServeCommands, &launch::AddSubmitCommands,
+                    &launch::AddPlotCommands})
     for (launch::Command& c : add(app)) commands.push_back(std::move(c));
   CLI11_PARSE(app, argc, argv);
   try {

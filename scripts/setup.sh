@@ -18,7 +18,7 @@ PACKAGES=(
   slurmctld slurmd slurm-client munge
   clang-14 libclang-rt-14-dev
   dataset-fashion-mnist
-  python3-h5py python3-numpy python3-torch
+  python3-h5py python3-numpy python3-torch python3-matplotlib
 )
 
 missing=()
