@@ -513,6 +513,18 @@ std::string ToText(const JobSpec& spec) {
   return out;
 }
 
+namespace {
+void FillDefaultsAndValidate(JobSpec& spec, const Locator& loc, bool check_files) {
+  FillDefaults(spec);
+  Validator v(spec, loc);
+  ValidateModel(spec, v);
+  ValidateData(spec, v, check_files);
+  ValidateOptimizer(spec, v);
+  ValidateRest(spec, v);
+  if (!v.errors().empty()) TESSERA_THROW(ConfigError, Join(v.errors()));
+}
+}  // namespace
+
 JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& overrides, bool check_files) {
   std::string text = ReadFile(path);
   JobSpec spec;
@@ -530,14 +542,12 @@ JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& ove
     ApplyOverride(spec, o);
     loc.NoteOverride(o.substr(0, o.find('=')), o);
   }
-  FillDefaults(spec);
-  Validator v(spec, loc);
-  ValidateModel(spec, v);
-  ValidateData(spec, v, check_files);
-  ValidateOptimizer(spec, v);
-  ValidateRest(spec, v);
-  if (!v.errors().empty()) TESSERA_THROW(ConfigError, Join(v.errors()));
+  FillDefaultsAndValidate(spec, loc, check_files);
   return spec;
+}
+
+void ValidateJobSpec(JobSpec& spec, const std::string& source, bool check_files) {
+  FillDefaultsAndValidate(spec, Locator(source, nullptr), check_files);
 }
 
 }  // namespace tessera::jobs

@@ -28,6 +28,11 @@ JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& ove
 // Parses text-format `text` (named `source` in messages) without validating.
 JobSpec ParseJobSpec(const std::string& text, const std::string& source);
 
+// What LoadJobSpec does after parsing, for a spec built or changed in code (the C++ API): fills
+// in the defaults and validates, throwing one ConfigError that lists every problem, each named
+// `source: field.path`. Relative data paths are taken as they are (against the working directory).
+void ValidateJobSpec(JobSpec& spec, const std::string& source, bool check_files = true);
+
 // Applies one "field.path=value" assignment. Repeated fields take a comma-separated list that
 // replaces their contents; strings are taken verbatim (no quotes needed). Throws ConfigError
 // naming the assignment and the problem (unknown field, not a scalar, bad value). "MESSAGE={}"

@@ -107,6 +107,29 @@ TEST_F(SpecTest, OutOfRangeValuesNameTheFieldPathAndLine) {
   EXPECT_NE(msg.find("model.mlp.dropout"), std::string::npos) << msg;
 }
 
+// The C++ API: a spec built or changed in code gets the same defaults and checks, named by source.
+TEST_F(SpecTest, ValidateJobSpecFillsDefaultsAndNamesTheSource) {
+  JobSpec s = ParseJobSpec(Valid(), "in code");
+  s.mutable_data()->set_train_images((dir_ / "train-images").string());
+  s.mutable_data()->set_train_labels((dir_ / "train-labels").string());
+  s.mutable_data()->set_test_images((dir_ / "test-images").string());
+  s.mutable_data()->set_test_labels((dir_ / "test-labels").string());
+  JobSpec good = s;
+  ValidateJobSpec(good, "in code");
+  EXPECT_TRUE(good.optimizer().has_lr());
+  EXPECT_EQ(good.data().batch_size(), 128);
+  s.mutable_optimizer()->set_lr(-1);
+  s.mutable_data()->set_test_labels((dir_ / "missing").string());
+  try {
+    ValidateJobSpec(s, "my_program");
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("my_program: optimizer.lr: must be > 0, got -1"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("data.test_labels"), std::string::npos) << msg;
+  }
+}
+
 TEST_F(SpecTest, AllProblemsAreReportedTogether) {
   std::string msg = ErrorOf(Valid("train { threads: 0 log_every_steps: 0 }\noptimizer { kind: ADAM nesterov: true }\n"));
   EXPECT_NE(msg.find("train.threads"), std::string::npos) << msg;
