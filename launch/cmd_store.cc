@@ -17,6 +17,7 @@
 #include "jobs/publish.h"
 #include "jobs/spec.h"
 #include "launch/commands.h"
+#include "store/onnx/export.h"
 #include "store/store.h"
 
 namespace tessera::launch {
@@ -292,6 +293,27 @@ int Verify(const StoreArgs& a) {
   return bad ? 1 : 0;
 }
 
+int ExportOnnx(const StoreArgs& a) {
+  const store::VersionRef r = Ref(a, a.ref);
+  store::Store st(r.root);
+  const int64_t v = st.Resolve(r.model, r.ref);
+  const store::OnnxExportResult e = store::ExportOnnx(st, r.model, v, a.path);
+  std::vector<int64_t> input{-1};
+  input.insert(input.end(), e.input_shape.begin(), e.input_shape.end());
+  if (a.json) {
+    std::printf("%s\n", json({{"model", r.model}, {"version", v}, {"path", e.path}, {"bytes", e.bytes}, {"nodes", e.nodes},
+                              {"parameters", e.parameters}, {"input", input}, {"classes", e.classes}})
+                             .dump(2)
+                             .c_str());
+    return 0;
+  }
+  std::printf("exported %s version %lld to %s: %lld bytes, %d nodes, %lld parameters; input 'input' FLOAT %s, "
+              "outputs 'logits' and 'probabilities' FLOAT [-1, %lld] (ONNX opset 17)\n",
+              r.model.c_str(), static_cast<long long>(v), e.path.c_str(), static_cast<long long>(e.bytes), e.nodes,
+              static_cast<long long>(e.parameters), ShapeString(input).c_str(), static_cast<long long>(e.classes));
+  return 0;
+}
+
 }  // namespace
 
 std::vector<Command> AddStoreCommands(CLI::App& app) {
@@ -336,10 +358,16 @@ std::vector<Command> AddStoreCommands(CLI::App& app) {
   CLI::App* verify = s->add_subcommand("verify", "Check every file's sha256 and every tensor's CRC-32; exit 1 on a problem");
   verify->add_option("ref", a->ref, "MODEL (every version) or one version: MODEL@3, MODEL@ALIAS")->required();
   root(verify);
+  CLI::App* onnx = s->add_subcommand("export-onnx", "Write a version as an ONNX model (opset 17) for onnxruntime and other "
+                                     "ONNX runtimes: input 'input', outputs 'logits' and 'probabilities' (docs/model-store.md)");
+  onnx->add_option("ref", a->ref, ref_help)->required();
+  onnx->add_option("output", a->path, "The .onnx file to write (replaced atomically)")->required();
+  root(onnx);
+  as_json(onnx);
   return {{list, [a] { return List(*a); }},         {show, [a] { return Show(*a); }},
           {publish, [a] { return Publish(*a); }},   {alias, [a] { return SetAlias(*a); }},
           {rollback, [a] { return Rollback(*a); }}, {gc, [a] { return Gc(*a); }},
-          {verify, [a] { return Verify(*a); }}};
+          {verify, [a] { return Verify(*a); }},     {onnx, [a] { return ExportOnnx(*a); }}};
 }
 
 }  // namespace tessera::launch

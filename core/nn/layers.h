@@ -33,6 +33,8 @@ class Conv2d : public Module {
   std::string Describe() const override;
   Parameter& weight() { return *weight_; }
   Parameter* bias() { return bias_; }
+  int kernel_size() const { return kernel_; }
+  const Conv2dParams& params() const { return params_; }
 
  private:
   int64_t in_, out_;
@@ -49,6 +51,7 @@ class MaxPool2d : public Module {
   Tensor Forward(const Tensor& x) override;
   Tensor Backward(const Tensor& dy) override;
   std::string Describe() const override;
+  const Pool2dParams& params() const { return params_; }
 
  private:
   Pool2dParams params_;
