@@ -55,6 +55,10 @@ void DataParallel::ReleaseParameters() {
   if (sharded_) sharded_->Release();
 }
 
+void DataParallel::WalkForward() {
+  if (sharded_) sharded_->WalkForward();
+}
+
 double DataParallel::Step(int accumulate, const MicroBatch& micro_batch, double clip_grad_norm, double lr,
                           int64_t step) {
   if (group_ && !joined_) TESSERA_THROW(Error, "data parallel: Step before Join");

@@ -59,6 +59,11 @@ class DataParallel {
   // publishing, reading the weights). Collectives: every rank calls them. Nothing at stages 0-2.
   void GatherParameters();
   void ReleaseParameters();
+  // Stage 3, a forward pass that gathers each layer just before it and gives it back after (as in
+  // training): evaluation holds its shard plus two layers instead of the whole model. A rank
+  // with fewer batches than the others calls WalkForward for each missing one, so that every rank
+  // issues the same gathers; ReleaseParameters after the last. Nothing at stages 0-2.
+  void WalkForward();
   // Whether every parameter is finite on every rank (stage 3: each rank checks its shard and they
   // agree by an all-reduce; below it each rank holds them all). Every rank calls it.
   bool ParametersFinite();

@@ -112,12 +112,17 @@ void ShardedParameters::GatherAll() {
   all_whole_ = true;
 }
 
-void ShardedParameters::Walk() {
+void ShardedParameters::WalkForward() {
   using E = nn::Sequential::ChildEvent;
   for (const Unit& unit : units_) {
     OnChild(unit.child, E::kBeforeForward);
     OnChild(unit.child, E::kAfterForward);
   }
+}
+
+void ShardedParameters::Walk() {
+  using E = nn::Sequential::ChildEvent;
+  WalkForward();
   const size_t first = net_.FirstChildBackwardRuns();
   for (size_t i = units_.size(); i-- > 0;) {
     if (units_[i].child < first) break;  // backward does not run it either

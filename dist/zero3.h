@@ -40,6 +40,9 @@ class ShardedParameters {
   // The gathers of one forward and backward pass, without computing: a rank with no examples in
   // a micro-batch keeps its gathers matched with the other ranks'.
   void Walk();
+  // The gathers of one forward pass alone (evaluation, where a rank has one batch fewer than
+  // others). Forward leaves the last unit whole, for backward: Release() after the last forward.
+  void WalkForward();
   // Bytes of the largest unit: what a rank holds gathered beyond its shard is at most two units.
   int64_t largest_unit_bytes() const;
 

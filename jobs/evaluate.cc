@@ -12,7 +12,8 @@ namespace tessera::jobs {
 using json = nlohmann::json;
 
 EvalResult Evaluate(nn::Module& net, datasets::Dataset& data, const datasets::LoaderOptions& norm,
-                    int64_t batch_size, int classes, dist::ProcessGroup* group, double timeout_s) {
+                    int64_t batch_size, int classes, dist::ProcessGroup* group, double timeout_s,
+                    const std::function<void()>& skip_batch) {
   net.SetTraining(false);
   EvalResult r{0, ConfusionMatrix(classes)};
   const int rank = group ? group->rank() : 0, world = group ? group->size() : 1;
@@ -31,6 +32,13 @@ EvalResult Evaluate(nn::Module& net, datasets::Dataset& data, const datasets::Lo
     Tensor logits = net.Forward(x);
     loss_sum += ce.Forward(logits, y).Item() * static_cast<double>(idx.size());
     r.cm.AddLogits(logits, y);
+  }
+  if (skip_batch) {
+    const auto batches = [&](int64_t n) { return (n + batch_size - 1) / batch_size; };
+    int64_t most = 0;
+    for (int q = 0; q < world; ++q)
+      most = std::max(most, batches(static_cast<int64_t>(datasets::EvalIndices(data.size(), q, world).size())));
+    for (int64_t b = batches(static_cast<int64_t>(all.size())); b < most; ++b) skip_batch();
   }
   double count = static_cast<double>(all.size());
   if (world > 1) {  // sum the counts and the loss over ranks: exactly the single-process result

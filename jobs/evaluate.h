@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "core/metrics.h"
@@ -19,9 +20,12 @@ struct EvalResult {
 };
 
 // Evaluates `net` (switched to inference mode and back) on `data`, normalised as `norm` says, in
-// batches of `batch_size`. `group` may be null (one process).
+// batches of `batch_size`. `group` may be null (one process). `skip_batch`, when given, runs once
+// for each batch this rank has fewer than the rank with the most (ranks' shares differ by at most
+// one example): under ZeRO stage 3 every forward gathers, and every rank must gather alike.
 EvalResult Evaluate(nn::Module& net, datasets::Dataset& data, const datasets::LoaderOptions& norm, int64_t batch_size,
-                    int classes, dist::ProcessGroup* group, double timeout_s);
+                    int classes, dist::ProcessGroup* group, double timeout_s,
+                    const std::function<void()>& skip_batch = nullptr);
 
 // test_loss, test_accuracy, test_precision, test_recall, test_f1.
 nlohmann::json EvalJson(const EvalResult& r);

@@ -110,8 +110,13 @@ void TrainingRun::CheckpointAfterStep(double lr) {
 
 void TrainingRun::EvaluateAt(int64_t step, int epoch) {
   auto t0 = Clock::now();
-  WholeParameters whole(*dp_);  // stage 3: evaluation runs on the whole model
-  last_eval_ = Evaluate(*net_, *test_data_, eval_norm_, spec_.data().eval_batch_size(), out_classes_, group_, timeout_s_);
+  if (dp_->zero_stage() == 3) {  // layer by layer, as in training: a rank holds its shard and two layers
+    last_eval_ = Evaluate(*net_, *test_data_, eval_norm_, spec_.data().eval_batch_size(), out_classes_, group_,
+                          timeout_s_, [this] { dp_->WalkForward(); });
+    dp_->ReleaseParameters();
+  } else {
+    last_eval_ = Evaluate(*net_, *test_data_, eval_norm_, spec_.data().eval_batch_size(), out_classes_, group_, timeout_s_);
+  }
   json j = EvalJson(last_eval_);
   j["event"] = "eval";
   j["step"] = step;
@@ -120,15 +125,20 @@ void TrainingRun::EvaluateAt(int64_t step, int epoch) {
   log_->Emit(j);
   log_->Say("eval  step %lld  epoch %d  test loss %.4f  accuracy %.4f  macro F1 %.4f\n", static_cast<long long>(step),
             epoch, last_eval_.loss, last_eval_.cm.Accuracy(), last_eval_.cm.MacroF1());
-  if (lead_ && !spec_.publish().store().empty() && spec_.publish().when() == PublishSpec::BEST) {
+  // Every rank keeps the bookkeeping (the evaluation is the same everywhere), so that at stage 3
+  // they all gather for rank 0's copy of the best weights.
+  if (!spec_.publish().store().empty() && spec_.publish().when() == PublishSpec::BEST) {
     bool larger_better = true;
     double v = MetricValue(last_eval_, spec_.publish().metric(), &larger_better);
     if (best_step_ < 0 || (larger_better ? v > best_metric_ : v < best_metric_)) {
       best_metric_ = v;
       best_step_ = step;
       best_eval_ = last_eval_;
-      if (!best_values_.defined()) best_values_ = Tensor::Empty({params_->numel()}, params_->values().dtype());
-      best_values_.CopyFrom(params_->values());
+      WholeParameters whole(*dp_);
+      if (lead_) {
+        if (!best_values_.defined()) best_values_ = Tensor::Empty({params_->numel()}, params_->values().dtype());
+        best_values_.CopyFrom(params_->values());
+      }
     }
   }
   t_window_ = Clock::now();  // evaluation time does not count towards throughput

@@ -265,7 +265,7 @@ TEST(Resume, EveryMinutesSavesAtTheFirstLogLineAfterEachInterval) {
   const double interval_s = 0.25;
   spec.mutable_model()->mutable_mlp()->set_hidden(0, 512);  // slow enough steps: the run lasts seconds
   spec.mutable_model()->mutable_mlp()->add_hidden(512);
-  spec.mutable_train()->set_steps(900);
+  spec.mutable_train()->set_steps(2700);  // about 2.5 s on a fast core: several intervals on any machine
   spec.mutable_train()->set_log_every_steps(5);
   spec.mutable_train()->set_eval_every_steps(0);
   spec.mutable_checkpoint()->set_every_steps(0);
