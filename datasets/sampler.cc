@@ -88,6 +88,15 @@ int64_t DistributedSampler::LocalOffset(int64_t step) const {
   return SliceStart(end - begin, rank_, world_);
 }
 
+int64_t DistributedSampler::GlobalBatchSize(int64_t run_step) const {
+  const int64_t begin = (run_step % steps_per_epoch()) * global_batch_;
+  return std::min(global_batch_, dataset_size_ - begin);
+}
+
+uint64_t DistributedSampler::RunPosition(int64_t run_step) const {
+  return static_cast<uint64_t>(run_step * global_batch_ + LocalOffset(run_step % steps_per_epoch()));
+}
+
 std::vector<int64_t> DistributedSampler::LocalBatch(int64_t epoch, int64_t step) const {
   int64_t begin, end;
   Bounds(epoch, step, &begin, &end);

@@ -40,6 +40,13 @@ class DistributedSampler {
   // The whole visiting order of `epoch` (a permutation of 0 .. N-1).
   std::vector<int64_t> EpochOrder(int64_t epoch) const;
 
+  // By the step of the run (counted over epochs, from 0): the examples of its global batch, over
+  // every rank (B, or fewer for the last batch of an epoch), and the position in the run of this
+  // rank's first example, run_step * B + LocalOffset: the key of per-example randomness (dropout
+  // masks), the same for an example on any number of ranks.
+  int64_t GlobalBatchSize(int64_t run_step) const;
+  uint64_t RunPosition(int64_t run_step) const;
+
   int rank() const { return rank_; }
   int world() const { return world_; }
   int64_t global_batch() const { return global_batch_; }

@@ -16,8 +16,7 @@ namespace fs = std::filesystem;
 TrainingRun::TrainingRun(const JobSpec& spec, const TrainerOptions& opt)
     : spec_(spec), opt_(opt), t_(spec.train()), timeout_s_(spec.parallel().collective_timeout_s()) {
   group_ = opt.group && opt.group->size() > 1 ? opt.group : nullptr;
-  rank_ = group_ ? group_->rank() : 0;
-  world_ = group_ ? group_->size() : 1;
+  TakePlacement();
   lead_ = rank_ == 0;
   CheckLaunch();
   std::error_code ec;
@@ -27,6 +26,8 @@ TrainingRun::TrainingRun(const JobSpec& spec, const TrainerOptions& opt)
   const CheckpointSpec& cs = spec.checkpoint();
   plan_ = PlanResume(cs.dir().empty() ? opt.run_dir + "/checkpoints" : cs.dir(), opt, group_, timeout_s_);
   log_ = std::make_unique<RunLog>(opt.run_dir, spec, rank_, world_, opt.progress, !plan_.candidates.empty());
+  log_->RankEvent({{"event", "placement"}, {"launcher", placement_.launcher}, {"local_rank", placement_.local_rank},
+                   {"local_size", placement_.local_size}});
   SetNumThreads(t_.threads());
   if (lead_ && !spec.publish().store().empty())
     dataset_digests_ = std::async(std::launch::async, [&spec, this] { return DatasetDigests(spec, &stop_digests_); });
@@ -35,6 +36,26 @@ TrainingRun::TrainingRun(const JobSpec& spec, const TrainerOptions& opt)
   StartFromCheckpointOrWeights();
   JoinRanks();
   Announce();
+}
+
+// Rank and world from the launcher, checked against the group that carries the collectives.
+void TrainingRun::TakePlacement() {
+  const int group_rank = group_ ? group_->rank() : 0, group_world = group_ ? group_->size() : 1;
+  placement_ = opt_.placement;
+  if (placement_.world == 0) {  // not given: the group's
+    placement_.rank = group_rank;
+    placement_.world = group_world;
+  }
+  if (placement_.rank != group_rank || placement_.world != group_world)
+    TESSERA_THROW(ConfigError, "the launcher (", placement_.launcher, ") placed this process as rank ", placement_.rank,
+                  " of ", placement_.world, " but its process group is rank ", group_rank, " of ", group_world,
+                  ": the launcher's variables and the communicator disagree (a process started outside mpirun or "
+                  "srun, or an MPI other than the one tessera was built with?)");
+  if (placement_.local_rank < 0 || placement_.local_rank >= std::max(1, placement_.local_size))
+    TESSERA_THROW(ConfigError, "local rank ", placement_.local_rank, " is outside [0, ", placement_.local_size,
+                  ") (", placement_.launcher, ")");
+  rank_ = placement_.rank;
+  world_ = placement_.world;
 }
 
 // The layout asked for must match what was launched.

@@ -67,6 +67,15 @@ struct TrainerOptions {
   // takes an equal slice of every global batch, gradients are all-reduced in buckets during
   // backward, rank 0 writes the run directory and every rank writes RUN_DIR/rank-R.log.
   dist::ProcessGroup* group = nullptr;
+  // Where the launcher put this process (launch/world.h: mpirun's or srun's variables), as
+  // `tessera train` passes it. The rank and world must be the group's (ConfigError naming both
+  // otherwise: a launcher and a communicator that disagree); the local rank is logged in
+  // RUN_DIR/rank-R.log and is what picks a GPU. world 0: not given, the group's rank and size.
+  struct Placement {
+    int rank = 0, world = 0, local_rank = 0, local_size = 1;
+    std::string launcher = "single";
+  };
+  Placement placement;
   // kAuto: continue from the newest checkpoint in the checkpoint directory when there is one.
   // kRequire: the same, but fail when there is none (`tessera train --resume`).
   // kNever: start from scratch whatever the directory holds.

@@ -28,16 +28,14 @@ double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
   const int accumulate = t_.accumulate_steps();
   // The examples of this step over all ranks: each rank scales its loss by its share, so that the
   // sum of the ranks' gradients is the gradient of the global mean loss.
-  const int64_t in_epoch = (step_ % steps_per_epoch_) * global_batch_;
-  const int64_t n_global = std::min<int64_t>(global_batch_, dataset_size_ - in_epoch);
+  const int64_t n_global = sampler_->GlobalBatchSize(step_);
   const auto micro_batch = [&](int k) -> std::optional<double> {
     const int64_t lo = n * k / accumulate, hi = n * (k + 1) / accumulate;
     if (lo == hi) return std::nullopt;
     Tensor x = batch.features.Slice0(lo, hi), y = batch.labels.Slice0(lo, hi);
     const double w = static_cast<double>(hi - lo) / static_cast<double>(n_global);
     // Dropout masks follow the examples, so they do not depend on the number of ranks.
-    net_->SetBatchPosition(
-        static_cast<uint64_t>(step_ * global_batch_ + sampler_->LocalOffset(step_ % steps_per_epoch_) + lo));
+    net_->SetBatchPosition(sampler_->RunPosition(step_) + static_cast<uint64_t>(lo));
     const double loss = w * loss_fn_.Forward(net_->Forward(x), y).Item();
     net_->Backward(loss_fn_.Backward(w));
     return loss;

@@ -68,6 +68,7 @@ class TrainingRun {
 
  private:
   // Set-up, in this order.
+  void TakePlacement();
   void CheckLaunch();
   void OpenData();
   void BuildModelAndOptimizer();
@@ -109,6 +110,7 @@ class TrainingRun {
   const Clock::time_point t_start_ = Clock::now();
   dist::ProcessGroup* group_;  // null for one process
   int rank_ = 0, world_ = 1;
+  TrainerOptions::Placement placement_;
   bool lead_ = true;
   double timeout_s_;
   std::unique_ptr<RunDirLock> lock_;  // rank 0's

@@ -64,6 +64,7 @@ int RunTrain(const TrainArgs& a, RunState& state) {
   jobs::TrainerOptions o;
   o.run_dir = a.run_dir.empty() ? DefaultRunDir(spec.name(), group.get()) : a.run_dir;
   o.group = group.get();
+  o.placement = {world.rank, world.size, world.local_rank, world.local_size, world.launcher};
   if (a.resume) o.resume = jobs::TrainerOptions::Resume::kRequire;
   if (a.no_resume) o.resume = jobs::TrainerOptions::Resume::kNever;
   o.resume_from = a.resume_from;

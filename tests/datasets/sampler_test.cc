@@ -92,6 +92,25 @@ TEST(DistributedSampler, RankSlicesAreDisjointAndMakeUpTheGlobalBatch) {
   EXPECT_EQ(sizes, (std::vector<size_t>{0, 1, 1, 1}));
 }
 
+// Run steps count over epochs: 37 examples in batches of 8 make 5 steps an epoch (the fifth of 5).
+TEST(DistributedSampler, RunStepsGiveTheGlobalBatchSizeAndEachRanksPosition) {
+  for (int world : {1, 2, 4}) {
+    for (int r = 0; r < world; ++r) {
+      DistributedSampler s(37, 8, 42, true, false, r, world);
+      for (int64_t run_step = 0; run_step < 12; ++run_step) {
+        const int64_t in_epoch = run_step % 5;
+        EXPECT_EQ(s.GlobalBatchSize(run_step), in_epoch == 4 ? 5 : 8) << run_step;
+        EXPECT_EQ(s.GlobalBatchSize(run_step), static_cast<int64_t>(s.GlobalBatch(run_step / 5, in_epoch).size()));
+        EXPECT_EQ(s.RunPosition(run_step), static_cast<uint64_t>(run_step * 8 + s.LocalOffset(in_epoch)));
+      }
+    }
+  }
+  // The same example has the same position whatever the world: example k of the global batch is at
+  // run_step * B + k.
+  DistributedSampler one(37, 8, 42, true, false, 0, 1), third_of_four(37, 8, 42, true, false, 2, 4);
+  EXPECT_EQ(third_of_four.RunPosition(6), one.RunPosition(6) + 4);
+}
+
 TEST(DistributedSampler, EpochCoversEveryIndexExactlyOnce) {
   for (bool shuffle : {false, true}) {
     DistributedSampler s(37, 8, 7, shuffle, false);
