@@ -40,9 +40,33 @@ void RunLog::Emit(const json& event) {
   if (!lead_ || quiet_) return;
   metrics_ << event.dump() << "\n" << std::flush;
   tensorboard::EventFile::Scalars scalars = ScalarsOf(event);
-  if (!scalars.empty())
-    events_->Write(event["step"].get<int64_t>(), scalars,
-                   std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+  if (scalars.empty()) return;
+  Events([&] {
+    if (restart_at_ >= 0) events_->Restart(restart_at_, WallTime());
+    restart_at_ = -1;
+    events_->Write(event["step"].get<int64_t>(), scalars, WallTime());
+  });
+}
+
+// Written before the first scalars, not now: a finished run that is only evaluated again writes
+// nothing at all.
+void RunLog::Resumed(int64_t step) { restart_at_ = step + 1; }
+
+double RunLog::WallTime() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// The event file is a view of metrics.jsonl for TensorBoard: a full disk or a removed directory
+// must not stop rank 0 alone (the other ranks would wait in a collective until the deadline).
+// The first failure is a warning and the file is given up.
+void RunLog::Events(const std::function<void()>& write) {
+  if (!events_) return;
+  try {
+    write();
+  } catch (const IoError& e) {
+    Warn("TensorBoard events: %s; no more are written (metrics.jsonl has them all)\n", e.what());
+    events_.reset();
+  }
 }
 
 tensorboard::EventFile::Scalars ScalarsOf(const json& event) {

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -26,6 +27,9 @@ class RunLog {
   // of numbers as EVENT/KEY/I (train/loss, train/lr, train/grad_norm, train/rank_step_seconds/1,
   // eval/test_accuracy, ...).
   void Emit(const nlohmann::json& event);
+  // A resumed run continues from `step` (rank 0): the TensorBoard file starts with a restart
+  // record, so steps logged past that checkpoint by the run that stopped are not shown twice.
+  void Resumed(int64_t step);
   // One event in this rank's rank-R.log (under data parallelism only).
   void RankEvent(const nlohmann::json& event);
   // A finished run that is only evaluated again records nothing new.
@@ -63,6 +67,9 @@ class RunLog {
   bool lead_, progress_, tty_, quiet_ = false;
   std::ofstream metrics_, rank_log_;
   std::unique_ptr<tensorboard::EventFile> events_;
+  int64_t restart_at_ = -1;  // a resumed run's first step to log, until the restart record is written
+  static double WallTime();
+  void Events(const std::function<void()>& write);
 };
 
 // The TensorBoard scalars of a metrics event (see RunLog::Emit); empty for other events.

@@ -169,6 +169,7 @@ void TrainingRun::StartFromCheckpointOrWeights() {
   resumed_lr_ = m.lr;
   step_ = m.step;
   summary_.resumed_from_step = step_;
+  log_->Resumed(step_);
   summary_.checkpoint = resume_path_;
   log_->Say("resume: %s (step %lld, epoch %lld, written by %d rank%s)\n", resume_path_.c_str(),
             static_cast<long long>(step_), static_cast<long long>(m.epoch), m.world_size, m.world_size == 1 ? "" : "s");

@@ -1,5 +1,6 @@
 #include "jobs/tensorboard/event_file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -40,9 +41,17 @@ std::string EventFile::Record(const std::string& payload) {
 
 void EventFile::Open() {
   const double now = Now();
-  path_ = dir_ + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(now)) + "." + io::HostName() + "." +
-          std::to_string(getpid());
-  out_.open(path_, std::ios::binary | std::ios::trunc);
+  const std::string base = dir_ + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(now)) + "." +
+                           io::HostName() + "." + std::to_string(getpid());
+  int fd = -1;
+  for (int n = 0; fd < 0 && n < 1000; ++n) {
+    path_ = n == 0 ? base : base + "." + std::to_string(n);
+    fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && errno != EEXIST) TESSERA_THROW(IoError, path_, ": cannot write: ", std::strerror(errno));
+  }
+  if (fd < 0) TESSERA_THROW(IoError, base, ": cannot write: 1000 files of that name exist");
+  ::close(fd);
+  out_.open(path_, std::ios::binary | std::ios::app);
   if (!out_) TESSERA_THROW(IoError, path_, ": cannot write: ", std::strerror(errno));
   Event e;
   e.set_wall_time(now);
@@ -62,6 +71,15 @@ void EventFile::Write(int64_t step, const Scalars& scalars, double wall_time) {
     v->set_tag(tag);
     v->set_simple_value(static_cast<float>(value));
   }
+  Append(e.SerializeAsString());
+}
+
+void EventFile::Restart(int64_t next_step, double wall_time) {
+  if (!out_.is_open()) Open();
+  Event e;
+  e.set_wall_time(wall_time);
+  e.set_step(next_step);
+  e.mutable_session_log()->set_status(SessionLog::START);
   Append(e.SerializeAsString());
 }
 

@@ -9,7 +9,9 @@
 //
 // Every Write is flushed to the file, so a run that dies keeps what it had logged; a record cut
 // short by a crash is at the end, where TensorBoard's reader stops. A resumed run opens a new
-// file in the same directory, as TensorFlow's writers do; TensorBoard reads them in name order.
+// file in the same directory, as TensorFlow's writers do (TensorBoard reads them in name order),
+// starting with a restart record (Restart). A name already taken (a run resumed in the same
+// second by the same process) gets a suffix: an existing file is never truncated.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +32,9 @@ class EventFile {
   // IoError naming the file when it cannot be created or written.
   using Scalars = std::vector<std::pair<std::string, double>>;
   void Write(int64_t step, const Scalars& scalars, double wall_time);
+  // A resumed run's first record: a SessionLog START at `next_step` (the first step it will log),
+  // so that TensorBoard drops what earlier files logged from there on.
+  void Restart(int64_t next_step, double wall_time);
 
   // The file's path; empty before the first Write.
   const std::string& path() const { return path_; }

@@ -2,6 +2,7 @@
 
     tensorboard_check.py files RUN_DIR         framing, TensorBoard's loader, values
     tensorboard_check.py server RUN_DIR URL    a running `tensorboard --logdir` serves the run
+    tensorboard_check.py resumed RUN_DIR STEP  a resumed run's restart record and TensorBoard's view
 """
 import glob
 import json
@@ -90,6 +91,36 @@ def files(run):
           f"every value as in metrics.jsonl (loss {loss[0]:.4f} -> {loss[-1]:.4f})")
 
 
+def resumed(run, first_step):
+    """A run that stopped after logging past its last checkpoint and was resumed from it: the new
+    file starts with a SessionLog START at the resumed step + 1, and TensorBoard shows every step
+    once (the stopped run's points from there on are dropped), with the resumed run's values."""
+    paths = sorted(glob.glob(os.path.join(run, "events.out.tfevents.*")))
+    assert len(paths) == 2, paths
+    for p in paths:
+        check_framing(p)
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.backend.event_processing import event_accumulator
+    data = open(paths[1], "rb").read()
+    n0 = struct.unpack_from("<Q", data, 0)[0]
+    at = 16 + n0  # past the file-version record
+    n1 = struct.unpack_from("<Q", data, at)[0]
+    e = event_pb2.Event.FromString(data[at + 12:at + 12 + n1])
+    assert e.HasField("session_log") and e.session_log.status == event_pb2.SessionLog.START, e
+    assert e.step == first_step, (e.step, first_step)
+    acc = event_accumulator.EventAccumulator(run, size_guidance={event_accumulator.SCALARS: 0})
+    acc.Reload()
+    want = expected(run)  # later lines win: the resumed run's values
+    for tag in ("train/loss", "train/samples_per_sec"):
+        points = acc.Scalars(tag)
+        steps = [p.step for p in points]
+        assert steps == sorted(set(steps)) == sorted(want[tag]), (tag, steps, sorted(want[tag]))
+        for p in points:
+            assert close(p.value, want[tag][p.step]), (tag, p.step, p.value, want[tag][p.step])
+    print(f"resumed run: restart record at step {first_step}; TensorBoard shows each of "
+          f"{len(want['train/loss'])} steps once, with the resumed run's values")
+
+
 def server(run, url):
     name = os.path.basename(run)
     want = expected(run)["train/loss"]
@@ -113,4 +144,5 @@ def server(run, url):
 
 
 if __name__ == "__main__":
-    {"files": lambda: files(sys.argv[2]), "server": lambda: server(sys.argv[2], sys.argv[3])}[sys.argv[1]]()
+    {"files": lambda: files(sys.argv[2]), "server": lambda: server(sys.argv[2], sys.argv[3]),
+     "resumed": lambda: resumed(sys.argv[2], int(sys.argv[3]))}[sys.argv[1]]()

@@ -31,6 +31,17 @@ mkdir -p "$WORK/runs"
 
 "$VENV/bin/python" "$SRC/tests/jobs/tensorboard_check.py" files "$WORK/runs/blobs"
 
+# A run that stopped after logging past its last checkpoint (step 20 of 40, logged to 40: the
+# checkpoint at 40 is removed, as if the process died before writing it), resumed from step 20.
+R="$WORK/resumed"
+for pass in 1 2; do
+  "$TESSERA" train "$WORK/job.pbtxt" --run-dir "$R" --set train.steps=40 --set checkpoint.every_steps=20 \
+    > "$WORK/resume-$pass.log" 2>&1 || { cat "$WORK/resume-$pass.log"; exit 1; }
+  if [ $pass = 1 ]; then rm -rf "$R/checkpoints/step-00000040" "$R/checkpoints/latest"; fi
+done
+grep -q "resume: .*step 20" "$WORK/resume-2.log" || { cat "$WORK/resume-2.log"; exit 1; }
+"$VENV/bin/python" "$SRC/tests/jobs/tensorboard_check.py" resumed "$R" 21
+
 # The server, as a user starts it, on a free loopback port.
 PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$VENV/bin/tensorboard" --logdir "$WORK/runs" --host 127.0.0.1 --port "$PORT" > "$WORK/tb.log" 2>&1 &

@@ -93,6 +93,48 @@ TEST(EventFile, VersionRecordThenOneEventPerWrite) {
   fs::remove_all(dir);
 }
 
+TEST(EventFile, RestartRecordAndNoFileIsEverTruncated) {
+  const fs::path dir = fs::temp_directory_path() / ("tessera-tb-restart-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::string first, second;
+  {
+    EventFile a(dir.string());
+    a.Write(5, {{"train/loss", 1.0}}, 1700000000.0);
+    first = a.path();
+  }
+  {  // the same process in the same second: another name, the first file intact
+    EventFile b(dir.string());
+    b.Restart(21, 1700000001.0);
+    b.Write(25, {{"train/loss", 0.5}}, 1700000002.0);
+    second = b.path();
+  }
+  EXPECT_NE(first, second);
+  EXPECT_EQ(ReadRecords(first).size(), 2u) << "the first file was truncated";
+  const std::vector<std::string> records = ReadRecords(second);
+  ASSERT_EQ(records.size(), 3u);
+  Event e;
+  ASSERT_TRUE(e.ParseFromString(records[1]));
+  EXPECT_EQ(e.step(), 21);
+  ASSERT_TRUE(e.has_session_log());
+  EXPECT_EQ(e.session_log().status(), SessionLog::START);
+  fs::remove_all(dir);
+}
+
+// TensorBoard's file is a view of metrics.jsonl: when it cannot be written, rank 0 warns and goes
+// on (stopping rank 0 alone would leave the other ranks waiting in a collective).
+TEST(RunLog, AnEventFileThatCannotBeWrittenIsAWarningNotAnError) {
+  const fs::path dir = fs::temp_directory_path() / ("tessera-tb-runlog-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  RunLog log(dir.string(), JobSpec(), 0, 1, false, false);
+  fs::remove_all(dir);  // the event file is created at the first scalar: it cannot be now
+  ::testing::internal::CaptureStderr();
+  EXPECT_NO_THROW(log.Emit({{"event", "train"}, {"step", 1}, {"loss", 0.5}}));
+  EXPECT_NO_THROW(log.Emit({{"event", "train"}, {"step", 2}, {"loss", 0.25}}));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("tessera: warning: TensorBoard events: "), std::string::npos) << err;
+  EXPECT_EQ(err.find("warning", err.find("warning") + 1), std::string::npos) << "warned more than once: " << err;
+}
+
 TEST(EventFile, UnwritableDirectoryIsAnIoErrorNamingTheFile) {
   try {
     EventFile f("/nonexistent-dir-for-tessera");
