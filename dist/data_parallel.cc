@@ -1,6 +1,7 @@
 #include "dist/data_parallel.h"
 
 #include <cmath>
+#include <limits>
 
 #include "core/ops/ops.h"
 
@@ -77,8 +78,9 @@ double DataParallel::Step(int accumulate, const MicroBatch& micro_batch, double 
   // share of the loss) makes every rank stop at the same step with the same message.
   // From stage 2 the norm is all-reduced anyway: a non-finite loss on any rank joins it, so every
   // rank stops together (below, a non-finite loss makes the all-reduced gradient non-finite).
-  const double sum_squares = GradSumSquares(std::isfinite(loss));
-  last_grad_norm_ = std::sqrt(sum_squares);
+  const bool norm = reducer_ || clip_grad_norm > 0 || measure_grad_norm_;
+  const double sum_squares = norm ? GradSumSquares(std::isfinite(loss)) : 0;
+  last_grad_norm_ = norm ? std::sqrt(sum_squares) : std::numeric_limits<double>::quiet_NaN();
   if (!std::isfinite(loss) || (reducer_ && !std::isfinite(sum_squares)))
     TESSERA_THROW(Error, "the training loss or its gradients became non-finite at step ", step,
                   "; lower optimizer.lr or set optimizer.clip_grad_norm");

@@ -75,8 +75,11 @@ class DataParallel {
   using MicroBatch = std::function<std::optional<double>(int k)>;
   double Step(int accumulate, const MicroBatch& micro_batch, double clip_grad_norm, double lr, int64_t step);
   // The global L2 norm of the last step's reduced gradient, before clipping (the same on every
-  // rank; what torch.nn.utils.clip_grad_norm_ returns).
+  // rank; what torch.nn.utils.clip_grad_norm_ returns). On one process without clipping it costs a
+  // pass over the gradient that the step does not need: measured only when asked for (the step
+  // before a log line), NaN otherwise.
   double last_grad_norm() const { return last_grad_norm_; }
+  void set_measure_grad_norm(bool measure) { measure_grad_norm_ = measure; }
 
   nn::FlatParameters& params() { return *params_; }
   const nn::FlatParameters& params() const { return *params_; }
@@ -99,6 +102,7 @@ class DataParallel {
   Options o_;
   int stage_ = 0;
   double last_grad_norm_ = 0;
+  bool measure_grad_norm_ = true;
   std::unique_ptr<nn::FlatParameters> params_;
   std::unique_ptr<ZeroPartition> partition_;
   std::unique_ptr<optim::Optimizer> optimizer_;

@@ -40,7 +40,9 @@ double TrainingRun::TrainStep(const datasets::Batch& batch, double lr) {
     net_->Backward(loss_fn_.Backward(w));
     return loss;
   };
-  const double step_loss = dp_->Step(accumulate, micro_batch, spec_.optimizer().clip_grad_norm(), lr, step_ + 1);
+  const int64_t next = step_ + 1;  // a log line follows this step: measure its gradient norm
+  dp_->set_measure_grad_norm(next % t_.log_every_steps() == 0 || next == total_steps_);
+  const double step_loss = dp_->Step(accumulate, micro_batch, spec_.optimizer().clip_grad_norm(), lr, next);
   ++step_;
   window_loss_ += step_loss;
   ++window_steps_;
@@ -123,12 +125,21 @@ void TrainingRun::EvaluateAt(int64_t step, int epoch) {
   log_->Emit(j);
   log_->Say("eval  step %lld  epoch %d  test loss %.4f  accuracy %.4f  macro F1 %.4f\n", static_cast<long long>(step),
             epoch, last_eval_.loss, last_eval_.cm.Accuracy(), last_eval_.cm.MacroF1());
-  // Every rank keeps the bookkeeping (the evaluation is the same everywhere), so that at stage 3
-  // they all gather for rank 0's copy of the best weights.
+  // Every rank keeps the bookkeeping, so that at stage 3 they all gather for rank 0's copy of the
+  // best weights; rank 0's decision is the one taken (a float summed over ranks need not be
+  // bit-identical everywhere, and a gather some ranks skip would hang the others).
   if (!spec_.publish().store().empty() && spec_.publish().when() == PublishSpec::BEST) {
     bool larger_better = true;
     double v = MetricValue(last_eval_, spec_.publish().metric(), &larger_better);
-    if (best_step_ < 0 || (larger_better ? v > best_metric_ : v < best_metric_)) {
+    double improved = best_step_ < 0 || (larger_better ? v > best_metric_ : v < best_metric_) ? 1 : 0;
+    if (group_ && dp_->zero_stage() == 3) {
+      Tensor flag = Tensor::FromVector({improved}, {1}, DType::kF64);
+      dist::CollectiveOptions o;
+      o.timeout_s = timeout_s_;
+      group_->Broadcast(flag, 0, o)->Wait();
+      improved = flag.data<double>()[0];
+    }
+    if (improved != 0) {
       best_metric_ = v;
       best_step_ = step;
       best_eval_ = last_eval_;

@@ -3,12 +3,13 @@
 // model. Test examples do not split evenly (151 and 150 a rank, in batches of 50: 4 and 3), so
 // the rank with fewer batches must walk the gathers of the missing one; the evaluations, the
 // confusion matrix and the final weights equal stage 0's bit for bit (with 2 ranks a reduce adds
-// as the all-reduce does).
+// as the all-reduce does), and the best evaluation's weights are published from the same step.
 #include <gtest/gtest.h>
 
 #include <mutex>
 
 #include "core/threads.h"
+#include "store/store.h"
 #include "tests/dist/thread_ranks.h"
 #include "tests/jobs/blobs_job.h"
 
@@ -26,6 +27,10 @@ struct RankZero {
 RankZero TrainOnTwoRanks(BlobsJob& job, int stage) {
   JobSpec spec = job.spec;
   spec.mutable_parallel()->set_zero_stage(stage);
+  // Publishing the best evaluation: at stage 3 every rank gathers for rank 0's copy of it.
+  spec.mutable_publish()->set_store((job.dir / ("store" + std::to_string(stage))).string());
+  spec.mutable_publish()->set_when(PublishSpec::BEST);
+  spec.mutable_publish()->set_metric("test_loss");
   const std::string run = (job.dir / ("stage" + std::to_string(stage))).string();
   RankZero out;
   std::vector<std::string> errors = dist::thread_test::RunRanks(2, [&](dist::ProcessGroup& g) {
@@ -64,6 +69,10 @@ TEST(ZeroEvaluation, Stage3EvaluatesLayerByLayerExactlyAsStage0WithUnequalShares
     for (int64_t v : row) counted += v;
   EXPECT_EQ(counted, 301);  // every test example, once
   EXPECT_GT(z3.summary.test_accuracy, 0.8);
+  ASSERT_EQ(z0.summary.published_version, 1);
+  ASSERT_EQ(z3.summary.published_version, 1);
+  const int64_t best0 = store::Store((job.dir / "store0").string()).ReadManifest("blobs", 1).lineage().step();
+  EXPECT_EQ(store::Store((job.dir / "store3").string()).ReadManifest("blobs", 1).lineage().step(), best0);
 }
 
 }  // namespace
