@@ -21,6 +21,10 @@ done
 if grep -rl -e "$(realpath "$SRC")" -e "$(realpath "$BUILD")" "$W/prefix/lib/cmake"; then
   fail "the installed CMake files point into the source or build tree"
 fi
+# Libraries are named by targets that find_package(tessera) looks up again, not by this machine's paths.
+if grep -n '/[^ ;"]*\.so[;"]' "$W/prefix"/lib/cmake/tessera/tesseraTargets*.cmake; then
+  fail "the exported targets name shared libraries by absolute path"
+fi
 echo "installed: $(du -sh "$W/prefix" | cut -f1) in $W/prefix"
 
 # Configure and build the downstream project with nothing but the prefix.
