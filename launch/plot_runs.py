@@ -50,10 +50,23 @@ def read_events(run):
                 e = json.loads(line)
             except json.JSONDecodeError as err:
                 raise RunError(f"{path}:{n}: not JSON ({err.msg} at column {err.colno})") from None
+            except (ValueError, RecursionError) as err:  # an integer of over 4300 digits, or nesting too deep
+                raise RunError(f"{path}:{n}: unreadable JSON ({err})") from None
             if not isinstance(e, dict) or not isinstance(e.get("event"), str):
                 raise RunError(f"{path}:{n}: not a tessera event (an object with an \"event\" field)")
             events.append(e)
     return events
+
+
+def number(v):
+    """`v` as a finite float, or None: a boolean, a non-number or a number beyond float's range is absent."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        v = float(v)
+    except OverflowError:  # an integer such as 10**400
+        return None
+    return v if math.isfinite(v) else None
 
 
 def series(events, kind, key):
@@ -61,8 +74,8 @@ def series(events, kind, key):
     for e in events:
         if e["event"] != kind:
             continue
-        step, value = e.get("step"), e.get(key)
-        if isinstance(step, (int, float)) and isinstance(value, (int, float)) and math.isfinite(value):
+        step, value = number(e.get("step")), number(e.get(key))
+        if step is not None and value is not None:
             xs.append(step)
             ys.append(value)
     return xs, ys
@@ -99,13 +112,18 @@ def plot_confusion(run):
     if not os.path.isfile(path):
         return None
     try:
-        s = json.load(open(path, encoding="utf-8"))
+        with open(path, encoding="utf-8") as f:
+            s = json.load(f)
+    except UnicodeDecodeError as err:
+        raise RunError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise RunError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    except (ValueError, RecursionError) as err:  # an integer of over 4300 digits, or nesting too deep
+        raise RunError(f"{path}: unreadable JSON ({err})") from None
     cm = s.get("confusion_matrix") if isinstance(s, dict) else None
     k = len(cm) if isinstance(cm, list) else 0
-    if k == 0 or k > 1000 or not all(isinstance(r, list) and len(r) == k and
-                                     all(isinstance(v, int) and v >= 0 for v in r) for r in cm):
+    if k == 0 or k > 1000 or not all(isinstance(r, list) and len(r) == k and  # counts: not booleans, and int64
+                                     all(type(v) is int and 0 <= v < 2**63 for v in r) for r in cm):
         raise RunError(f"{path}: confusion_matrix is not a square matrix of counts")
     size = min(12, 3 + 0.5 * k)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -121,9 +139,9 @@ def plot_confusion(run):
         ax.set_yticks(range(k))
     ax.set_xlabel("predicted")
     ax.set_ylabel("label")
-    acc = s.get("test_accuracy")
+    acc = number(s.get("test_accuracy"))
     ax.set_title(f"{os.path.basename(os.path.normpath(run))}: confusion matrix" +
-                 (f" (accuracy {acc:.4f})" if isinstance(acc, (int, float)) else ""))
+                 (f" (accuracy {acc:.4f})" if acc is not None else ""))
     fig.tight_layout()
     out = os.path.join(run, "confusion_matrix.png")
     fig.savefig(out, dpi=100)

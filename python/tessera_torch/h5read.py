@@ -18,6 +18,8 @@ from .errors import TesseraFileError
 FORMATS = ("tessera.checkpoint", "tessera.model")
 FORMAT_VERSION = 2  # the newest this package reads and writes
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+MAX_MANIFEST_BYTES = 64 << 20  # far more than any manifest: a larger one is a crafted file
+MAX_COMPACT_BYTES = 65536  # HDF5 keeps compact data in the object header, which holds at most 64 KiB
 
 
 def open_hdf5(path):
@@ -76,21 +78,54 @@ def read_meta(f, path):
     return meta
 
 
+def _u32_attr(obj, path, at, name="crc32"):
+    """Attribute `name` of `obj`: one integer of 0..2^32-1, or None when it is missing."""
+    if name not in obj.attrs:
+        return None
+    v = obj.attrs[name]
+    if isinstance(v, np.ndarray):
+        if v.shape != ():
+            raise TesseraFileError(path, f"{at}: the {name} attribute holds {v.size} values; expected one 32-bit "
+                                         "unsigned integer")
+        v = v[()]
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or not 0 <= int(v) <= 0xFFFFFFFF:
+        raise TesseraFileError(path, f"{at}: the {name} attribute is {type(v).__name__} {str(v)[:100]}; expected a "
+                                     "32-bit unsigned integer")
+    return int(v)
+
+
 def _string_dataset(f, path, name):
-    d = f[name]
-    if not isinstance(d, h5py.Dataset) or d.dtype.kind not in "SO" or d.shape != ():
-        raise TesseraFileError(path, f"/{name}: is not one string")
+    """The one string of dataset /`name`: a hard link, a scalar string of at most MAX_MANIFEST_BYTES whose bytes
+    lie in the file, checked before it is read."""
+    at = f"/{name}"
+    d = _hard_link_dataset(f, path, at)
+    info = h5py.check_string_dtype(d.dtype)
+    if info is None or d.shape != ():
+        raise TesseraFileError(path, f"{at}: is not one string (a dataset of shape {list(d.shape or [])} of "
+                                     f"{d.dtype})")
+    if info.length is not None:  # fixed-length: the bytes themselves lie in the dataset's storage
+        nbytes = d.dtype.itemsize
+    else:  # variable-length (format version 1): the storage holds the length, then where the bytes lie
+        _check_storage(d, path, at, 16, compact=False)
+        with open(path, "rb") as raw:
+            raw.seek(d.id.get_offset())
+            nbytes = int.from_bytes(raw.read(4), "little")
+    if nbytes > MAX_MANIFEST_BYTES:
+        raise TesseraFileError(path, f"{at}: is a string of {nbytes} bytes (at most {MAX_MANIFEST_BYTES}): not "
+                                     "a tessera file")
+    if info.length is not None:
+        _check_storage(d, path, at, nbytes)
     v = d[()]
     return v if isinstance(v, bytes) else str(v).encode("utf-8")
 
 
 def read_manifest(f, path, fmt):
     """The /manifest's /model entries, each checked: [{path, shape, dtype, bytes, crc32}]."""
-    if "manifest" not in f:
+    if _link_type(f, "manifest") is None:
         raise TesseraFileError(path, "/manifest is missing (not a complete tessera file)")
     text = _string_dataset(f, path, "manifest")
-    stored = f["manifest"].attrs.get("crc32")
-    if stored is None or int(stored) != zlib.crc32(text):
+    stored = _u32_attr(f["manifest"], path, "/manifest")
+    if stored is None or stored != zlib.crc32(text):
         raise TesseraFileError(path, "/manifest: its crc32 attribute is missing or does not match: "
                                      "the manifest is corrupt")
     try:
@@ -132,20 +167,54 @@ def _entry(t, i, path):
     return {"path": p, "shape": tuple(shape), "dtype": dtype, "bytes": nbytes, "crc32": t["crc32"]}
 
 
+def _link_type(group, name):
+    """The type of the link `name` in `group` (h5py.h5l.TYPE_HARD, ...) or None: the link itself, never followed
+    (h5py's `name in group` and group.get(name, getlink=True) follow soft and external links)."""
+    raw = name.encode("utf-8")
+    return group.id.links.get_info(raw).type if group.id.links.exists(raw) else None
+
+
 def _hard_link_dataset(f, path, tensor_path):
     """The dataset at `tensor_path`, every link on the way checked to be a hard link."""
     node, parts = f, tensor_path.strip("/").split("/")
     for depth, name in enumerate(parts):
         at = "/" + "/".join(parts[:depth + 1])
-        link = node.get(name, getlink=True) if isinstance(node, h5py.Group) else None
+        link = _link_type(node, name) if isinstance(node, h5py.Group) else None
         if link is None:
             raise TesseraFileError(path, f"{tensor_path}: listed in the manifest but missing from the file")
-        if not isinstance(link, h5py.HardLink):
+        if link != h5py.h5l.TYPE_HARD:
             raise TesseraFileError(path, f"{at}: is a soft or external link; tessera files hold only hard links")
         node = node[name]
     if not isinstance(node, h5py.Dataset):
         raise TesseraFileError(path, f"{tensor_path}: is not a dataset")
     return node
+
+
+def _check_storage(d, path, at, nbytes, compact=True):
+    """Raises unless the `nbytes` of dataset `d` are stored contiguous (or, up to 64 KiB, compact), unfiltered, in
+    the file `path` itself: a small crafted file declaring a huge dataset must not make its reader allocate it."""
+    plist = d.id.get_create_plist()
+    layout = plist.get_layout()
+    layouts = (h5py.h5d.CONTIGUOUS, h5py.h5d.COMPACT) if compact else (h5py.h5d.CONTIGUOUS,)
+    if layout not in layouts or plist.get_nfilters() > 0:
+        raise TesseraFileError(path, f"{at}: is chunked or compressed; tessera files store tensors contiguous and "
+                                     "uncompressed")
+    if plist.get_external_count() > 0:
+        raise TesseraFileError(path, f"{at}: keeps its data in external files; tessera files hold their own data")
+    if nbytes and d.id.get_storage_size() != nbytes:
+        raise TesseraFileError(path, f"{at}: declares {nbytes} bytes but stores {d.id.get_storage_size()}")
+    if not nbytes:
+        return
+    if layout == h5py.h5d.COMPACT:  # inside the object header, which HDF5 has already read
+        if nbytes > MAX_COMPACT_BYTES:
+            raise TesseraFileError(path, f"{at}: declares {nbytes} bytes stored compact (at most {MAX_COMPACT_BYTES})")
+        return
+    offset, size = d.id.get_offset(), os.path.getsize(path)
+    if offset is None:
+        raise TesseraFileError(path, f"{at}: has no data in the file")
+    if offset + nbytes > size:
+        raise TesseraFileError(path, f"{at}: its {nbytes} bytes at offset {offset} lie beyond the end of the file "
+                                     f"({size} bytes): truncated or crafted")
 
 
 def read_tensor(f, path, t):
@@ -157,31 +226,30 @@ def read_tensor(f, path, t):
                                      f"{list(t['shape'])}")
     if d.dtype.kind != "f" or d.dtype.itemsize != DTYPES[t["dtype"]].itemsize:
         raise TesseraFileError(path, f"{at}: the dataset is {d.dtype} but the manifest says {t['dtype']}")
-    plist = d.id.get_create_plist()
-    if plist.get_layout() not in (h5py.h5d.CONTIGUOUS, h5py.h5d.COMPACT) or plist.get_nfilters() > 0:
-        raise TesseraFileError(path, f"{at}: is chunked or compressed; tessera files store tensors contiguous and "
-                                     "uncompressed")
-    if plist.get_external_count() > 0:
-        raise TesseraFileError(path, f"{at}: keeps its data in external files; tessera files hold their own data")
-    if t["bytes"] and d.id.get_storage_size() != t["bytes"]:
-        raise TesseraFileError(path, f"{at}: declares {t['bytes']} bytes but stores {d.id.get_storage_size()}")
-    data = np.ascontiguousarray(d[()], dtype=DTYPES[t["dtype"]])
-    crc = zlib.crc32(data.tobytes())
-    attr = d.attrs.get("crc32")
+    _check_storage(d, path, at, t["bytes"])
+    attr = _u32_attr(d, path, at)
     if attr is None:
         raise TesseraFileError(path, f"{at}: the crc32 attribute is missing")
-    if crc != t["crc32"] or crc != int(attr):
+    data = np.ascontiguousarray(d[()], dtype=DTYPES[t["dtype"]])
+    crc = zlib.crc32(data.tobytes())
+    if crc != t["crc32"] or crc != attr:
         raise TesseraFileError(path, f"{at}: CRC-32 mismatch (manifest 0x{t['crc32']:08x}, attribute "
-                                     f"0x{int(attr):08x}, computed 0x{crc:08x}): the data is corrupt")
+                                     f"0x{attr:08x}, computed 0x{crc:08x}): the data is corrupt")
     return data
 
 
 def read_model_file(path):
     """(meta, OrderedDict of tessera name -> numpy array) of the /model tensors of `path`."""
-    with open_hdf5(path) as f:
-        meta = read_meta(f, path)
-        entries = read_manifest(f, path, meta["format"])
-        tensors = OrderedDict((t["path"][len("/model/"):], read_tensor(f, path, t)) for t in entries)
+    try:
+        with open_hdf5(path) as f:
+            meta = read_meta(f, path)
+            entries = read_manifest(f, path, meta["format"])
+            tensors = OrderedDict((t["path"][len("/model/"):], read_tensor(f, path, t)) for t in entries)
+    except TesseraFileError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as e:  # from h5py or the OS: a damaged or unusual file
+        raise TesseraFileError(path, f"cannot be read (damaged, or not as tessera writes it): "
+                                     f"{type(e).__name__}: {e}") from None
     for name, a in tensors.items():
         if a.dtype.name != meta["dtype"]:
             raise TesseraFileError(path, f"root attribute 'dtype' is {meta['dtype'][:100]} but /model/{name} is "

@@ -63,4 +63,8 @@ mkdir "$WORK/garbled" && printf '{"event":"train","step":1,"loss":1}\n{"event": 
 expect_error "a line that is not JSON" "$WORK/garbled/metrics.jsonl:2: not JSON" "$WORK/garbled"
 mkdir "$WORK/badcm" && cp "$WORK/lr-0.1/metrics.jsonl" "$WORK/badcm/" && echo '{"confusion_matrix": [[1, 2], [3]]}' > "$WORK/badcm/summary.json"
 expect_error "a ragged confusion matrix" "summary.json: confusion_matrix is not a square matrix" "$WORK/badcm"
+mkdir "$WORK/boolcm" && cp "$WORK/lr-0.1/metrics.jsonl" "$WORK/boolcm/" && echo '{"confusion_matrix": [[true, false], [false, true]]}' > "$WORK/boolcm/summary.json"
+expect_error "a confusion matrix of booleans" "$WORK/boolcm/summary.json: confusion_matrix is not a square matrix" "$WORK/boolcm"
+mkdir "$WORK/latin1" && cp "$WORK/lr-0.1/metrics.jsonl" "$WORK/latin1/" && printf '{"name": "caf\xe9", "confusion_matrix": [[1]]}\n' > "$WORK/latin1/summary.json"
+expect_error "a summary.json that is not UTF-8" "$WORK/latin1/summary.json: not UTF-8 text" "$WORK/latin1"
 echo "plot_test: ok"

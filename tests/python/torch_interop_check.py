@@ -9,11 +9,14 @@ tessera itself -- `tessera serve` (KServe v2 over HTTP, binary tensors) on the s
 import json
 import os
 import re
+import shutil
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 
 import h5py
 import numpy as np
@@ -227,6 +230,45 @@ def hostile(net):
         f.write(data)
     expect_error("a flipped bit in a tensor", rf"{re.escape(flipped)}: /model/4\.weight: CRC-32 mismatch",
                  lambda: tt.read_weights(flipped))
+    linked = os.path.join(WORK, "linked.h5")  # /manifest an external link into another (here a sound) file
+    shutil.copyfile(good, linked)
+    with h5py.File(linked, "r+") as f:
+        del f["manifest"]
+        f["manifest"] = h5py.ExternalLink(good, "/manifest")
+    expect_error("an external-link manifest", rf"{re.escape(linked)}: /manifest: is a soft or external link",
+                 lambda: tt.read_weights(linked))
+    huge = os.path.join(WORK, "huge.h5")  # a file of a few KiB whose tensor declares 11 GiB, its manifest agreeing
+    rows = 7 << 25
+    text = json.dumps({"tensors": [{"path": "/model/1.weight", "shape": [rows, 13], "dtype": "float32",
+                                    "bytes": rows * 13 * 4, "crc32": 0}]}).encode()
+    with h5py.File(good, "r") as g, h5py.File(huge, "w") as f:  # HDF5's earliest format: no header checksums
+        for k, v in g.attrs.items():
+            f.attrs[k] = v
+        f["model/1.weight"] = np.zeros((7, 13), "<f4")
+        f["model/1.weight"].attrs["crc32"] = np.uint32(0)
+        f["manifest"] = np.array(text, dtype=h5py.string_dtype("utf-8", len(text)))
+        f["manifest"].attrs["crc32"] = np.uint32(zlib.crc32(text))
+    with open(huge, "rb") as f:
+        data = bytearray(f.read())
+    dims = data.find(struct.pack("<QQ", 7, 13))  # the dataspace message's dimensions, then its maximum dimensions
+    size = data.find(struct.pack("<Q", 7 * 13 * 4), dims, dims + 256)  # the layout message's size of the data
+    check(dims > 0 and size > 0, f"{huge}: the dataspace and layout messages of /model/1.weight are not found")
+    data[dims:dims + 32] = struct.pack("<QQ", rows, 13) * 2
+    data[size:size + 8] = struct.pack("<Q", rows * 13 * 4)
+    with open(huge, "wb") as f:
+        f.write(data)
+    with h5py.File(huge, "r") as f:
+        shape = f["model/1.weight"].shape
+    check(shape == (rows, 13), f"{huge}: the patched /model/1.weight has shape {shape}")
+    expect_error("a dataset far larger than the file", rf"{re.escape(huge)}: /model/1\.weight: its {rows * 13 * 4} "
+                 r"bytes at offset \d+ lie beyond the end of the file \(\d+ bytes\)", lambda: tt.read_weights(huge))
+    arrayed = os.path.join(WORK, "arrayed.h5")
+    shutil.copyfile(good, arrayed)
+    with h5py.File(arrayed, "r+") as f:
+        crc = f["model/1.weight"].attrs["crc32"]
+        f["model/1.weight"].attrs["crc32"] = np.array([crc, crc], np.uint32)
+    expect_error("an array-valued crc32 attribute", rf"{re.escape(arrayed)}: /model/1\.weight: the crc32 attribute "
+                 r"holds 2 values; expected one", lambda: tt.read_weights(arrayed))
     expect_error("a missing store version", r"store://.*/blobs-mlp@9: model 'blobs-mlp' has no version 9",
                  lambda: tt.read_weights(f"store://{STORE}/blobs-mlp@9"))
 
