@@ -90,7 +90,7 @@ store::Lineage LineageOf(const JobSpec& spec, int64_t step, int world_size, cons
   }
   l.set_world_size(world_size);
   l.set_data_parallel(spec.parallel().data() > 0 ? spec.parallel().data() : world_size);
-  l.set_zero_stage(spec.parallel().zero_stage());
+  l.set_zero_stage(l.data_parallel() > 1 ? spec.parallel().zero_stage() : 0);  // the stage in effect: none on one rank
   l.set_tensor_parallel(spec.parallel().tensor());
   l.set_pipeline_parallel(spec.parallel().pipeline());
   l.set_step(step);

@@ -173,6 +173,7 @@ TEST(Trainer, PublishesAndFineTunesFromTheStore) {
   JobSpec first = job.spec;
   first.mutable_publish()->set_store(root);
   first.mutable_publish()->set_alias("production");
+  first.mutable_parallel()->set_zero_stage(2);  // on one rank there is nothing to shard: stage 0 in effect
   TrainSummary a = job.Run("a", &first);
   ASSERT_EQ(a.published_version, 1);
   store::Store st(root);
@@ -182,6 +183,7 @@ TEST(Trainer, PublishesAndFineTunesFromTheStore) {
   EXPECT_EQ(m1.metrics().at("test_accuracy"), a.test_accuracy);
   EXPECT_EQ(m1.lineage().step(), 60);
   EXPECT_EQ(m1.lineage().job_name(), "blobs");
+  EXPECT_EQ(m1.lineage().zero_stage(), 0);
   EXPECT_EQ(m1.lineage().datasets_size(), 2);
   EXPECT_EQ(m1.lineage().checkpoint(), a.checkpoint.empty() ? "" : fs::absolute(a.checkpoint).string());
   store::Architecture arch = st.ReadArchitecture("blobs", 1);

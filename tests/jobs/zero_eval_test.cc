@@ -72,7 +72,9 @@ TEST(ZeroEvaluation, Stage3EvaluatesLayerByLayerExactlyAsStage0WithUnequalShares
   ASSERT_EQ(z0.summary.published_version, 1);
   ASSERT_EQ(z3.summary.published_version, 1);
   const int64_t best0 = store::Store((job.dir / "store0").string()).ReadManifest("blobs", 1).lineage().step();
-  EXPECT_EQ(store::Store((job.dir / "store3").string()).ReadManifest("blobs", 1).lineage().step(), best0);
+  const store::Lineage l3 = store::Store((job.dir / "store3").string()).ReadManifest("blobs", 1).lineage();
+  EXPECT_EQ(l3.step(), best0);
+  EXPECT_EQ(l3.zero_stage(), 3);
 }
 
 }  // namespace
