@@ -30,17 +30,22 @@ store::Architecture ArchitectureOf(const JobSpec& spec, const Shape& example, in
 }
 
 store::Architecture ArchitectureOf(const JobSpec& spec) {
-  try {
-    std::unique_ptr<datasets::Dataset> train = OpenSplit(spec.data(), true);
-    return ArchitectureOf(spec, train->example_shape(), train->num_classes());
-  } catch (const Error& e) {
-    std::fprintf(stderr,
-                 "tessera: warning: cannot open the job's training data (%s); the published input shape is the one the "
-                 "model spec implies\n",
-                 e.what());
-    return ArchitectureOf(spec, models::ImpliedExampleShape(spec.model()),
-                          static_cast<int>(models::OutFeatures(spec.model())));
+  std::string why;
+  const DataSpec& d = spec.data();
+  if (d.train_images().empty() && d.train_path().empty()) {  // e.g. weights written outside tessera
+    why = "the job spec names no training data";
+  } else {
+    try {
+      std::unique_ptr<datasets::Dataset> train = OpenSplit(d, true);
+      return ArchitectureOf(spec, train->example_shape(), train->num_classes());
+    } catch (const Error& e) {
+      why = std::string("cannot open the job's training data (") + e.what() + ")";
+    }
   }
+  std::fprintf(stderr, "tessera: warning: %s; the published input shape is the one the model spec implies\n",
+               why.c_str());
+  return ArchitectureOf(spec, models::ImpliedExampleShape(spec.model()),
+                        static_cast<int>(models::OutFeatures(spec.model())));
 }
 
 namespace {
