@@ -35,9 +35,7 @@ EvalResult Evaluate(nn::Module& net, datasets::Dataset& data, const datasets::Lo
   }
   if (skip_batch) {
     const auto batches = [&](int64_t n) { return (n + batch_size - 1) / batch_size; };
-    int64_t most = 0;
-    for (int q = 0; q < world; ++q)
-      most = std::max(most, batches(static_cast<int64_t>(datasets::EvalIndices(data.size(), q, world).size())));
+    const int64_t most = batches((data.size() + world - 1) / world);  // the largest share: ceil(N / W)
     for (int64_t b = batches(static_cast<int64_t>(all.size())); b < most; ++b) skip_batch();
   }
   double count = static_cast<double>(all.size());

@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 
@@ -42,19 +41,15 @@ void RunLog::Emit(const json& event) {
   tensorboard::EventFile::Scalars scalars = ScalarsOf(event);
   if (scalars.empty()) return;
   Events([&] {
-    if (restart_at_ >= 0) events_->Restart(restart_at_, WallTime());
+    if (restart_at_ >= 0) events_->Restart(restart_at_, tensorboard::WallTimeNow());
     restart_at_ = -1;
-    events_->Write(event["step"].get<int64_t>(), scalars, WallTime());
+    events_->Write(event["step"].get<int64_t>(), scalars, tensorboard::WallTimeNow());
   });
 }
 
 // Written before the first scalars, not now: a finished run that is only evaluated again writes
 // nothing at all.
 void RunLog::Resumed(int64_t step) { restart_at_ = step + 1; }
-
-double RunLog::WallTime() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 // The event file is a view of metrics.jsonl for TensorBoard: a full disk or a removed directory
 // must not stop rank 0 alone (the other ranks would wait in a collective until the deadline).

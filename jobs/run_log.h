@@ -68,7 +68,6 @@ class RunLog {
   std::ofstream metrics_, rank_log_;
   std::unique_ptr<tensorboard::EventFile> events_;
   int64_t restart_at_ = -1;  // a resumed run's first step to log, until the restart record is written
-  static double WallTime();
   void Events(const std::function<void()>& write);
 };
 

@@ -62,25 +62,14 @@ std::shared_ptr<ServedVersion> ServedVersion::Load(const store::Store& store, co
   v->example_.assign(arch.input_shape().begin(), arch.input_shape().end());
   std::unique_ptr<nn::Sequential> first = models::BuildModel(arch.model(), v->example_);
   std::map<std::string, int64_t> offsets = LayOut(*first, v->weights_, true);
-  std::map<std::string, Shape> shapes;
-  for (auto& [name, p] : first->NamedParameters()) shapes["/model/" + name] = p->shape;
   CheckPreparation(where, arch, v->example_);
-  std::map<std::string, bool> seen;
   std::vector<std::pair<Tensor, int64_t>> staged;  // tensors stored in another dtype, converted below
-  store.Load(model, version, [&](const io::TensorRecord& t) -> void* {
-    auto it = offsets.find(t.path);
-    if (it == offsets.end()) return nullptr;
-    // Store::Load checks the file against the manifest; the tensors must also be the network's.
-    if (Shape(t.shape) != shapes[t.path])
-      TESSERA_THROW(ConfigError, where, ": ", t.path, " has shape ", ShapeString(t.shape),
-                    " but model.pbtxt's network needs ", ShapeString(shapes[t.path]));
-    seen[t.path] = true;
-    if (t.dtype == DType::kF32) return v->weights_.View(it->second, t.shape).raw_data();
-    staged.emplace_back(Tensor::Empty(t.shape, t.dtype), it->second);
+  store.LoadNetwork(model, version, *first, [&](const io::TensorRecord& t) -> void* {
+    const int64_t offset = offsets.at(t.path);
+    if (t.dtype == DType::kF32) return v->weights_.View(offset, t.shape).raw_data();
+    staged.emplace_back(Tensor::Empty(t.shape, t.dtype), offset);
     return staged.back().first.raw_data();
   });
-  for (const auto& [path, shape] : shapes)
-    if (!seen.count(path)) TESSERA_THROW(ConfigError, where, ": weights.h5 has no tensor ", path);
   for (auto& [t, offset] : staged) v->weights_.View(offset, t.shape()).CopyFrom(t.Cast(DType::kF32));
   v->architecture_ = arch;
   v->example_numel_ = NumElements(v->example_);

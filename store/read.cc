@@ -259,6 +259,27 @@ std::vector<std::string> Store::Verify(const std::string& model, int64_t version
   return problems;
 }
 
+LoadedVersion Store::LoadNetwork(const std::string& model, int64_t version, nn::Module& net,
+                                 const io::TensorSink& sink) const {
+  const std::string where = detail::StrCat(model, " version ", version);
+  std::map<std::string, Shape> shapes;
+  for (auto& [name, p] : net.NamedParameters()) shapes["/model/" + name] = p->shape;
+  std::set<std::string> seen;
+  LoadedVersion out = Load(model, version, [&](const io::TensorRecord& t) -> void* {
+    auto it = shapes.find(t.path);
+    if (it == shapes.end()) return nullptr;
+    // Load checks the file against the manifest; the tensors must also be the network's.
+    if (Shape(t.shape) != it->second)
+      TESSERA_THROW(ConfigError, where, ": ", t.path, " has shape ", ShapeString(t.shape),
+                    " but model.pbtxt's network needs ", ShapeString(it->second));
+    seen.insert(t.path);
+    return sink(t);
+  });
+  for (const auto& [path, shape] : shapes)
+    if (!seen.count(path)) TESSERA_THROW(ConfigError, where, ": weights.h5 has no tensor ", path);
+  return out;
+}
+
 LoadedVersion Store::Load(const std::string& model, int64_t version, const io::TensorSink& sink) const {
   LoadedVersion out;
   out.model = model;

@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "core/io/weights.h"
+#include "core/nn/module.h"
 #include "store/store.pb.h"
 
 namespace tessera::store {
@@ -135,6 +136,11 @@ class Store {
   // buffers `sink` gives, checking, concurrently, the file's sha256 against the manifest (which
   // covers every byte the per-tensor CRCs would). IoError naming the file on any mismatch.
   LoadedVersion Load(const std::string& model, int64_t version, const io::TensorSink& sink) const;
+  // Load() for a network built from the version's architecture: every parameter of `net` must be
+  // in the weights at the network's shape (ConfigError naming the version and tensor otherwise);
+  // `sink` is asked for the network's tensors only, each in its stored dtype.
+  LoadedVersion LoadNetwork(const std::string& model, int64_t version, nn::Module& net,
+                            const io::TensorSink& sink) const;
 
   // ---- writing ----------------------------------------------------------------------------------
   // Publishes a new version (see the top of this file). Refuses non-finite weights.

@@ -23,11 +23,11 @@ void PutLittleEndian(std::string& s, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
 
-double Now() {
+}  // namespace
+
+double WallTimeNow() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
-
-}  // namespace
 
 std::string EventFile::Record(const std::string& payload) {
   std::string r;
@@ -40,7 +40,7 @@ std::string EventFile::Record(const std::string& payload) {
 }
 
 void EventFile::Open() {
-  const double now = Now();
+  const double now = WallTimeNow();
   const std::string base = dir_ + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(now)) + "." +
                            io::HostName() + "." + std::to_string(getpid());
   int fd = -1;

@@ -22,6 +22,9 @@
 
 namespace tessera::jobs::tensorboard {
 
+// Seconds since the epoch, as an Event's wall_time.
+double WallTimeNow();
+
 class EventFile {
  public:
   // Writes into DIR/events.out.tfevents.<unix seconds>.<host>.<pid>, created at the first Write

@@ -77,24 +77,15 @@ class GraphWriter {
   int values_ = 0, constants_ = 0;
 };
 
-// The version's weights, by parameter name ("0.weight"), as float32, checked against the network.
+// The version's weights, by parameter name ("0.weight"), as float32 (checked against the network).
 std::map<std::string, Tensor> ReadWeights(const Store& store, const std::string& model, int64_t version,
-                                          nn::Sequential& net, const std::string& where) {
-  std::map<std::string, Shape> shapes;
-  for (auto& [name, p] : net.NamedParameters()) shapes["/model/" + name] = p->shape;
+                                          nn::Sequential& net) {
   std::map<std::string, Tensor> read;
-  store.Load(model, version, [&](const io::TensorRecord& t) -> void* {
-    auto it = shapes.find(t.path);
-    if (it == shapes.end()) return nullptr;
-    if (Shape(t.shape) != it->second)
-      TESSERA_THROW(ConfigError, where, ": ", t.path, " has shape ", ShapeString(t.shape),
-                    " but model.pbtxt's network needs ", ShapeString(it->second));
-    Tensor& dst = read[t.path.substr(7)];
+  store.LoadNetwork(model, version, net, [&](const io::TensorRecord& t) -> void* {
+    Tensor& dst = read[t.path.substr(std::string("/model/").size())];
     dst = Tensor::Empty(t.shape, t.dtype);
     return dst.raw_data();
   });
-  for (const auto& [path, shape] : shapes)
-    if (!read.count(path.substr(7))) TESSERA_THROW(ConfigError, where, ": weights.h5 has no tensor ", path);
   for (auto& [name, t] : read)
     if (t.dtype() != DType::kF32) t = t.Cast(DType::kF32);
   return read;
@@ -186,7 +177,7 @@ OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_
   const Architecture arch = store.ReadArchitecture(model, version);
   const Shape example(arch.input_shape().begin(), arch.input_shape().end());
   std::unique_ptr<nn::Sequential> net = models::BuildModel(arch.model(), example);
-  const std::map<std::string, Tensor> weights = ReadWeights(store, model, version, *net, where);
+  const std::map<std::string, Tensor> weights = ReadWeights(store, model, version, *net);
 
   OnnxExportResult r;
   r.path = path;
