@@ -1,5 +1,6 @@
 // Element types. f32 is the training type; f64 exists for gradient checks; bf16 and f16 are
-// storage types for the GPU (converted on load/store); i32 and i64 hold labels and indices.
+// storage types for the GPU (converted on load/store); i32 and i64 hold labels and indices; i8
+// holds quantised weights for inference (core/nn/quantized.h).
 #pragma once
 
 #include <cstddef>
@@ -17,7 +18,7 @@
 
 namespace tessera {
 
-enum class DType : uint8_t { kF32, kF64, kBF16, kF16, kI32, kI64 };
+enum class DType : uint8_t { kF32, kF64, kBF16, kF16, kI32, kI64, kI8 };
 
 inline size_t SizeOf(DType t) {
   switch (t) {
@@ -27,6 +28,7 @@ inline size_t SizeOf(DType t) {
     case DType::kF16: return 2;
     case DType::kI32: return 4;
     case DType::kI64: return 8;
+    case DType::kI8: return 1;
   }
   return 0;
 }
@@ -39,11 +41,12 @@ inline const char* DTypeName(DType t) {
     case DType::kF16: return "f16";
     case DType::kI32: return "i32";
     case DType::kI64: return "i64";
+    case DType::kI8: return "i8";
   }
   return "?";
 }
 
-inline bool IsFloating(DType t) { return t != DType::kI32 && t != DType::kI64; }
+inline bool IsFloating(DType t) { return t != DType::kI32 && t != DType::kI64 && t != DType::kI8; }
 
 // 16-bit storage types. Arithmetic happens in float; these only convert.
 struct BFloat16 {
@@ -144,6 +147,7 @@ template <> struct DTypeOf<BFloat16> { static constexpr DType value = DType::kBF
 template <> struct DTypeOf<Half> { static constexpr DType value = DType::kF16; };
 template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::kI32; };
 template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::kI64; };
+template <> struct DTypeOf<int8_t> { static constexpr DType value = DType::kI8; };
 
 }  // namespace tessera
 

@@ -184,6 +184,11 @@ std::vector<double> Tensor::ToVector() const {
       for (int64_t i = 0; i < numel_; ++i) out[i] = static_cast<double>(p[i]);
       break;
     }
+    case DType::kI8: {
+      const int8_t* p = host.data<int8_t>();
+      for (int64_t i = 0; i < numel_; ++i) out[i] = p[i];
+      break;
+    }
   }
   return out;
 }

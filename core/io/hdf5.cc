@@ -300,7 +300,7 @@ std::vector<int64_t> DatasetShape(hid_t dset, const std::string& where) {
   return shape;
 }
 
-DType DatasetFloatType(hid_t dset, const std::string& where) {
+DType DatasetTensorType(hid_t dset, const std::string& where) {
   Hdf5Handle type(H5C(H5Dget_type(dset), where), H5Tclose);
   H5T_class_t cls = H5C(H5Tget_class(type.get()), where);
   if (cls == H5T_FLOAT) {
@@ -309,8 +309,9 @@ DType DatasetFloatType(hid_t dset, const std::string& where) {
     if (H5C(H5Tequal(type.get(), H5T_IEEE_F64LE), where) > 0 || H5C(H5Tequal(type.get(), H5T_IEEE_F64BE), where) > 0)
       return DType::kF64;
   }
+  if (cls == H5T_INTEGER && H5Tget_size(type.get()) == 1 && H5Tget_sign(type.get()) == H5T_SGN_2) return DType::kI8;
   TESSERA_THROW(IoError, where, ": is ", ClassName(cls), " of ", H5Tget_size(type.get()),
-                " bytes, not IEEE float32 or float64");
+                " bytes, not IEEE float32 or float64 (or int8)");
 }
 
 int64_t CheckContiguousStorage(hid_t dset, int64_t bytes, int64_t file_size, const std::string& where) {
@@ -413,14 +414,21 @@ Hdf5Handle PreallocatedContiguous(const std::string& where) {
   return dcpl;
 }
 
-hid_t FileFloatType(DType t, const std::string& what) {
+hid_t FileTensorType(DType t, const std::string& what) {
   switch (t) {
     case DType::kF32: return H5T_IEEE_F32LE;
     case DType::kF64: return H5T_IEEE_F64LE;
-    default: TESSERA_THROW(ValueError, what, ": tessera files hold f32 and f64 tensors, not ", DTypeName(t));
+    case DType::kI8: return H5T_STD_I8LE;
+    default: TESSERA_THROW(ValueError, what, ": tessera files hold f32, f64 and i8 tensors, not ", DTypeName(t));
   }
 }
 
-hid_t MemFloatType(DType t) { return t == DType::kF64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT; }
+hid_t MemTensorType(DType t) {
+  switch (t) {
+    case DType::kF64: return H5T_NATIVE_DOUBLE;
+    case DType::kI8: return H5T_NATIVE_SCHAR;
+    default: return H5T_NATIVE_FLOAT;
+  }
+}
 
 }  // namespace tessera::io

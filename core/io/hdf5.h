@@ -158,8 +158,9 @@ void WriteStringAttr(hid_t obj, const char* name, const std::string& v, const st
 bool PathExists(hid_t file, const std::string& path, const std::string& where);
 // The dataset's shape: rank at most kMaxTensorRank, element count checked for overflow.
 std::vector<int64_t> DatasetShape(hid_t dset, const std::string& where);
-// kF32 or kF64 for an IEEE float dataset of either byte order; IoError otherwise.
-DType DatasetFloatType(hid_t dset, const std::string& where);
+// kF32 or kF64 for an IEEE float dataset of either byte order, kI8 for a signed 8-bit integer one
+// (quantised weights); IoError otherwise.
+DType DatasetTensorType(hid_t dset, const std::string& where);
 // Checks that a dataset declared as `bytes` bytes is stored contiguously, uncompressed, with all
 // of its bytes inside the file (so reading it cannot allocate more than the file holds). Returns
 // the data's byte offset in the file, or -1 for an empty dataset.
@@ -177,8 +178,8 @@ Hdf5Handle Dataspace(const std::vector<int64_t>& shape, const std::string& where
 // dataset is created (so H5Dget_offset names its place), never filled.
 Hdf5Handle PreallocatedContiguous(const std::string& where);
 
-// The file and memory types of the float dtypes tessera stores (f32, f64).
-hid_t FileFloatType(DType t, const std::string& what);
-hid_t MemFloatType(DType t);
+// The file and memory types of the dtypes tessera stores (f32, f64, and i8 in model files).
+hid_t FileTensorType(DType t, const std::string& what);
+hid_t MemTensorType(DType t);
 
 }  // namespace tessera::io

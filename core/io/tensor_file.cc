@@ -15,7 +15,13 @@ namespace tessera::io {
 
 std::string JsonText(const json& j, int indent) { return j.dump(indent, ' ', false, json::error_handler_t::replace); }
 
-std::string DTypeFileName(DType t) { return t == DType::kF64 ? "float64" : "float32"; }
+std::string DTypeFileName(DType t) {
+  switch (t) {
+    case DType::kF64: return "float64";
+    case DType::kI8: return "int8";
+    default: return "float32";
+  }
+}
 
 void WriteManifest(hid_t file, const std::vector<TensorRecord>& tensors, const json& attributes,
                    const std::string& where) {
@@ -63,9 +69,9 @@ TensorRecord ParseTensorEntry(const json& t, size_t i, const std::string& where)
     r.shape.push_back(n);
   }
   const json& dtype = field("dtype");
-  if (!dtype.is_string() || (dtype != "float32" && dtype != "float64"))
-    TESSERA_THROW(IoError, at, ": dtype ", JsonText(dtype), " is not \"float32\" or \"float64\"");
-  r.dtype = dtype == "float64" ? DType::kF64 : DType::kF32;
+  if (!dtype.is_string() || (dtype != "float32" && dtype != "float64" && dtype != "int8"))
+    TESSERA_THROW(IoError, at, ": dtype ", JsonText(dtype), " is not \"float32\", \"float64\" or \"int8\"");
+  r.dtype = dtype == "float64" ? DType::kF64 : dtype == "int8" ? DType::kI8 : DType::kF32;
   const json& bytes = field("bytes");
   if (!bytes.is_number_integer() || bytes.get<int64_t>() != numel * static_cast<int64_t>(SizeOf(r.dtype)))
     TESSERA_THROW(IoError, at, ": 'bytes' is ", JsonText(bytes), " but shape ", JsonText(shape), " of ", dtype.get<std::string>(),
@@ -212,7 +218,7 @@ TensorReadResult ReadTensorData(hid_t file, const TensorRecord& t, int64_t file_
   if (!PathExists(file, t.path, at)) TESSERA_THROW(IoError, at, ": listed in the manifest but missing from the file");
   Hdf5Handle d(H5C(H5Dopen2(file, t.path.c_str(), H5P_DEFAULT), at), H5Dclose);
   std::vector<int64_t> shape = DatasetShape(d.get(), at);
-  DType dtype = DatasetFloatType(d.get(), at);
+  DType dtype = DatasetTensorType(d.get(), at);
   auto str = [](const std::vector<int64_t>& s) { return JsonText(json(s)); };
   if (shape != t.shape)
     TESSERA_THROW(IoError, at, ": the dataset has shape ", str(shape), " but the manifest says ", str(t.shape));
@@ -221,7 +227,7 @@ TensorReadResult ReadTensorData(hid_t file, const TensorRecord& t, int64_t file_
   TensorReadResult r;
   r.file_offset = CheckContiguousStorage(d.get(), t.bytes, file_size, at);
   void* buf = dest && t.bytes > 0 ? dest() : nullptr;
-  if (buf != nullptr) H5C(H5Dread(d.get(), MemFloatType(dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), at);
+  if (buf != nullptr) H5C(H5Dread(d.get(), MemTensorType(dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), at);
   r.has_attr = HasAttr(d.get(), "crc32", at);
   if (r.has_attr) r.attr = static_cast<uint32_t>(ReadIntAttr(d.get(), "crc32", at, 0, 0xffffffffLL));
   return r;

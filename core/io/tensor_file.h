@@ -1,6 +1,6 @@
 // The layout every tessera HDF5 file shares (checkpoints and model-only weights files alike):
 //
-//   /model/<param>, ...   one dataset per tensor, at its logical shape, float32 or float64,
+//   /model/<param>, ...   one dataset per tensor, at its logical shape, float32 or float64 (int8 for quantised weights),
 //                         contiguous and uncompressed, with a `crc32` attribute: zlib's CRC-32 of
 //                         its bytes in row-major order
 //   /manifest             JSON text: {"format_version", "tensors": [{path, shape, dtype, bytes,
@@ -53,7 +53,7 @@ struct TensorRecord {
 // attribute) shown as U+FFFD instead of throwing.
 std::string JsonText(const json& j, int indent = -1);
 
-// "float32" / "float64", the names the manifest uses (numpy's).
+// "float32" / "float64" / "int8", the names the manifest uses (numpy's).
 std::string DTypeFileName(DType t);
 
 // /manifest as read.

@@ -35,8 +35,8 @@ TensorRecord RecordFor(const WeightsView& v, const std::string& where) {
   if (v.name.empty() || v.name[0] == '/' || v.name.find("//") != std::string::npos || v.name.back() == '/' ||
       v.name.find('\0') != std::string::npos)
     TESSERA_THROW(ValueError, where, ": '", v.name, "' is not a tensor name like 0.weight");
-  if (v.dtype != DType::kF32 && v.dtype != DType::kF64)
-    TESSERA_THROW(ValueError, where, ": ", v.name, ": weights files hold f32 and f64 tensors, not ", DTypeName(v.dtype));
+  if (v.dtype != DType::kF32 && v.dtype != DType::kF64 && v.dtype != DType::kI8)
+    TESSERA_THROW(ValueError, where, ": ", v.name, ": weights files hold f32, f64 and i8 tensors, not ", DTypeName(v.dtype));
   int64_t numel = 1;
   for (int64_t d : v.shape) {
     if (d < 0 || (d > 0 && numel > std::numeric_limits<int64_t>::max() / 16 / d))
@@ -80,7 +80,7 @@ std::vector<int64_t> LayOutFile(const std::string& tmp, const WeightsMeta& m, co
   for (const TensorRecord& r : records) {
     const std::string where = tmp + ": " + r.path;
     Hdf5Handle space = Dataspace(r.shape, where);
-    Hdf5Handle ds(H5C(H5Dcreate2(f, r.path.c_str(), FileFloatType(r.dtype, where), space.get(), lcpl.get(), dcpl.get(),
+    Hdf5Handle ds(H5C(H5Dcreate2(f, r.path.c_str(), FileTensorType(r.dtype, where), space.get(), lcpl.get(), dcpl.get(),
                                  H5P_DEFAULT),
                       where),
                   H5Dclose);

@@ -68,13 +68,14 @@ void Module::SetBatchPosition(uint64_t first_example) {
   for (auto& c : children_) c.second->SetBatchPosition(first_example);
 }
 
-Parameter& Module::AddParameter(const std::string& name, Shape shape, Init init) {
+Parameter& Module::AddParameter(const std::string& name, Shape shape, Init init, DType dtype) {
   for (auto& p : params_)
     if (p->name == name) TESSERA_THROW(Error, type_name_, ": parameter '", name, "' declared twice");
   auto p = std::make_unique<Parameter>();
   p->name = name;
   p->shape = std::move(shape);
   p->init = init;
+  p->dtype = dtype;
   params_.push_back(std::move(p));
   return *params_.back();
 }
@@ -85,6 +86,12 @@ Module& Module::AddChild(const std::string& name, std::unique_ptr<Module> child)
     if (c.first == name) TESSERA_THROW(Error, type_name_, ": child '", name, "' added twice");
   children_.emplace_back(name, std::move(child));
   return *children_.back().second;
+}
+
+std::unique_ptr<Module> Module::ReplaceChild(size_t i, std::unique_ptr<Module> child) {
+  if (!child || i >= children_.size()) TESSERA_THROW(Error, type_name_, ": no child ", i, " to replace");
+  std::swap(children_[i].second, child);
+  return child;
 }
 
 void Module::RequireMaterialized(const Parameter& p) const {
@@ -138,6 +145,9 @@ FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64
   for (auto& [name, p] : named) {
     if (p->value.defined())
       TESSERA_THROW(Error, "FlatParameters: parameter '", name, "' is already laid out");
+    if (p->dtype != DType::kF32)
+      TESSERA_THROW(ValueError, "FlatParameters: parameter '", name, "' is ", DTypeName(p->dtype),
+                    ": a quantised layer is for inference only, and cannot be trained");
     int64_t n = NumElements(p->shape);
     entries_.push_back({name, p, offset, n});
     num_params_ += n;

@@ -41,6 +41,9 @@ struct Parameter {
   std::string name;  // local name inside its module ("weight"); FlatParameters knows full paths
   Shape shape;
   Init init;
+  // f32 for every trainable parameter; i8 for a quantised layer's weight (core/nn/quantized.h),
+  // which only inference lays out (FlatParameters refuses it).
+  DType dtype = DType::kF32;
   Tensor value;  // a view into the flat value buffer once laid out
   Tensor grad;   // a view into the flat gradient buffer
   int64_t offset = -1;  // element offset of value/grad within the flat buffers
@@ -87,8 +90,9 @@ class Module {
   void SetBatchPosition(uint64_t first_example);
 
  protected:
-  Parameter& AddParameter(const std::string& name, Shape shape, Init init);
+  Parameter& AddParameter(const std::string& name, Shape shape, Init init, DType dtype = DType::kF32);
   Module& AddChild(const std::string& name, std::unique_ptr<Module> child);
+  std::unique_ptr<Module> ReplaceChild(size_t i, std::unique_ptr<Module> child);
   size_t num_children() const { return children_.size(); }
   Module& child(size_t i) { return *children_[i].second; }
   // Called by a layer when p.grad is final for this backward pass.
@@ -129,6 +133,8 @@ class Sequential : public Module {
   }
   size_t size() const { return num_children(); }
   Module& operator[](size_t i) { return child(i); }
+  // Puts `layer` in place of child i (keeping its name) and returns the layer it replaces.
+  std::unique_ptr<Module> Replace(size_t i, std::unique_ptr<Module> layer) { return ReplaceChild(i, std::move(layer)); }
   Tensor Forward(const Tensor& x) override;
   // Without an input gradient, backward stops after the first child that has parameters: the
   // children before it (Flatten, say) have nothing to compute.

@@ -33,6 +33,7 @@ ncclDataType_t NcclType(const char* op, DType t) {
     case DType::kF16: return ncclFloat16;
     case DType::kI32: return ncclInt32;
     case DType::kI64: return ncclInt64;
+    case DType::kI8: return ncclInt8;
   }
   TESSERA_THROW(ShapeError, op, ": unsupported dtype");
 }

@@ -260,7 +260,7 @@ void CreateLaidOutFile(const Job& job, const SavePaths& p, int64_t* offsets) {
     const auto& e = job.entries[d];
     std::string where = tmp + ": " + e.path;
     Hdf5Handle space = io::Dataspace(e.shape, where);
-    Hdf5Handle ds(H5C(H5Dcreate2(f, e.path.c_str(), io::FileFloatType(job.buffer_dtypes[e.buffer], where), space.get(),
+    Hdf5Handle ds(H5C(H5Dcreate2(f, e.path.c_str(), io::FileTensorType(job.buffer_dtypes[e.buffer], where), space.get(),
                                  lcpl.get(), dcpl.get(), H5P_DEFAULT),
                       where),
                   H5Dclose);

@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "core/ops/cpu/cpu_kernels.h"
+#include "core/ops/cpu/onednn_common.h"
 #include "core/threads.h"
 
 namespace tessera::cpu {
@@ -25,12 +26,11 @@ namespace {
 using dnnl::memory;
 using Dims = memory::dims;
 using Tag = memory::format_tag;
+using onednn::Engine;
+using onednn::Into;
+using onednn::Scratch;
+using onednn::SetThreads;
 constexpr memory::data_type kF32 = memory::data_type::f32;
-
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
 
 struct ConvPrimitives {
   memory::desc x_md, w_md, b_md, y_md;  // user layouts: NCHW, KCRS, K, NKPQ
@@ -80,9 +80,19 @@ ConvPrimitives& Primitives(const Shape& xs, const Shape& ws, const Conv2dParams&
   return *cache.emplace(key, std::move(c_)).first->second;
 }
 
-memory Wrap(const memory::desc& md, const Tensor& t) { return memory(md, Engine(), t.raw_data()); }
+memory Wrap(const memory::desc& md, const Tensor& t) { return onednn::Wrap(md, t.raw_data()); }
 
-// `user` in the layout `want`: the same memory when the layouts agree, else a reordered copy.
+}  // namespace
+
+namespace onednn {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+void SetThreads() { omp_set_num_threads(GetNumThreads()); }
+
 memory Into(memory user, const memory::desc& want, dnnl::stream& st) {
   if (user.get_desc() == want) return user;
   memory m(want, Engine());
@@ -90,14 +100,11 @@ memory Into(memory user, const memory::desc& want, dnnl::stream& st) {
   return m;
 }
 
-// A buffer in layout `have` for a result wanted in `user`: `user` itself when they agree.
 memory Scratch(const memory& user, const memory::desc& have) {
   return user.get_desc() == have ? user : memory(have, Engine());
 }
 
-void SetThreads() { omp_set_num_threads(GetNumThreads()); }
-
-}  // namespace
+}  // namespace onednn
 
 bool OneDnnConv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, Tensor& y) {
   if (x.dtype() != DType::kF32 || x.numel() == 0 || y.numel() == 0) return false;

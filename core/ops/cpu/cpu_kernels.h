@@ -53,6 +53,13 @@ bool OneDnnConv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Co
 bool OneDnnConv2dBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Conv2dParams& p, Tensor& dx,
                           Tensor& dw, Tensor& db);
 #endif
+// int8 inference through oneDNN's s8 primitives (core/ops/cpu/int8.h): false when tessera is
+// built without oneDNN or the machine lacks the primitive, and the caller runs the reference loop.
+bool OneDnnInt8Available();
+bool OneDnnInt8Linear(const int8_t* x, int64_t m, int64_t c, const int8_t* w, int64_t k, const float* scale,
+                      const float* bias, float* y);
+bool OneDnnInt8Conv2d(const int8_t* x, const Shape& xs, const int8_t* w, const Shape& ws, const Conv2dParams& p,
+                      const float* scale, const float* bias, float* y);
 
 // Elements per task for memory-bound loops.
 constexpr int64_t kElementwiseGrain = 1 << 15;

@@ -27,6 +27,7 @@ double LoadAsDouble(const Tensor& t, int64_t i) {
     case DType::kF16: return HalfToFloat(static_cast<const uint16_t*>(p)[i]);
     case DType::kI32: return static_cast<const int32_t*>(p)[i];
     case DType::kI64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::kI8: return static_cast<const int8_t*>(p)[i];
   }
   return 0;
 }
@@ -40,6 +41,7 @@ void StoreFromDouble(Tensor& t, int64_t i, double v) {
     case DType::kF16: static_cast<uint16_t*>(p)[i] = FloatToHalf(static_cast<float>(v)); break;
     case DType::kI32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
     case DType::kI64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
+    case DType::kI8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(v); break;
   }
 }
 

@@ -36,7 +36,7 @@ Bits BitsOf(T v) {
   return b;
 }
 
-// ---- cast: every pair of the six dtypes, through double (as the CPU kernel) ----
+// ---- cast: every pair of the seven dtypes, through double (as the CPU kernel) ----
 
 template <typename T>
 struct Tag {
@@ -58,6 +58,8 @@ void VisitDType(DType t, F&& f) {
       return f(Tag<int32_t>{});
     case DType::kI64:
       return f(Tag<int64_t>{});
+    case DType::kI8:
+      return f(Tag<int8_t>{});
   }
   TESSERA_THROW(ShapeError, "Cast: unknown dtype");
 }
@@ -161,6 +163,8 @@ void Fill(Tensor& t, double value) {
       return FillBits(p, BitsOf<uint32_t>(static_cast<int32_t>(value)), n, on.stream());
     case DType::kI64:
       return FillBits(p, BitsOf<uint64_t>(static_cast<int64_t>(value)), n, on.stream());
+    case DType::kI8:
+      return FillBits(p, BitsOf<uint8_t>(static_cast<int8_t>(value)), n, on.stream());
   }
 }
 
