@@ -4,6 +4,11 @@
 
 namespace tessera::jobs {
 
+bool NamesSplit(const DataSpec& d, bool train) {
+  if (d.kind() == DataSpec::IDX) return !(train ? d.train_images() : d.test_images()).empty();
+  return !(train ? d.train_path() : d.test_path()).empty();
+}
+
 std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& d, bool train, const datasets::Dataset* train_set) {
   switch (d.kind()) {
     case DataSpec::IDX:

@@ -18,6 +18,8 @@ namespace tessera::jobs {
 // `train_set`: for the test split, the training set it must match (CSV columns are matched by name).
 std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& data, bool train,
                                              const datasets::Dataset* train_set = nullptr);
+// Whether `data` names files for the training (or test) split at all.
+bool NamesSplit(const DataSpec& data, bool train);
 std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, nn::FlatParameters& p);
 // Over a slice of the flat buffers (a ZeRO shard): `values` and `grads` are views of equal length.
 std::unique_ptr<optim::Optimizer> BuildOptimizer(const OptimizerSpec& o, const Tensor& values, const Tensor& grads);

@@ -32,7 +32,7 @@ store::Architecture ArchitectureOf(const JobSpec& spec, const Shape& example, in
 store::Architecture ArchitectureOf(const JobSpec& spec) {
   std::string why;
   const DataSpec& d = spec.data();
-  if (d.train_images().empty() && d.train_path().empty()) {  // e.g. weights written outside tessera
+  if (!NamesSplit(d, true)) {  // e.g. weights written outside tessera
     why = "the job spec names no training data";
   } else {
     try {
@@ -145,6 +145,9 @@ std::vector<std::string> InitFromWeights(const InitSource& source, nn::FlatParam
     auto it = by_name.find(t.path);
     if (it == by_name.end()) return nullptr;
     const nn::FlatParameters::Entry& e = *it->second;
+    if (t.dtype == DType::kI8)
+      TESSERA_THROW(ConfigError, "train.init_from: ", source.reference, ": ", t.path, " is int8 (a quantised version, "
+                    "for serving): fine-tune the f32 version it was made from, which its lineage names");
     if (t.shape != e.param->shape) {
       outcome[e.name] = detail::StrCat("re-initialised (", source.reference, " has shape ", ShapeString(t.shape),
                                        ", the model ", ShapeString(e.param->shape), ")");

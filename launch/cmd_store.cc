@@ -1,4 +1,5 @@
-// tessera store list | show | publish | alias | rollback | gc | verify (docs/model-store.md).
+// tessera store list | show | publish | alias | rollback | gc | verify | export-onnx | quantize
+// (docs/model-store.md).
 // Tables for people, --json for scripts; the store root comes from a store:// reference, --store
 // or $TESSERA_STORE, in that order.
 #include <google/protobuf/util/json_util.h>
@@ -15,6 +16,7 @@
 #include "core/model_spec.h"
 #include "jobs/checkpoint.h"
 #include "jobs/publish.h"
+#include "jobs/quantize.h"
 #include "jobs/spec.h"
 #include "launch/commands.h"
 #include "store/onnx/export.h"
@@ -29,6 +31,7 @@ using json = nlohmann::json;
 struct StoreArgs {
   std::string root, ref, alias, path, model;
   int keep = 0;
+  int64_t samples = 1000;
   bool json = false, dry_run = false;
 };
 
@@ -140,16 +143,18 @@ int Show(const StoreArgs& a) {
   std::printf("  aliases:   %s\n", Join(info.aliases, ", ").c_str());
   std::printf("  created:   %s by tessera %s (%s@%s)\n", m.created().c_str(), m.tessera_version().c_str(),
               l.user().c_str(), l.host().c_str());
-  std::printf("  model:     %s; input %s %s, %d classes\n", models::DescribeModel(arch.model()).c_str(),
-              arch.input_dtype().c_str(), ShapeString(Shape(arch.input_shape().begin(), arch.input_shape().end())).c_str(),
-              arch.classes());
+  std::printf("  model:     %s%s; input %s %s, %d classes\n", models::DescribeModel(arch.model()).c_str(),
+              arch.quantization() == store::INT8 ? " (int8)" : "", arch.input_dtype().c_str(),
+              ShapeString(Shape(arch.input_shape().begin(), arch.input_shape().end())).c_str(), arch.classes());
   std::printf("  metrics:  ");
   std::map<std::string, double> sorted(m.metrics().begin(), m.metrics().end());
   for (const auto& [name, value] : sorted) std::printf(" %s %.4f", name.c_str(), value);
   std::printf("\n  lineage:   job '%s' at step %lld, world size %d, commit %s\n", l.job_name().c_str(),
               static_cast<long long>(l.step()), l.world_size(), l.source_commit().c_str());
+  if (!l.derivation().empty()) std::printf("             %s\n", l.derivation().c_str());
   if (l.has_parent())
-    std::printf("             fine-tuned from %s version %lld (%s)\n", l.parent().model().c_str(),
+    std::printf("             %s %s version %lld (%s)\n", l.derivation().empty() ? "fine-tuned from" : "made from",
+                l.parent().model().c_str(),
                 static_cast<long long>(l.parent().version()), l.parent().reference().c_str());
   if (!l.parent_checkpoint().empty()) std::printf("             fine-tuned from checkpoint %s\n", l.parent_checkpoint().c_str());
   if (l.has_slurm())
@@ -314,6 +319,48 @@ int ExportOnnx(const StoreArgs& a) {
   return 0;
 }
 
+std::string Percent(const std::map<std::string, double>& m, const char* key) {
+  auto it = m.find(key);
+  if (it == m.end()) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f%%", 100 * it->second);
+  return buf;
+}
+
+int Quantize(const StoreArgs& a) {
+  const store::VersionRef r = Ref(a, a.ref);
+  store::Store st(r.root);
+  const int64_t v = st.Resolve(r.model, r.ref);
+  jobs::QuantizeOptions o;
+  o.samples = a.samples;
+  o.alias = a.alias;
+  const jobs::QuantizeResult q = jobs::QuantizeVersion(st, r.model, v, o);
+  if (a.json) {
+    std::printf("%s\n", json({{"model", r.model}, {"parent", v}, {"version", q.published.version},
+                              {"dir", q.published.dir}, {"layers", q.layers},
+                              {"calibration_examples", q.calibration_examples},
+                              {"parent_weights_bytes", q.parent_weights_bytes}, {"weights_bytes", q.weights_bytes},
+                              {"parent_metrics", q.parent_metrics}, {"metrics", q.metrics}})
+                             .dump(2)
+                             .c_str());
+    return 0;
+  }
+  std::printf("published %s version %lld: int8 of version %lld (%d layers, calibrated on %lld training examples)\n",
+              r.model.c_str(), static_cast<long long>(q.published.version), static_cast<long long>(v), q.layers,
+              static_cast<long long>(q.calibration_examples));
+  std::printf("  weights.h5   %lld bytes (f32: %lld, %.2fx smaller)\n", static_cast<long long>(q.weights_bytes),
+              static_cast<long long>(q.parent_weights_bytes),
+              q.weights_bytes > 0 ? static_cast<double>(q.parent_weights_bytes) / q.weights_bytes : 0.0);
+  if (!q.metrics.empty())
+    std::printf("  test accuracy %s (f32: %s)\n", Percent(q.metrics, "test_accuracy").c_str(),
+                Percent(q.parent_metrics, "test_accuracy").c_str());
+  else
+    std::printf("  not evaluated: the job spec names no test split\n");
+  if (!a.alias.empty()) std::printf("  %s@%s -> %lld\n", r.model.c_str(), a.alias.c_str(),
+                                    static_cast<long long>(q.published.version));
+  return 0;
+}
+
 }  // namespace
 
 std::vector<Command> AddStoreCommands(CLI::App& app) {
@@ -364,10 +411,20 @@ std::vector<Command> AddStoreCommands(CLI::App& app) {
   onnx->add_option("output", a->path, "The .onnx file to write (replaced atomically)")->required();
   root(onnx);
   as_json(onnx);
+  CLI::App* quantize = s->add_subcommand("quantize", "Publish an int8 copy of a version for serving: per-channel int8 "
+                                          "weights, inputs calibrated on training data (docs/model-store.md)");
+  quantize->add_option("ref", a->ref, ref_help)->required();
+  quantize->add_option("--samples", a->samples, "Training examples to calibrate each layer's input scale on")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))
+      ->capture_default_str();
+  quantize->add_option("--alias", a->alias, "Point this alias at the new version");
+  root(quantize);
+  as_json(quantize);
   return {{list, [a] { return List(*a); }},         {show, [a] { return Show(*a); }},
           {publish, [a] { return Publish(*a); }},   {alias, [a] { return SetAlias(*a); }},
           {rollback, [a] { return Rollback(*a); }}, {gc, [a] { return Gc(*a); }},
-          {verify, [a] { return Verify(*a); }},     {onnx, [a] { return ExportOnnx(*a); }}};
+          {verify, [a] { return Verify(*a); }},     {onnx, [a] { return ExportOnnx(*a); }},
+          {quantize, [a] { return Quantize(*a); }}};
 }
 
 }  // namespace tessera::launch

@@ -15,19 +15,29 @@ namespace {
 
 constexpr const char* kInputName = "input";
 
-// Lays every parameter of `net` over `weights` (in NamedParameters() order) and returns the
-// element offset of each, by the path the weights file uses ("/model/0.weight").
-std::map<std::string, int64_t> LayOut(nn::Sequential& net, Tensor& weights, bool allocate) {
+// Lays every f32 parameter of `net` over `weights` (in NamedParameters() order) and returns the
+// element offset of each, by the path the weights file uses ("/model/0.weight"). Parameters of
+// another dtype (an int8 version's weights) each get a tensor of `others`, by the same path.
+std::map<std::string, int64_t> LayOut(nn::Sequential& net, Tensor& weights, std::map<std::string, Tensor>& others,
+                                      bool allocate) {
   std::map<std::string, int64_t> offsets;
   int64_t total = 0;
   for (auto& [name, p] : net.NamedParameters()) {
+    if (p->dtype != DType::kF32) continue;
     offsets["/model/" + name] = total;
     total += NumElements(p->shape);
   }
   if (allocate) weights = Tensor::Zeros({total});
   for (auto& [name, p] : net.NamedParameters()) {
-    p->offset = offsets["/model/" + name];
-    p->value = weights.View(p->offset, p->shape);
+    const std::string path = "/model/" + name;
+    if (p->dtype == DType::kF32) {
+      p->offset = offsets[path];
+      p->value = weights.View(p->offset, p->shape);
+      continue;
+    }
+    if (allocate) others[path] = Tensor::Zeros(p->shape, p->dtype);
+    p->offset = 0;
+    p->value = others.at(path);
   }
   return offsets;
 }
@@ -60,11 +70,15 @@ std::shared_ptr<ServedVersion> ServedVersion::Load(const store::Store& store, co
   const std::string where = detail::StrCat(model, " version ", version);
   store::Architecture arch = store.ReadArchitecture(model, version);
   v->example_.assign(arch.input_shape().begin(), arch.input_shape().end());
-  std::unique_ptr<nn::Sequential> first = models::BuildModel(arch.model(), v->example_);
-  std::map<std::string, int64_t> offsets = LayOut(*first, v->weights_, true);
+  if (arch.quantization() != store::NONE && !options.device.is_cpu())
+    TESSERA_THROW(ConfigError, where, " is quantised (", store::Quantization_Name(arch.quantization()),
+                  "): int8 versions are served on the CPU; serve its f32 parent on ", options.device.str());
+  std::unique_ptr<nn::Sequential> first = store::BuildNetwork(arch);
+  std::map<std::string, int64_t> offsets = LayOut(*first, v->weights_, v->other_weights_, true);
   CheckPreparation(where, arch, v->example_);
   std::vector<std::pair<Tensor, int64_t>> staged;  // tensors stored in another dtype, converted below
   store.LoadNetwork(model, version, *first, [&](const io::TensorRecord& t) -> void* {
+    if (auto other = v->other_weights_.find(t.path); other != v->other_weights_.end()) return other->second.raw_data();
     const int64_t offset = offsets.at(t.path);
     if (t.dtype == DType::kF32) return v->weights_.View(offset, t.shape).raw_data();
     staged.emplace_back(Tensor::Empty(t.shape, t.dtype), offset);
@@ -75,16 +89,17 @@ std::shared_ptr<ServedVersion> ServedVersion::Load(const store::Store& store, co
   v->example_numel_ = NumElements(v->example_);
   v->out_features_ = models::OutFeatures(arch.model());
   v->weights_bytes_ = static_cast<int64_t>(v->weights_.nbytes());
+  for (const auto& [path, t] : v->other_weights_) v->weights_bytes_ += static_cast<int64_t>(t.nbytes());
 
   if (!options.device.is_cpu()) {  // read on the host, then one copy to the device for every replica
     v->weights_ = v->weights_.To(options.device);
-    LayOut(*first, v->weights_, false);
+    LayOut(*first, v->weights_, v->other_weights_, false);
   }
   first->SetTraining(false);
   v->replicas_.push_back(std::move(first));
   for (int w = 1; w < std::max(1, options.workers); ++w) {
-    v->replicas_.push_back(models::BuildModel(arch.model(), v->example_));
-    LayOut(*v->replicas_.back(), v->weights_, false);
+    v->replicas_.push_back(store::BuildNetwork(arch));
+    LayOut(*v->replicas_.back(), v->weights_, v->other_weights_, false);
     v->replicas_.back()->SetTraining(false);
   }
   // Warm-up: one batch through every replica, so the first request pays no first-touch costs and a
@@ -110,6 +125,7 @@ ServedVersion::~ServedVersion() {
   batcher_.reset();  // finishes what is queued and joins the workers
   replicas_.clear();
   weights_ = Tensor();
+  other_weights_.clear();
   // The freed blocks would stay in tessera's caching allocator and in malloc's arenas; give them
   // back, so a server that swaps versions all day holds the memory of the versions it serves.
   ReleaseFreedMemory();

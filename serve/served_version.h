@@ -1,5 +1,5 @@
 // One model version loaded for serving: the network rebuilt from the version's model.pbtxt, its
-// weights read (and their sha256 checked against the manifest) into one buffer that every
+// weights read (and their sha256 checked against the manifest) into buffers that every
 // inference worker's replica of the network shares, the input preparation of training, and the
 // batcher that feeds the workers.
 //
@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,7 +61,8 @@ class ServedVersion {
   Shape example_;  // one example as the model takes it
   int64_t example_numel_ = 0, out_features_ = 0, weights_bytes_ = 0;
   BatchOptions options_;
-  Tensor weights_;  // every parameter, one after the other
+  Tensor weights_;  // every f32 parameter, one after the other
+  std::map<std::string, Tensor> other_weights_;  // the others (int8 weights), by weights-file path
   std::vector<std::unique_ptr<nn::Sequential>> replicas_;  // one per worker, sharing weights_
   std::unique_ptr<Batcher> batcher_;
 };

@@ -10,6 +10,7 @@
 #include "core/io/durable.h"
 #include "core/io/hdf5.h"
 #include "core/model_spec.h"
+#include "core/nn/quantized.h"
 #include "store/internal.h"
 
 namespace tessera::store {
@@ -63,7 +64,22 @@ Architecture ReadArchitectureChecked(const std::string& dir, const VersionManife
   return a;
 }
 
+// Why tensor `t` cannot hold parameter `p` ("" when it can): an int8 parameter needs int8 data,
+// and a float one float data (f32 or f64, converted on load).
+std::string DTypeMismatch(const io::TensorRecord& t, const nn::Parameter& p) {
+  if ((p.dtype == DType::kI8) == (t.dtype == DType::kI8)) return "";
+  return detail::StrCat(t.path, " is ", DTypeName(t.dtype), " but model.pbtxt's network needs ",
+                        p.dtype == DType::kI8 ? "i8 (quantization: INT8)" : "f32");
+}
+
 }  // namespace
+
+std::unique_ptr<nn::Sequential> BuildNetwork(const Architecture& a) {
+  Shape example(a.input_shape().begin(), a.input_shape().end());
+  std::unique_ptr<nn::Sequential> net = models::BuildModel(a.model(), example);
+  if (a.quantization() == INT8) nn::QuantizeLayers(*net);
+  return net;
+}
 
 std::vector<std::string> Store::Models() const {
   std::vector<std::string> out;
@@ -239,17 +255,22 @@ std::vector<std::string> Store::Verify(const std::string& model, int64_t version
   }
   try {  // The architecture must build a model with exactly the weights' tensors.
     Architecture a = ReadArchitectureChecked(dir, m);
-    Shape example(a.input_shape().begin(), a.input_shape().end());
-    std::unique_ptr<nn::Sequential> net = models::BuildModel(a.model(), example);
-    std::map<std::string, Shape> want, have;
-    for (auto& [name, p] : net->NamedParameters()) want["/model/" + name] = p->shape;
-    for (const io::TensorRecord& t : info.tensors) have[t.path] = t.shape;
-    for (const auto& [path, shape] : want) {
+    std::unique_ptr<nn::Sequential> net = BuildNetwork(a);
+    std::map<std::string, const nn::Parameter*> want;
+    std::map<std::string, const io::TensorRecord*> have;
+    for (auto& [name, p] : net->NamedParameters()) want["/model/" + name] = p;
+    for (const io::TensorRecord& t : info.tensors) have[t.path] = &t;
+    for (const auto& [path, p] : want) {
       auto it = have.find(path);
-      if (it == have.end()) problems.push_back(detail::StrCat(weights, ": the architecture's tensor ", path, " is missing"));
-      else if (it->second != shape)
-        problems.push_back(detail::StrCat(weights, ": ", path, " has shape ", ShapeString(it->second),
-                                          " but the architecture needs ", ShapeString(shape)));
+      if (it == have.end()) {
+        problems.push_back(detail::StrCat(weights, ": the architecture's tensor ", path, " is missing"));
+        continue;
+      }
+      if (Shape(it->second->shape) != p->shape)
+        problems.push_back(detail::StrCat(weights, ": ", path, " has shape ", ShapeString(it->second->shape),
+                                          " but the architecture needs ", ShapeString(p->shape)));
+      if (std::string why = DTypeMismatch(*it->second, *p); !why.empty())
+        problems.push_back(detail::StrCat(weights, ": ", why));
     }
     for (const auto& [path, shape] : have)
       if (!want.count(path)) problems.push_back(detail::StrCat(weights, ": ", path, " is not part of the architecture"));
@@ -262,20 +283,21 @@ std::vector<std::string> Store::Verify(const std::string& model, int64_t version
 LoadedVersion Store::LoadNetwork(const std::string& model, int64_t version, nn::Module& net,
                                  const io::TensorSink& sink) const {
   const std::string where = detail::StrCat(model, " version ", version);
-  std::map<std::string, Shape> shapes;
-  for (auto& [name, p] : net.NamedParameters()) shapes["/model/" + name] = p->shape;
+  std::map<std::string, const nn::Parameter*> params;
+  for (auto& [name, p] : net.NamedParameters()) params["/model/" + name] = p;
   std::set<std::string> seen;
   LoadedVersion out = Load(model, version, [&](const io::TensorRecord& t) -> void* {
-    auto it = shapes.find(t.path);
-    if (it == shapes.end()) return nullptr;
+    auto it = params.find(t.path);
+    if (it == params.end()) return nullptr;
     // Load checks the file against the manifest; the tensors must also be the network's.
-    if (Shape(t.shape) != it->second)
+    if (Shape(t.shape) != it->second->shape)
       TESSERA_THROW(ConfigError, where, ": ", t.path, " has shape ", ShapeString(t.shape),
-                    " but model.pbtxt's network needs ", ShapeString(it->second));
+                    " but model.pbtxt's network needs ", ShapeString(it->second->shape));
+    if (std::string why = DTypeMismatch(t, *it->second); !why.empty()) TESSERA_THROW(ConfigError, where, ": ", why);
     seen.insert(t.path);
     return sink(t);
   });
-  for (const auto& [path, shape] : shapes)
+  for (const auto& [path, p] : params)
     if (!seen.count(path)) TESSERA_THROW(ConfigError, where, ": weights.h5 has no tensor ", path);
   return out;
 }

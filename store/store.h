@@ -159,6 +159,10 @@ class Store {
   std::string root_;
 };
 
+// The network a version's architecture describes, parameters declared but not laid out: the model
+// spec's, with its Linear and Conv2d layers made int8 when the architecture says INT8.
+std::unique_ptr<nn::Sequential> BuildNetwork(const Architecture& a);
+
 // The contents of a version's files as tessera writes them (also used by `store verify` to
 // re-create nothing: only for tests and tools).
 std::string ArchitectureText(const Architecture& a);

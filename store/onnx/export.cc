@@ -175,6 +175,9 @@ OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_
   if (!std::filesystem::is_directory(dir))
     TESSERA_THROW(IoError, path, ": cannot write: ", dir.string(), " is not a directory");
   const Architecture arch = store.ReadArchitecture(model, version);
+  if (arch.quantization() != NONE)
+    TESSERA_THROW(ConfigError, where, " is quantised (quantization: ", Quantization_Name(arch.quantization()),
+                  "); export the f32 version it was made from (its lineage names it)");
   const Shape example(arch.input_shape().begin(), arch.input_shape().end());
   std::unique_ptr<nn::Sequential> net = models::BuildModel(arch.model(), example);
   const std::map<std::string, Tensor> weights = ReadWeights(store, model, version, *net);
