@@ -348,9 +348,9 @@ int Quantize(const StoreArgs& a) {
   std::printf("published %s version %lld: int8 of version %lld (%d layers, calibrated on %lld training examples)\n",
               r.model.c_str(), static_cast<long long>(q.published.version), static_cast<long long>(v), q.layers,
               static_cast<long long>(q.calibration_examples));
-  std::printf("  weights.h5   %lld bytes (f32: %lld, %.2fx smaller)\n", static_cast<long long>(q.weights_bytes),
-              static_cast<long long>(q.parent_weights_bytes),
-              q.weights_bytes > 0 ? static_cast<double>(q.parent_weights_bytes) / q.weights_bytes : 0.0);
+  std::printf("  weights.h5   %lld bytes, %.2f of the f32 version's %lld\n", static_cast<long long>(q.weights_bytes),
+              q.parent_weights_bytes > 0 ? static_cast<double>(q.weights_bytes) / q.parent_weights_bytes : 0.0,
+              static_cast<long long>(q.parent_weights_bytes));
   if (!q.metrics.empty())
     std::printf("  test accuracy %s (f32: %s)\n", Percent(q.metrics, "test_accuracy").c_str(),
                 Percent(q.parent_metrics, "test_accuracy").c_str());

@@ -17,7 +17,7 @@ from .errors import TesseraFileError
 
 FORMATS = ("tessera.checkpoint", "tessera.model")
 FORMAT_VERSION = 2  # the newest this package reads and writes
-DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"), "int8": np.dtype("i1")}  # int8: quantised
 MAX_MANIFEST_BYTES = 64 << 20  # far more than any manifest: a larger one is a crafted file
 MAX_COMPACT_BYTES = 65536  # HDF5 keeps compact data in the object header, which holds at most 64 KiB
 
@@ -158,7 +158,7 @@ def _entry(t, i, path):
     if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and d >= 0 for d in shape):
         raise TesseraFileError(path, f"{at}: 'shape' is not a list of at most 8 sizes >= 0")
     if dtype not in DTYPES:
-        raise TesseraFileError(path, f"{at}: dtype {dtype!r} is not \"float32\" or \"float64\"")
+        raise TesseraFileError(path, f"{at}: dtype {dtype!r} is not \"float32\", \"float64\" or \"int8\"")
     nbytes = int(np.prod(shape, dtype=object)) * DTYPES[dtype].itemsize
     if t["bytes"] != nbytes:
         raise TesseraFileError(path, f"{at}: 'bytes' is {t['bytes']} but shape {shape} of {dtype} is {nbytes} bytes")
@@ -224,7 +224,7 @@ def read_tensor(f, path, t):
     if tuple(d.shape) != t["shape"]:
         raise TesseraFileError(path, f"{at}: the dataset has shape {list(d.shape)} but the manifest says "
                                      f"{list(t['shape'])}")
-    if d.dtype.kind != "f" or d.dtype.itemsize != DTYPES[t["dtype"]].itemsize:
+    if d.dtype.kind != DTYPES[t["dtype"]].kind or d.dtype.itemsize != DTYPES[t["dtype"]].itemsize:
         raise TesseraFileError(path, f"{at}: the dataset is {d.dtype} but the manifest says {t['dtype']}")
     _check_storage(d, path, at, t["bytes"])
     attr = _u32_attr(d, path, at)
@@ -251,7 +251,8 @@ def read_model_file(path):
         raise TesseraFileError(path, f"cannot be read (damaged, or not as tessera writes it): "
                                      f"{type(e).__name__}: {e}") from None
     for name, a in tensors.items():
-        if a.dtype.name != meta["dtype"]:
+        # An int8 file (a quantised version) holds its weights in int8 and their scales in float32.
+        if a.dtype.name != meta["dtype"] and not (meta["dtype"] == "int8" and a.dtype.name == "float32"):
             raise TesseraFileError(path, f"root attribute 'dtype' is {meta['dtype'][:100]} but /model/{name} is "
                                          f"{a.dtype.name}")
     return meta, tensors

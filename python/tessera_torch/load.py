@@ -33,6 +33,10 @@ def read_weights(path):
     each failure is a TesseraFileError naming the file and the tensor."""
     weights_path, architecture_path = resolve(path)
     meta, arrays = read_model_file(weights_path)
+    if meta["dtype"] == "int8":
+        raise TesseraFileError(weights_path, "is an int8 version (made by `tessera store quantize`, for serving); "
+                                             "PyTorch modules take the f32 weights: load the version its lineage "
+                                             "names as its parent")
     spec = read_spec(weights_path, meta, architecture_path)
     check_tensors(spec, arrays, weights_path)
     return OrderedDict((name, torch.from_numpy(arrays[name])) for name in expected_shapes(spec)), spec

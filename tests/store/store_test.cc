@@ -234,6 +234,54 @@ TEST_F(StoreTest, AVersionWhoseWeightsDoNotFitItsArchitectureFailsVerify) {
   EXPECT_CONTAINS(p[1], "/model/3.weight has shape [2, 3] but the architecture needs [5, 3]");
 }
 
+// An int8 version (as `tessera store quantize` publishes one): int8 weights with f32 scales, which
+// the store reads back as they were written, and whose dtypes must be the architecture's.
+TEST_F(StoreTest, Int8VersionsHoldInt8WeightsOfTheDtypeTheirArchitectureNeeds) {
+  Store st(root_);
+  PublishRequest r = Request("m", 1);
+  std::vector<int8_t> q1(12), q3(6);
+  for (size_t i = 0; i < q1.size(); ++i) q1[i] = static_cast<int8_t>(static_cast<int>(i) * 21 - 127);
+  for (size_t i = 0; i < q3.size(); ++i) q3[i] = static_cast<int8_t>(-static_cast<int>(i));
+  std::vector<float> s1{0.5f, 0.25f, 0.125f}, s3{1.0f, 2.0f}, in1{0.01f}, in3{0.02f};
+  r.architecture.set_quantization(INT8);
+  r.weights = {{"1.weight", {3, 4}, DType::kI8, q1.data()},  {"1.bias", {3}, DType::kF32, mlp_.b.data()},
+               {"1.weight_scale", {3}, DType::kF32, s1.data()}, {"1.input_scale", {1}, DType::kF32, in1.data()},
+               {"3.weight", {2, 3}, DType::kI8, q3.data()},  {"3.bias", {2}, DType::kF32, mlp_.b2.data()},
+               {"3.weight_scale", {2}, DType::kF32, s3.data()}, {"3.input_scale", {1}, DType::kF32, in3.data()}};
+  r.weights_meta.dtype = "int8";
+  st.Publish(r);
+  EXPECT_TRUE(st.Verify("m", 1).empty());
+  std::unique_ptr<nn::Sequential> net = BuildNetwork(st.ReadArchitecture("m", 1));
+  std::map<std::string, std::vector<char>> got;
+  st.LoadNetwork("m", 1, *net, [&](const io::TensorRecord& t) -> void* {
+    EXPECT_EQ(t.dtype, t.path.find(".weight") != std::string::npos && t.path.find("scale") == std::string::npos
+                           ? DType::kI8
+                           : DType::kF32)
+        << t.path;
+    got[t.path].resize(static_cast<size_t>(t.bytes));
+    return got[t.path].data();
+  });
+  ASSERT_EQ(got.size(), 8u);
+  EXPECT_EQ(std::memcmp(got["/model/1.weight"].data(), q1.data(), q1.size()), 0);
+  EXPECT_EQ(std::memcmp(got["/model/3.weight_scale"].data(), s3.data(), 8), 0);
+
+  // The same tensors under an f32 architecture, and f32 weights under an INT8 one: refused.
+  r.architecture.set_quantization(NONE);
+  st.Publish(r);
+  std::string all;
+  for (const std::string& line : st.Verify("m", 2)) all += line + "\n";
+  EXPECT_CONTAINS(all, "/model/1.weight is i8 but model.pbtxt's network needs f32");
+  EXPECT_CONTAINS(all, "/model/1.input_scale is not part of the architecture");
+  PublishRequest f = Request("m", 2);
+  f.architecture.set_quantization(INT8);
+  st.Publish(f);
+  std::unique_ptr<nn::Sequential> qnet = BuildNetwork(st.ReadArchitecture("m", 3));
+  EXPECT_CONTAINS(ThrownMessage<ConfigError>([&] {
+                    st.LoadNetwork("m", 3, *qnet, [](const io::TensorRecord&) -> void* { return nullptr; });
+                  }),
+                  "m version 3: /model/1.weight is f32 but model.pbtxt's network needs i8 (quantization: INT8)");
+}
+
 TEST_F(StoreTest, NonFiniteWeightsAreNotPublished) {
   Store st(root_);
   PublishRequest r = Request("m", 1);
