@@ -29,6 +29,13 @@ void RequireHostF32(const Module& m, const Tensor& x) {
     TESSERA_THROW(ShapeError, m.Describe(), ": takes f32 input on the CPU (int8 layers run on the CPU only)");
 }
 
+// Drops what the cache holds when the weights are not the ones it was filled for.
+void Refresh(cpu::int8::WeightCache& cache, const void*& cached_for, const Parameter& weight) {
+  if (weight.value.raw_data() == cached_for) return;
+  cache.Clear();
+  cached_for = weight.value.raw_data();
+}
+
 [[noreturn]] void InferenceOnly(const Module& m) {
   TESSERA_THROW(Error, m.Describe(), ": int8 layers are for inference only; train the f32 model");
 }
@@ -59,8 +66,9 @@ Tensor QuantizedLinear::Forward(const Tensor& x) {
   Tensor y = Tensor::Empty(ys);
   std::vector<int8_t> q = QuantizeInput(xc, *input_scale_);
   std::vector<float> scale = OutputScales(*weight_scale_, *input_scale_);
+  Refresh(cache_, cached_for_, *weight_);
   cpu::int8::Linear(q.data(), rows, in_, weight_->value.data<int8_t>(), out_, scale.data(),
-                    bias_ ? bias_->value.data<float>() : nullptr, y.data<float>());
+                    bias_ ? bias_->value.data<float>() : nullptr, y.data<float>(), &cache_);
   return y;
 }
 
@@ -90,8 +98,9 @@ Tensor QuantizedConv2d::Forward(const Tensor& x) {
   Tensor y = Tensor::Empty(ops::Conv2dOutputShape(xc.shape(), ws, params_));
   std::vector<int8_t> q = QuantizeInput(xc, *input_scale_);
   std::vector<float> scale = OutputScales(*weight_scale_, *input_scale_);
+  Refresh(cache_, cached_for_, *weight_);
   cpu::int8::Conv2d(q.data(), xc.shape(), weight_->value.data<int8_t>(), ws, params_, scale.data(),
-                    bias_ ? bias_->value.data<float>() : nullptr, y.data<float>());
+                    bias_ ? bias_->value.data<float>() : nullptr, y.data<float>(), &cache_);
   return y;
 }
 

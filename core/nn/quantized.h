@@ -8,10 +8,13 @@
 //   weight_scale  f32 [out]    max |w[o, ...]| / 127
 //   input_scale   f32 [1]      max |x| over the calibration data / 127
 // Forward quantises its input with input_scale, accumulates in int32, and scales each output
-// channel by input_scale * weight_scale[o] (core/ops/cpu/int8.h). CPU only.
+// channel by input_scale * weight_scale[o] (core/ops/cpu/int8.h). CPU only. A layer keeps oneDNN's
+// primitives and its weights rearranged for them from its first forward on: a layer whose weights
+// and scales are laid out anew starts over, but values changed in place are not seen.
 #pragma once
 
 #include "core/nn/layers.h"
+#include "core/ops/cpu/int8.h"
 
 namespace tessera::nn {
 
@@ -25,6 +28,8 @@ class QuantizedLinear : public Module {
  private:
   int64_t in_, out_;
   Parameter *weight_, *bias_ = nullptr, *weight_scale_, *input_scale_;
+  cpu::int8::WeightCache cache_;  // primitives and rearranged weights, for the weights at cached_for_
+  const void* cached_for_ = nullptr;
 };
 
 class QuantizedConv2d : public Module {
@@ -39,6 +44,8 @@ class QuantizedConv2d : public Module {
   int kernel_;
   Conv2dParams params_;
   Parameter *weight_, *bias_ = nullptr, *weight_scale_, *input_scale_;
+  cpu::int8::WeightCache cache_;
+  const void* cached_for_ = nullptr;
 };
 
 // Replaces every Linear and Conv2d child of `net` with its int8 counterpart of the same sizes (no

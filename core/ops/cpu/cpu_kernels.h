@@ -3,6 +3,7 @@
 #pragma once
 
 #include "core/ops/kernels.h"
+#include "core/ops/cpu/int8.h"
 
 namespace tessera::cpu {
 
@@ -57,9 +58,9 @@ bool OneDnnConv2dBackward(const Tensor& x, const Tensor& w, const Tensor& dy, co
 // built without oneDNN or the machine lacks the primitive, and the caller runs the reference loop.
 bool OneDnnInt8Available();
 bool OneDnnInt8Linear(const int8_t* x, int64_t m, int64_t c, const int8_t* w, int64_t k, const float* scale,
-                      const float* bias, float* y);
+                      const float* bias, float* y, int8::WeightCache* cache);
 bool OneDnnInt8Conv2d(const int8_t* x, const Shape& xs, const int8_t* w, const Shape& ws, const Conv2dParams& p,
-                      const float* scale, const float* bias, float* y);
+                      const float* scale, const float* bias, float* y, int8::WeightCache* cache);
 
 // Elements per task for memory-bound loops.
 constexpr int64_t kElementwiseGrain = 1 << 15;

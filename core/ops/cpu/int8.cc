@@ -71,13 +71,13 @@ void Conv2dReference(const int8_t* x, const Shape& xs, const int8_t* w, const Sh
 }
 
 void Linear(const int8_t* x, int64_t m, int64_t c, const int8_t* w, int64_t k, const float* scale,
-            const float* bias, float* y) {
-  if (!OneDnnInt8Linear(x, m, c, w, k, scale, bias, y)) LinearReference(x, m, c, w, k, scale, bias, y);
+            const float* bias, float* y, WeightCache* cache) {
+  if (!OneDnnInt8Linear(x, m, c, w, k, scale, bias, y, cache)) LinearReference(x, m, c, w, k, scale, bias, y);
 }
 
 void Conv2d(const int8_t* x, const Shape& xs, const int8_t* w, const Shape& ws, const Conv2dParams& p,
-            const float* scale, const float* bias, float* y) {
-  if (!OneDnnInt8Conv2d(x, xs, w, ws, p, scale, bias, y)) Conv2dReference(x, xs, w, ws, p, scale, bias, y);
+            const float* scale, const float* bias, float* y, WeightCache* cache) {
+  if (!OneDnnInt8Conv2d(x, xs, w, ws, p, scale, bias, y, cache)) Conv2dReference(x, xs, w, ws, p, scale, bias, y);
 }
 
 const char* Backend() { return OneDnnInt8Available() ? "onednn" : "reference"; }
@@ -87,11 +87,12 @@ const char* Backend() { return OneDnnInt8Available() ? "onednn" : "reference"; }
 #if !TESSERA_USE_ONEDNN
 namespace tessera::cpu {
 bool OneDnnInt8Available() { return false; }
-bool OneDnnInt8Linear(const int8_t*, int64_t, int64_t, const int8_t*, int64_t, const float*, const float*, float*) {
+bool OneDnnInt8Linear(const int8_t*, int64_t, int64_t, const int8_t*, int64_t, const float*, const float*, float*,
+                      int8::WeightCache*) {
   return false;
 }
 bool OneDnnInt8Conv2d(const int8_t*, const Shape&, const int8_t*, const Shape&, const Conv2dParams&, const float*,
-                      const float*, float*) {
+                      const float*, float*, int8::WeightCache*) {
   return false;
 }
 }  // namespace tessera::cpu
