@@ -78,3 +78,15 @@ for c in sorted({int(tag(r, "concurrency")) for r in serve}):
         if v in cell:
             ratio = f"{cell['2']['p50_ms'] / cell['1']['p50_ms']:.2f}" if v == "2" and "1" in cell else ""
             print(f"| {c} | {name} | {cell[v]['rps']:,.0f} | {cell[v]['p50_ms']:.3f} | {cell[v]['p99_ms']:.3f} | {ratio} |")
+
+print("\n## Notes\n")
+print("- The int8 file holds 4 bytes per output channel of scales and one of each layer's input scale beside "
+      "the int8 weights; biases stay float32, hence a ratio a little over 1/4.")
+print("- Where int8 time goes at batch 64 (ONEDNN_VERBOSE on this machine, AVX-512 VNNI): the two s8 "
+      "convolutions take about 1.0 ms together, but oneDNN writes their f32 outputs in its channels-last "
+      "layout, and turning them back into tessera's NCHW costs about 0.9 ms more; quantising each layer's "
+      "input is a vectorised loop. Asking oneDNN 2.6 for NCHW outputs directly selects its reference "
+      "kernel (about 70x slower), so the reorder stays until tessera's pooling takes channels-last input.")
+print("- Over HTTP at concurrency 1 the forward pass is a small part of a request (about 0.75 ms, mostly "
+      "protocol and batching delay), so int8 changes latency little there; at concurrency 16 the server "
+      "runs batches and the int8 forward shows.")

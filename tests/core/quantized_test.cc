@@ -52,7 +52,7 @@ TEST(Int8Quantize, RoundsClampsAndScalesPerRow) {
   const float x[] = {0.04f, 0.05f, -0.05f, 12.7f, -12.7f, 100.0f, -100.0f, 0.149f};
   int8_t q[8];
   q8::Quantize(x, 8, 0.1f, q);
-  const int8_t want[] = {0, 1, -1, 127, -127, 127, -127, 1};
+  const int8_t want[] = {0, 0, 0, 127, -127, 127, -127, 1};  // 0.05 * 10 is 0.5 in float: half to even
   for (int i = 0; i < 8; ++i) EXPECT_EQ(q[i], want[i]) << i;
 
   const float w[] = {1.0f, -2.0f, 0.5f, 0.0f, 0.0f, 0.0f};  // [2, 3]; row 1 all zero
@@ -61,7 +61,7 @@ TEST(Int8Quantize, RoundsClampsAndScalesPerRow) {
   q8::QuantizeRows(w, 2, 3, wq, scale);
   EXPECT_FLOAT_EQ(scale[0], 2.0f / 127);
   EXPECT_EQ(scale[1], 1.0f);
-  EXPECT_EQ(wq[0], 64);  // 1 / (2/127) = 63.5, away from zero
+  EXPECT_EQ(wq[0], 64);  // 1 / (2/127) = 63.5: half to even
   EXPECT_EQ(wq[1], -127);
   EXPECT_EQ(wq[3], 0);
 }

@@ -20,7 +20,7 @@ constexpr int kMax = 127;  // symmetric: -127..127 (never -128)
 
 // The scale that maps [-max_abs, max_abs] onto [-127, 127] (1 when max_abs is 0 or not finite).
 float ScaleFor(float max_abs);
-// q = clamp(round(x / scale), -127, 127), rounding half away from zero.
+// q = clamp(round(x / scale), -127, 127), rounding half to even.
 void Quantize(const float* x, int64_t n, float scale, int8_t* q);
 // Per output channel: w is [out, per_out] row-major; scale[k] = ScaleFor(max |w[k, :]|).
 void QuantizeRows(const float* w, int64_t out, int64_t per_out, int8_t* q, float* scale);
