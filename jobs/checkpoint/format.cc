@@ -94,6 +94,10 @@ CheckpointInfo ReadInfoLocked(hid_t file, const std::string& path, io::Manifest*
     m.lr = io::ReadRealAttr(file, "lr", path);
   }
   io::Manifest man = io::ReadManifest(file, m.format_version, path);
+  for (const io::TensorRecord& t : man.tensors)  // int8 is for quantised model files, never training state
+    if (info.kind == "checkpoint" && !IsFloating(t.dtype))
+      TESSERA_THROW(IoError, path, ": /manifest: ", t.path, " is ", DTypeName(t.dtype),
+                    "; a checkpoint holds float32 and float64 tensors only");
   info.tensors = man.tensors;
   if (info.kind == "checkpoint" && io::PathExists(file, "/rng/rank_state", path)) {
     std::vector<uint64_t> rs = ReadRankState(file, info);

@@ -226,8 +226,13 @@ TEST_F(WeightsTest, ALyingManifestIsCaughtEntryByEntry) {
       {"shape differs from the dataset", edit([](json& m) { m["tensors"][0]["shape"] = {4, 3}; }),
        "the dataset has shape [3,4] but the manifest says [4,3]"},
       {"bytes disagree", edit([](json& m) { m["tensors"][0]["bytes"] = 4800; }), "'bytes' is 4800 but shape"},
-      {"unknown dtype", edit([](json& m) { m["tensors"][0]["dtype"] = "int8"; }),
-       "dtype \"int8\" is not \"float32\" or \"float64\""},
+      {"unknown dtype", edit([](json& m) { m["tensors"][0]["dtype"] = "uint8"; }),
+       "dtype \"uint8\" is not \"float32\", \"float64\" or \"int8\""},
+      {"a dtype the dataset is not", edit([](json& m) {
+         m["tensors"][0]["dtype"] = "int8";
+         m["tensors"][0]["bytes"] = 12;
+       }),
+       "the dataset is float32 but the manifest says int8"},
       {"dtype differs", edit([](json& m) {
          m["tensors"][0]["dtype"] = "float64";
          m["tensors"][0]["bytes"] = 96;
