@@ -51,10 +51,7 @@ int main(int argc, char** argv) try {
   store::Store st(root);
   const store::Architecture arch = st.ReadArchitecture(model, version);
   std::unique_ptr<nn::Sequential> net = store::BuildNetwork(arch);
-  nn::AllocateParameters(*net);
-  std::map<std::string, nn::Parameter*> params;
-  for (auto& [name, p] : net->NamedParameters()) params["/model/" + name] = p;
-  st.LoadNetwork(model, version, *net, [&](const io::TensorRecord& t) { return params.at(t.path)->value.raw_data(); });
+  st.LoadInto(model, version, *net);
   net->SetTraining(false);
   std::mt19937 gen(1);
   std::uniform_real_distribution<float> u(0, 1);

@@ -20,24 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The f32 network of `version`, its parameters read from the store (f64 files converted).
-std::unique_ptr<nn::Sequential> LoadFloatNetwork(const store::Store& st, const std::string& model, int64_t version,
-                                                 const store::Architecture& arch) {
-  std::unique_ptr<nn::Sequential> net = store::BuildNetwork(arch);
-  nn::AllocateParameters(*net);
-  std::map<std::string, nn::Parameter*> params;
-  for (auto& [name, p] : net->NamedParameters()) params["/model/" + name] = p;
-  std::vector<std::pair<Tensor, nn::Parameter*>> staged;
-  st.LoadNetwork(model, version, *net, [&](const io::TensorRecord& t) -> void* {
-    nn::Parameter* p = params.at(t.path);
-    if (t.dtype == DType::kF32) return p->value.raw_data();
-    staged.emplace_back(Tensor::Empty(t.shape, t.dtype), p);
-    return staged.back().first.raw_data();
-  });
-  for (auto& [t, p] : staged) p->value.CopyFrom(t.Cast(DType::kF32));
-  return net;
-}
-
 // The largest |x| that reaches each child of `net` (0 for the children that are not quantisable),
 // over `samples` examples spread evenly over `data`, prepared as the evaluation prepares them.
 std::vector<float> InputMaxima(nn::Sequential& net, datasets::Dataset& data, const datasets::LoaderOptions& norm,
@@ -131,7 +113,8 @@ QuantizeResult QuantizeVersion(store::Store& st, const std::string& model, int64
 
   QuantizeResult r;
   r.parent = version;
-  std::unique_ptr<nn::Sequential> f32 = LoadFloatNetwork(st, model, version, arch);
+  std::unique_ptr<nn::Sequential> f32 = store::BuildNetwork(arch);
+  st.LoadInto(model, version, *f32);
   r.calibration_examples = std::min(options.samples, train->size());
   const std::vector<float> maxima = InputMaxima(*f32, *train, norm, options.samples, options.batch_size);
   store::Architecture qarch = arch;

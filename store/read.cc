@@ -302,6 +302,21 @@ LoadedVersion Store::LoadNetwork(const std::string& model, int64_t version, nn::
   return out;
 }
 
+LoadedVersion Store::LoadInto(const std::string& model, int64_t version, nn::Module& net) const {
+  nn::AllocateParameters(net);
+  std::map<std::string, nn::Parameter*> params;
+  for (auto& [name, p] : net.NamedParameters()) params["/model/" + name] = p;
+  std::vector<std::pair<Tensor, nn::Parameter*>> staged;  // stored in another float dtype, converted below
+  LoadedVersion out = LoadNetwork(model, version, net, [&](const io::TensorRecord& t) -> void* {
+    nn::Parameter* p = params.at(t.path);
+    if (t.dtype == p->dtype) return p->value.raw_data();
+    staged.emplace_back(Tensor::Empty(t.shape, t.dtype), p);
+    return staged.back().first.raw_data();
+  });
+  for (auto& [t, p] : staged) p->value.CopyFrom(t.Cast(p->dtype));
+  return out;
+}
+
 LoadedVersion Store::Load(const std::string& model, int64_t version, const io::TensorSink& sink) const {
   LoadedVersion out;
   out.model = model;

@@ -141,6 +141,9 @@ class Store {
   // `sink` is asked for the network's tensors only, each in its stored dtype.
   LoadedVersion LoadNetwork(const std::string& model, int64_t version, nn::Module& net,
                             const io::TensorSink& sink) const;
+  // LoadNetwork() into `net` itself: every parameter gets a host tensor of its own
+  // (nn::AllocateParameters) holding the version's values, float ones as f32.
+  LoadedVersion LoadInto(const std::string& model, int64_t version, nn::Module& net) const;
 
   // ---- writing ----------------------------------------------------------------------------------
   // Publishes a new version (see the top of this file). Refuses non-finite weights.

@@ -135,6 +135,13 @@ void Sequential::set_needs_input_grad(bool needs) {
   for (size_t i = 0; i < num_children() && i <= first; ++i) child(i).set_needs_input_grad(needs);
 }
 
+void AllocateParameters(Module& m) {
+  for (auto& [name, p] : m.NamedParameters()) {
+    p->value = Tensor::Zeros(p->shape, p->dtype);
+    p->offset = 0;
+  }
+}
+
 FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64_t seed, int64_t size_multiple)
     : model_(model) {
   if (!IsFloating(dtype))

@@ -151,6 +151,11 @@ class Sequential : public Module {
   ChildHook child_hook_;
 };
 
+// Gives every parameter of `m` a host tensor of its own, of the parameter's dtype, zeroed: for a
+// network that is not trained (an int8 one, or one filled from a file), which needs no flat
+// buffers and may hold parameters of several dtypes.
+void AllocateParameters(Module& m);
+
 // Lays out every parameter of a model in one contiguous value buffer and one gradient buffer of
 // the same layout (compare PyTorch FSDP's FlatParameter, DeepSpeed's flattened groups). Each
 // parameter starts at a multiple of kAlignment elements; the padding stays zero in both buffers,

@@ -106,13 +106,6 @@ Tensor QuantizedConv2d::Forward(const Tensor& x) {
 
 Tensor QuantizedConv2d::Backward(const Tensor&) { InferenceOnly(*this); }
 
-void AllocateParameters(Module& m) {
-  for (auto& [name, p] : m.NamedParameters()) {
-    p->value = Tensor::Zeros(p->shape, p->dtype);
-    p->offset = 0;
-  }
-}
-
 bool IsQuantizable(Module& m) { return dynamic_cast<Linear*>(&m) || dynamic_cast<Conv2d*>(&m); }
 
 int QuantizeLayers(Sequential& net) {

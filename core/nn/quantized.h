@@ -52,10 +52,6 @@ class QuantizedConv2d : public Module {
 // values: those come from a quantised weights file). Returns how many it replaced.
 int QuantizeLayers(Sequential& net);
 
-// Gives every parameter of `m` a host tensor of its own, of its dtype, zeroed (for a network
-// that is not trained: quantised, or filled from a file).
-void AllocateParameters(Module& m);
-
 // Whether `m` is a layer QuantizeLayers replaces (calibration measures their inputs).
 bool IsQuantizable(Module& m);
 

@@ -80,14 +80,9 @@ class GraphWriter {
 // The version's weights, by parameter name ("0.weight"), as float32 (checked against the network).
 std::map<std::string, Tensor> ReadWeights(const Store& store, const std::string& model, int64_t version,
                                           nn::Sequential& net) {
+  store.LoadInto(model, version, net);
   std::map<std::string, Tensor> read;
-  store.LoadNetwork(model, version, net, [&](const io::TensorRecord& t) -> void* {
-    Tensor& dst = read[t.path.substr(std::string("/model/").size())];
-    dst = Tensor::Empty(t.shape, t.dtype);
-    return dst.raw_data();
-  });
-  for (auto& [name, t] : read)
-    if (t.dtype() != DType::kF32) t = t.Cast(DType::kF32);
+  for (auto& [name, p] : net.NamedParameters()) read[name] = p->value;
   return read;
 }
 

@@ -7,21 +7,13 @@
 #   onnx_export_test.sh TESSERA SOURCE_DIR BUILD_DIR
 set -euo pipefail
 TESSERA=$1 SRC=$2 BUILD=$3
-unset TESSERA_STORE
 VENV=$BUILD/venv-onnx
 if ! "$VENV/bin/python" -c "import onnx, onnxruntime, numpy" 2>/dev/null; then
   echo "onnx_export_test: creating $VENV with onnx and onnxruntime from PyPI"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q onnx onnxruntime numpy
 fi
-W=$(mktemp -d)
-trap 'pkill -f -- "--port-file $W/" 2>/dev/null || true; rm -rf "$W"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-train() {  # NAME SPEC SETTINGS...
-  local name=$1 spec=$2; shift 2
-  "$TESSERA" train "$spec" --run-dir "$W/run-$name" --set publish.store="$W/store" --set publish.model="$name" "$@" \
-    > "$W/train-$name.log" 2>&1 || { cat "$W/train-$name.log"; fail "training $name"; }
-}
+. "$SRC/tests/store/e2e_lib.sh"
 
 /usr/bin/python3 "$SRC/tests/blobs_csv.py" "$W"
 cat > "$W/mlp.pbtxt" <<'SPEC'
@@ -33,9 +25,7 @@ optimizer { kind: ADAM lr: 0.01 }
 train { epochs: 2 seed: 3 threads: 1 }
 SPEC
 train mlp "$W/mlp.pbtxt"
-train cnn "$SRC/jobs/examples/fmnist_cnn.pbtxt" --set train.steps=40 --set train.threads=2 --set train.eval_every_steps=0 \
-  --set model.cnn.channels=4,8 --set model.cnn.hidden=16 --set train.epochs=1 \
-  --set data.normalize.mean=0.286 --set data.normalize.std=0.353
+train_small_cnn cnn 40
 
 for m in mlp cnn; do
   "$TESSERA" store export-onnx "$m@latest" "$W/$m.onnx" --store "$W/store" > "$W/export-$m.log" 2>&1 \
@@ -47,14 +37,8 @@ done
 "$VENV/bin/python" "$SRC/tests/store/onnx_check.py" "$W" || { cat "$W/serve.log"; fail "ONNX outputs"; }
 
 # What export-onnx refuses: exit non-zero, name what is wrong.
-expect_error() {  # WHAT PATTERN ARGS...
-  local what=$1 pattern=$2; shift 2
-  if "$TESSERA" store export-onnx "$@" > "$W/err.out" 2>&1; then fail "$what: accepted"; fi
-  grep -q -- "$pattern" "$W/err.out" || { cat "$W/err.out"; fail "$what: message lacks '$pattern'"; }
-  echo "refused ($what): $(tail -1 "$W/err.out")"
-}
-expect_error "no such version" "mlp" mlp@7 "$W/x.onnx" --store "$W/store"
-expect_error "no such model" "nomodel" nomodel "$W/x.onnx" --store "$W/store"
-expect_error "an output in a missing directory" "$W/missing/x.onnx" mlp "$W/missing/x.onnx" --store "$W/store"
-expect_error "no store named" "which model store" mlp "$W/x.onnx"
+expect_error "no such version" "mlp" "$TESSERA" store export-onnx mlp@7 "$W/x.onnx" --store "$W/store"
+expect_error "no such model" "nomodel" "$TESSERA" store export-onnx nomodel "$W/x.onnx" --store "$W/store"
+expect_error "an output in a missing directory" "$W/missing/x.onnx" "$TESSERA" store export-onnx mlp "$W/missing/x.onnx" --store "$W/store"
+expect_error "no store named" "which model store" "$TESSERA" store export-onnx mlp "$W/x.onnx"
 echo "onnx_export_test: ok"

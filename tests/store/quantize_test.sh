@@ -7,15 +7,7 @@
 #   quantize_test.sh TESSERA SOURCE_DIR
 set -euo pipefail
 TESSERA=$1 SRC=$2
-unset TESSERA_STORE
-W=$(mktemp -d)
-trap 'pkill -f -- "--port-file $W/" 2>/dev/null || true; rm -rf "$W"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-train() {  # NAME SPEC SETTINGS...
-  local name=$1 spec=$2; shift 2
-  "$TESSERA" train "$spec" --run-dir "$W/run-$name" --set publish.store="$W/store" --set publish.model="$name" "$@" \
-    > "$W/train-$name.log" 2>&1 || { cat "$W/train-$name.log"; fail "training $name"; }
-}
+. "$SRC/tests/store/e2e_lib.sh"
 
 /usr/bin/python3 "$SRC/tests/blobs_csv.py" "$W"
 cat > "$W/mlp.pbtxt" <<'SPEC'
@@ -26,9 +18,7 @@ optimizer { kind: ADAM lr: 0.01 }
 train { epochs: 2 seed: 3 threads: 1 }
 SPEC
 train mlp "$W/mlp.pbtxt"
-train cnn "$SRC/jobs/examples/fmnist_cnn.pbtxt" --set train.steps=150 --set train.threads=2 --set train.eval_every_steps=0 \
-  --set model.cnn.channels=4,8 --set model.cnn.hidden=16 --set train.epochs=1 \
-  --set data.normalize.mean=0.286 --set data.normalize.std=0.353
+train_small_cnn cnn 150
 
 "$TESSERA" store quantize cnn --store "$W/store" --samples 500 --json > "$W/q-cnn.json" 2> "$W/q-cnn.err" \
   || { cat "$W/q-cnn.err"; fail "quantize cnn"; }
@@ -80,12 +70,6 @@ PY
 grep -q "loaded cnn version 2" "$W/serve.log" || fail "the server did not log the int8 load"
 
 # What an int8 version is refused for: exit non-zero, name what is wrong and what to do.
-expect_error() {  # WHAT PATTERN COMMAND...
-  local what=$1 pattern=$2; shift 2
-  if "$@" > "$W/err.out" 2>&1; then fail "$what: accepted"; fi
-  grep -q -- "$pattern" "$W/err.out" || { cat "$W/err.out"; fail "$what: message lacks '$pattern'"; }
-  echo "refused ($what): $(tail -1 "$W/err.out")"
-}
 expect_error "quantising twice" "cnn version 2 is already quantised (INT8)" \
   "$TESSERA" store quantize cnn@2 --store "$W/store"
 expect_error "ONNX export" "is quantised (quantization: INT8); export the f32 version" \

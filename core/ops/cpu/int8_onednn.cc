@@ -56,6 +56,15 @@ dnnl::primitive_attr ScaleAttr(const std::vector<float>& scales) {
   return attr;
 }
 
+// The layouts `pd` picked, and its primitive.
+template <typename Primitive>
+void Adopt(Int8Primitive& p, const typename Primitive::primitive_desc& pd) {
+  p.x_want = pd.src_desc();
+  p.w_want = pd.weights_desc();
+  p.y_want = pd.dst_desc();
+  p.prim = Primitive(pd);
+}
+
 // The primitive for `key`: the layer's (made now and kept, when it has no such one yet), or, for a
 // call without a cache, one made now into `scratch`.
 template <typename Make>
@@ -138,10 +147,7 @@ bool OneDnnInt8Linear(const int8_t* x, int64_t m, int64_t c, const int8_t* w, in
         dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, memory::desc({m, c}, kS8, Tag::any),
                                           memory::desc({k, c}, kS8, Tag::any), memory::desc({m, k}, kF32, Tag::any)),
         ScaleAttr(scales), Engine());
-    p.x_want = pd.src_desc();
-    p.w_want = pd.weights_desc();
-    p.y_want = pd.dst_desc();
-    p.prim = dnnl::inner_product_forward(pd);
+    Adopt<dnnl::inner_product_forward>(p, pd);
   });
   if (!p.ok) return false;
   Run(p, x, w, y, cache);
@@ -168,10 +174,7 @@ bool OneDnnInt8Conv2d(const int8_t* x, const Shape& xs, const int8_t* w, const S
                                         memory::desc(xd, kS8, Tag::any), memory::desc(wdims, kS8, Tag::any),
                                         memory::desc(yd, kF32, Tag::any), strides, pad_l, pad_r),
         ScaleAttr(scales), Engine());
-    p.x_want = pd.src_desc();
-    p.w_want = pd.weights_desc();
-    p.y_want = pd.dst_desc();
-    p.prim = dnnl::convolution_forward(pd);
+    Adopt<dnnl::convolution_forward>(p, pd);
   });
   if (!p.ok) return false;
   Run(p, x, w, y, cache);
