@@ -3,8 +3,9 @@
 // that never arrived without any message per collective.
 //
 // A group's id is agreed when it is built (AgreeGroupId: one MPI_Allreduce over its communicator)
-// and is the same on every member; the worker thread stores the sequence number of each
-// collective in the group's slot before entering it (an atomic store: no message, no lock).
+// and is the same on every member; the thread that starts each collective (the group's worker,
+// or the issuing thread for a small nonblocking one) stores its sequence number in the group's
+// slot before entering it (an atomic store: no message, no lock).
 // Every heartbeat carries this process's board; a peer keeps the latest it received.
 //
 // Thread safety: every function may be called from any thread.

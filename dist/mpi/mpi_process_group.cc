@@ -4,18 +4,15 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
-#include <condition_variable>
 #include <cstdio>
-#include <deque>
 #include <exception>
-#include <iomanip>
 #include <mutex>
 #include <numeric>
-#include <sstream>
 #include <vector>
 
 #include "dist/collective.h"
 #include "dist/mpi/arrivals.h"
+#include "dist/mpi/group_state.h"
 #include "dist/mpi/heartbeat.h"
 #include "dist/mpi/mpi_check.h"
 #include "dist/mpi/op.h"
@@ -25,33 +22,8 @@ namespace tessera::dist {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using collective::Elements;
 using collective::Kind;
-using collective::RankList;
 using mpi_internal::Op;
-
-// A peer not heard from (dist/mpi/heartbeat.h) for this long is "not responding" ...
-constexpr double kSilenceS = 2.0;
-// ... once it has had this long to be heard from; live peers send their arrivals within it.
-constexpr double kHeartbeatDrainS = 1.5;
-
-// How long the worker, idle, and a Wait() on an op still running, poll (yielding the core to any
-// other thread that is ready) before they sleep: a collective issued or finished meanwhile is
-// handed over without waking a thread, which costs a few microseconds each way (more from an
-// idle core) and was most of the cost of a small collective.
-constexpr auto kSpinBudget = std::chrono::microseconds(50);
-
-// Polls `ready` until it holds (true) or `budget` has passed (false).
-template <typename Ready>
-bool SpinUntil(const Ready& ready, std::chrono::nanoseconds budget) {
-  if (ready()) return true;
-  const auto end = Clock::now() + budget;
-  for (;;) {
-    std::this_thread::yield();
-    if (ready()) return true;
-    if (Clock::now() >= end) return false;
-  }
-}
 
 // Rejects what the MPI backend cannot carry; `op` and `role` name the call and the argument.
 void CheckTensor(const char* op, const char* role, const Tensor& t) {
@@ -70,194 +42,77 @@ void CheckCount(const char* op, const char* role, int64_t n) {
                   INT_MAX, "); split it into several calls");
 }
 
-}  // namespace
+using mpi_internal::kSpinBudget;
+using mpi_internal::SpinUntil;
+using mpi_internal::State;
 
-// ---- state shared by the group, its worker thread and its Work handles --------------------------
-
-struct MpiProcessGroup::State {
-  MPI_Comm data = MPI_COMM_NULL;  // the collectives
-  int rank = 0;
-  int size = 1;
-  std::vector<int> world_rank;  // group rank -> MPI_COMM_WORLD rank
-  bool same_as_world = true;    // world_rank[r] == r for every r
-  uint64_t id = 0;              // the same on every member (dist/mpi/arrivals.h)
-  internal::ArrivalSlot entered;  // the collective the worker entered last, for the heartbeats
-
-  std::mutex mu;                    // guards the queue and status below, and Op's result fields
-  std::condition_variable work_cv;  // to the worker: queued work or stop
-  std::condition_variable done_cv;  // to waiters: an op finished, or the group broke
-  std::deque<std::shared_ptr<Op>> queue;
-  std::atomic<size_t> queued{0};  // queue.size(), for the worker to poll without the lock
-  std::shared_ptr<Op> running;  // the op the worker is executing, if any
-  uint64_t next_seq = 1;
-  std::string broken;     // why the group is broken; empty while it is healthy
-  bool stop = false;      // the group object is gone; the worker exits when idle
-  bool detached = false;  // ... and the worker then releases the MPI resources
-
-  std::mutex release_mu;  // guards `released` and the freeing of `data`
-  bool released = false;
-
-  std::string BrokenMessage() const { return "the process group is broken and cannot be used: " + broken; }
-
-  std::string DescribeRanks(const std::vector<int>& ranks) const {
-    std::string s = RankList(ranks);
-    if (!same_as_world && !ranks.empty()) {
-      std::vector<int> world;
-      for (int r : ranks) world.push_back(world_rank[r]);
-      s += " (world ranks " + RankList(world) + ")";
-    }
-    return s;
+// Takes the next op for the worker, `s.mu` held: the inflight op first, which the worker adopts
+// (completes) before anything issued after it; else the head of the queue. Fails, without
+// running it, a queued op of a broken group (returns null then). `adopted` says which.
+std::shared_ptr<Op> TakeNext(State& s, bool* adopted) {
+  std::shared_ptr<Op> op;
+  *adopted = s.inflight && (s.adopt_inflight || !s.queue.empty() || s.stop);
+  if (*adopted) {
+    op = std::move(s.inflight);
+    s.inflight.reset();
+    s.adopt_inflight = false;
+    op->adopted.store(true, std::memory_order_release);
+    s.running = op;
+    return op;
   }
+  op = std::move(s.queue.front());
+  s.queue.pop_front();
+  s.queued.store(s.queue.size(), std::memory_order_release);
+  if (!s.broken.empty()) {
+    s.Finish(*op, std::make_exception_ptr(CommError(op->What() + " was not run: " + s.BrokenMessage())), "");
+    return nullptr;
+  }
+  s.running = op;
+  return op;
+}
 
-  // The CommTimeoutError message for `op`, whose deadline has passed.
-  std::string DiagnoseTimeout(const Op& op) {
-    uint64_t stuck_seq = op.seq;
-    std::string stuck_what;  // set when this rank is still in an earlier collective
-    Clock::time_point since = op.issued;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      if (running && running->seq < op.seq) {
-        stuck_seq = running->seq;
-        stuck_what = running->What();
-        since = std::min(since, running->issued);
-      }
-    }
-    // Which peers had not entered it, and which fell silent while it was pending: a rank killed
-    // or stopped inside it has arrived too. Whether this rank itself was stalled, too.
-    const double window_s = std::chrono::duration<double>(Clock::now() - since).count();
-    std::vector<internal::PeerReport> reports;
-    const bool have_heartbeats =
-        internal::HeartbeatReports(world_rank, id, window_s, kSilenceS, kHeartbeatDrainS, &reports);
-    std::vector<int> missing, silent;
-    double silent_for = 0;
-    if (have_heartbeats) {
-      for (int p = 0; p < size; ++p) {
-        if (p == rank) continue;
-        if (!reports[p].listed || reports[p].entered < stuck_seq) missing.push_back(p);
-        if (reports[p].silence_s <= kSilenceS) continue;
-        silent_for = silent.empty() ? reports[p].silence_s : std::min(silent_for, reports[p].silence_s);
-        silent.push_back(p);
-      }
-    }
-    std::ostringstream m;
-    m << op.What() << " did not complete within " << op.timeout_s << " s: ";
-    if (!stuck_what.empty()) m << "this rank is still in " << stuck_what << ", where ";
-    if (!have_heartbeats) {
-      m << "which ranks did not arrive is unknown (heartbeats are not running: initialise MPI with "
-           "tessera::dist::InitMpi)";
+// Runs `op` (or, adopted, completes it with MPI_Wait); returns its failure and the reason.
+std::exception_ptr Execute(State& s, Op& op, bool adopted, std::string* reason) {
+  try {
+    if (adopted) {
+      std::lock_guard<std::mutex> test(op.test_mu);
+      if (op.finished.load(std::memory_order_acquire)) return nullptr;  // its Wait() got there first
+      do {
+        TESSERA_MPI_CHECK(MPI_Wait(&op.request, MPI_STATUS_IGNORE));
+      } while (!mpi_internal::ContinueNonblocking(op, s.data, s.rank, s.size));
     } else {
-      m << "ranks that did not arrive: " << DescribeRanks(missing);
-      if (missing.empty() && silent.empty())
-        m << " (every rank entered it: one may have died inside it, or the timeout is too short for "
-             "this size)";
-      else if (missing.empty())
-        m << " (every rank entered it)";
-      m << "; ranks not responding";
-      if (!silent.empty())
-        m << " (no heartbeat for " << (silent.size() > 1 ? "at least " : "") << std::fixed
-          << std::setprecision(1) << silent_for << " s)";
-      m << ": " << DescribeRanks(silent);
-      if (reports[rank].silence_s > kSilenceS)
-        m << "; this rank itself was stalled for " << std::fixed << std::setprecision(1)
-          << reports[rank].silence_s << " s (stopped, or starved of CPU) while it waited";
+      s.entered->store(op.seq, std::memory_order_release);  // for the heartbeats
+      mpi_internal::RunOp(op, s.data, s.rank, s.size);
     }
-    m << "; the job cannot continue (a rank died, hung or was stopped)";
-    return m.str();
+  } catch (const std::exception& e) {
+    *reason = op.What() + " failed: " + e.what();
+    return std::make_exception_ptr(CommError(*reason));
   }
-
-  // Takes the group off the arrival board and frees the communicator. Called once the worker
-  // has left MPI for good; never throws.
-  void ReleaseMpiResources() noexcept {
-    std::lock_guard<std::mutex> lock(release_mu);
-    if (released) return;
-    released = true;
-    if (entered) internal::UnregisterArrivals(id);
-    if (MpiIsInitialized() && data != MPI_COMM_NULL) MPI_Comm_free(&data);
-  }
-};
-
-namespace {
-
-using State = MpiProcessGroup::State;
-
-class MpiWork : public Work {
- public:
-  MpiWork(std::shared_ptr<State> state, std::shared_ptr<Op> op)
-      : state_(std::move(state)), op_(std::move(op)) {}
-
-  void Wait() override {
-    State& s = *state_;
-    SpinUntil([&] { return op_->finished.load(std::memory_order_acquire); }, kSpinBudget);
-    std::unique_lock<std::mutex> lock(s.mu);
-    const auto finished = [&] { return op_->done || !s.broken.empty(); };
-    if (!s.done_cv.wait_until(lock, op_->deadline, finished)) {
-      lock.unlock();
-      std::string message = s.DiagnoseTimeout(*op_);
-      lock.lock();
-      if (!op_->done) {
-        op_->timeout_message = message;
-        if (s.broken.empty()) s.broken = message;
-        s.done_cv.notify_all();
-        throw CommTimeoutError(message);
-      }
-    }
-    if (!op_->timeout_message.empty()) throw CommTimeoutError(op_->timeout_message);
-    if (op_->done) {
-      if (op_->error) std::rethrow_exception(op_->error);
-      return;
-    }
-    throw CommError(op_->What() + " cannot complete: " + s.BrokenMessage());
-  }
-
-  bool IsCompleted() override {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    return op_->done;
-  }
-
-  uint64_t sequence() const override { return op_->seq; }
-
- private:
-  std::shared_ptr<State> state_;
-  std::shared_ptr<Op> op_;
-};
+  return nullptr;
+}
 
 void RunWorker(std::shared_ptr<State> s) {
   for (;;) {
     std::shared_ptr<Op> op;
+    bool adopted = false;
     {
       SpinUntil([&] { return s->queued.load(std::memory_order_acquire) > 0; }, kSpinBudget);
       std::unique_lock<std::mutex> lock(s->mu);
-      s->work_cv.wait(lock, [&] { return s->stop || !s->queue.empty(); });
-      if (s->queue.empty()) break;
-      op = std::move(s->queue.front());
-      s->queue.pop_front();
-      s->queued.store(s->queue.size(), std::memory_order_release);
-      if (!s->broken.empty()) {
-        op->error = std::make_exception_ptr(CommError(op->What() + " was not run: " + s->BrokenMessage()));
-        op->done = true;
-        op->finished.store(true, std::memory_order_release);
-        s->done_cv.notify_all();
+      s->work_cv.wait(lock, [&] { return s->stop || !s->queue.empty() || s->adopt_inflight; });
+      if (s->queue.empty() && !(s->inflight && (s->adopt_inflight || s->stop))) {
+        if (s->stop) break;
+        s->adopt_inflight = false;  // its Wait() finished it meanwhile
         continue;
       }
-      s->running = op;
+      op = TakeNext(*s, &adopted);
+      if (!op) continue;
     }
-    std::exception_ptr error;
     std::string reason;
-    try {
-      s->entered->store(op->seq, std::memory_order_release);  // for the heartbeats
-      mpi_internal::RunOp(*op, s->data, s->rank, s->size);
-    } catch (const std::exception& e) {
-      reason = op->What() + " failed: " + e.what();
-      error = std::make_exception_ptr(CommError(reason));
-    }
+    std::exception_ptr error = Execute(*s, *op, adopted, &reason);
     {
       std::lock_guard<std::mutex> lock(s->mu);
       s->running.reset();
-      op->done = true;
-      op->finished.store(true, std::memory_order_release);
-      op->error = error;
-      if (error && s->broken.empty()) s->broken = reason;
-      s->done_cv.notify_all();
+      if (!op->done) s->Finish(*op, error, reason);
     }
   }
   bool release;
@@ -270,6 +125,21 @@ void RunWorker(std::shared_ptr<State> s) {
   internal::WorkerThreadExited();
 }
 
+// Starts `op` on the issuing thread (the group is idle, so every earlier op is done and the
+// order on the communicator is kept); `s.mu` held. A failure to start is the op's failure.
+void StartInflight(State& s, const std::shared_ptr<Op>& op) {
+  op->caller_started = true;
+  s.entered->store(op->seq, std::memory_order_release);  // for the heartbeats
+  try {
+    mpi_internal::StartNonblocking(*op, s.data, s.rank, s.size);
+  } catch (const std::exception& e) {
+    const std::string reason = op->What() + " failed: " + e.what();
+    s.Finish(*op, std::make_exception_ptr(CommError(reason)), reason);
+    return;
+  }
+  s.inflight = op;
+}
+
 std::shared_ptr<Work> Enqueue(State& s, const std::shared_ptr<State>& shared, std::shared_ptr<Op> op,
                               double timeout_s) {
   collective::CheckTimeout(op->kind, timeout_s);
@@ -280,10 +150,14 @@ std::shared_ptr<Work> Enqueue(State& s, const std::shared_ptr<State>& shared, st
   op->group_size = s.size;
   op->issued = Clock::now();
   op->deadline = collective::Deadline(op->issued, timeout_s);
-  s.queue.push_back(op);
-  s.queued.store(s.queue.size(), std::memory_order_release);
-  s.work_cv.notify_one();
-  return std::make_shared<MpiWork>(shared, std::move(op));
+  if (s.queue.empty() && !s.running && !s.inflight && mpi_internal::UsesNonblocking(*op, s.size)) {
+    StartInflight(s, op);
+  } else {
+    s.queue.push_back(op);
+    s.queued.store(s.queue.size(), std::memory_order_release);
+    s.work_cv.notify_one();
+  }
+  return mpi_internal::MakeWork(shared, std::move(op));
 }
 
 }  // namespace
@@ -355,31 +229,35 @@ MpiProcessGroup::~MpiProcessGroup() {
   bool join;
   {
     std::unique_lock<std::mutex> lock(s.mu);
-    // Drain: each pending collective gets until its deadline.
+    // Drain: each pending collective gets until its deadline; the worker completes an inflight one.
     Clock::time_point latest = Clock::now();
     for (const auto& op : s.queue) latest = std::max(latest, op->deadline);
-    if (s.running) latest = std::max(latest, s.running->deadline);
-    const auto idle = [&] { return (s.queue.empty() && !s.running) || !s.broken.empty(); };
+    for (const auto* op : {s.running.get(), s.inflight.get()})
+      if (op) latest = std::max(latest, op->deadline);
+    if (s.inflight) {
+      s.adopt_inflight = true;
+      s.work_cv.notify_one();
+    }
+    const auto idle = [&] { return (s.queue.empty() && !s.running && !s.inflight) || !s.broken.empty(); };
     if (!s.done_cv.wait_until(lock, latest, idle)) {
-      s.broken = (s.running ? s.running->What() : std::string("a collective")) +
-                 " had not completed by its deadline when its process group was destroyed";
+      const Op* stuck = s.running ? s.running.get() : s.inflight.get();
+      s.Break((stuck ? stuck->What() : std::string("a collective")) +
+              " had not completed by its deadline when its process group was destroyed");
       std::fprintf(stderr, "tessera: rank %d of a group of %d: %s; the job cannot continue\n", s.rank, s.size,
                    s.broken.c_str());
       std::fflush(stderr);
     }
     s.stop = true;
     if (!s.broken.empty()) {
-      for (auto& op : s.queue) {
-        op->error = std::make_exception_ptr(CommError(op->What() + " was not run: " + s.BrokenMessage()));
-        op->done = true;
-        op->finished.store(true, std::memory_order_release);
-      }
+      for (auto& op : s.queue)
+        s.Finish(*op, std::make_exception_ptr(CommError(op->What() + " was not run: " + s.BrokenMessage())),
+                 "");
       s.queue.clear();
       s.queued.store(0);
-      s.done_cv.notify_all();
     }
-    // A worker still inside MPI (its collective timed out) cannot be joined.
-    join = !s.running;
+    // A worker still inside MPI (its collective timed out), or about to adopt an inflight op that
+    // has not completed, cannot be joined.
+    join = !s.running && !s.inflight;
     s.detached = !join;
   }
   s.work_cv.notify_all();

@@ -8,8 +8,11 @@
 //    the collective is issued (ShapeError naming the collective and the sizes); a rejected call
 //    takes no sequence number.
 //  * Execution: the group dups the given communicator (which stays the caller's). One worker
-//    thread per group runs the collectives in issue order with blocking MPI calls on it.
-//  * Timeouts: before entering collective k the worker notes k on this process's arrival board
+//    thread per group runs the collectives in issue order with blocking MPI calls on it, except
+//    small all-gathers, all-reduces, reduces and reduce-scatters: these use nonblocking calls, which the
+//    issuing thread starts itself when the group is idle and Wait() polls (dist/mpi/op.h,
+//    dist/mpi/group_state.h). Either way one collective of a group is inside MPI at a time.
+//  * Timeouts: before entering collective k the thread that starts it notes k on this process's arrival board
 //    (dist/mpi/arrivals.h), which the heartbeat thread sends to every peer every 0.5 s
 //    (dist/mpi/heartbeat.h, started by InitMpi); a collective itself sends no message for this.
 //    When Wait() passes the deadline (issue time + timeout_s) it waits for a heartbeat from every
@@ -21,7 +24,7 @@
 //    Wait() thus throws up to about 1.5 s after the deadline.
 //    The group is then broken: every later call, and Wait() on every collective not yet
 //    completed, throws CommError. Its worker stays inside MPI until the missing ranks arrive, if
-//    ever; see FinalizeMpi.
+//    ever (it takes over a timed-out collective that the issuing thread started); see FinalizeMpi.
 //  * An MPI error becomes a CommError naming the collective, its sequence number and the MPI
 //    error text, and also breaks the group.
 //  * Split() runs as a collective of this group: it waits for the collectives issued before it,

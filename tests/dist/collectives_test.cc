@@ -38,6 +38,11 @@ using ::testing::AssertionSuccess;
 using Clock = std::chrono::steady_clock;
 
 constexpr int64_t kLarge = int64_t{1} << 22;  // 4M elements
+// The largest all-reduce, reduce, all-gather output and reduce-scatter input (bytes) that use a
+// nonblocking call (dist/mpi/run_op.cc): sizes on both sides are tested.
+constexpr int64_t kEdge = int64_t{16} << 10;
+constexpr int64_t kReduceEdge = int64_t{4} << 10;
+constexpr int64_t kBigEdge = int64_t{256} << 10;
 // Short enough that a test which desynchronises the ranks fails before CTest's 120 s limit.
 constexpr double kTestTimeoutS = 60;
 
@@ -125,7 +130,8 @@ template <typename T>
 void CheckAllReduce(ReduceOp op) {
   ProcessGroup& w = World();
   const int P = w.size(), r = w.rank();
-  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{3} * P + 1, kLarge}) {
+  const int64_t edge = kEdge / int64_t{sizeof(T)};
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{3} * P + 1, edge, edge + 1, kLarge}) {
     SCOPED_TRACE(::testing::Message() << "n = " << n);
     Tensor t = Make<T>(n, [&](int64_t i) { return r + 1 + Mod(i); });
     auto work = w.AllReduce(t, Opts(op));
@@ -165,7 +171,8 @@ void CheckReduce(ReduceOp op) {
   ProcessGroup& w = World();
   const int P = w.size(), r = w.rank();
   for (int root = 0; root < P; ++root)
-    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{3} * P + 1, kLarge}) {
+    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{3} * P + 1, kReduceEdge / int64_t{sizeof(T)},
+                      kReduceEdge / int64_t{sizeof(T)} + 1, kLarge}) {
       SCOPED_TRACE(::testing::Message() << "root = " << root << ", n = " << n);
       Tensor t = Make<T>(n, [&](int64_t i) { return r + 1 + Mod(i); });
       w.Reduce(t, root, Opts(op))->Wait();
@@ -184,7 +191,8 @@ template <typename T>
 void CheckReduceScatter(ReduceOp op) {
   ProcessGroup& w = World();
   const int P = w.size(), r = w.rank();
-  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, kLarge / P}) {
+  const int64_t edge = kBigEdge / int64_t{sizeof(T)} / P;  // per rank
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, edge, edge + 1, kLarge / P}) {
     SCOPED_TRACE(::testing::Message() << "n = " << n);
     Tensor input = Make<T>(P * n, [&](int64_t i) { return r + 1 + Mod(i); });
     Tensor output = Make<T>(n, [](int64_t) { return -1; });
@@ -205,7 +213,8 @@ template <typename T>
 void CheckAllGather() {
   ProcessGroup& w = World();
   const int P = w.size(), r = w.rank();
-  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, kLarge / P}) {
+  const int64_t edge = kBigEdge / int64_t{sizeof(T)} / P;  // per rank
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, edge, edge + 1, kLarge / P}) {
     SCOPED_TRACE(::testing::Message() << "n = " << n);
     Tensor input = Make<T>(n, [&](int64_t i) { return (r + 1) * 100 + Mod(i); });
     Tensor output = Make<T>(P * n, [](int64_t) { return -1; });
@@ -318,6 +327,50 @@ TEST(MpiAsync, DependentCollectivesOnOneTensorRunInOrder) {
       ElementsAre<double>(t, kLarge / 4, [&](int64_t i) { return P * Reduced(ReduceOp::kSum, P, Mod(i)); }));
 }
 
+// Small all-gathers, all-reduces and reduce-scatters are started by the issuing thread when the
+// group is idle, and queued for the worker otherwise: interleaved with large ones, each must still
+// run in issue order and give the right answer, whichever thread starts it.
+TEST(MpiAsync, SmallAndLargeCollectivesInterleavedCompleteInIssueOrder) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  const int64_t small = 3 * P + 1, large = kLarge / 4;
+  Tensor a = Make<float>(small, [&](int64_t i) { return r + 1 + Mod(i); });
+  Tensor big = Make<float>(large, [&](int64_t i) { return r + 1 + Mod(i); });
+  Tensor b = Make<double>(small, [&](int64_t i) { return r + 1 + Mod(i); });
+  Tensor part = Make<float>(small, [&](int64_t i) { return r * small + i; });
+  Tensor gathered = Tensor::Empty({small * P}, DType::kF32);
+  Tensor scatter_in = Make<float>(small * P, [&](int64_t i) { return r + 1 + Mod(i); });
+  Tensor scattered = Tensor::Empty({small}, DType::kF32);
+  std::vector<std::shared_ptr<Work>> works;
+  works.push_back(w.AllReduce(a, Opts()));                        // idle: started by this thread
+  works.push_back(w.AllReduce(big, Opts()));                      // queued behind it
+  works.push_back(w.AllReduce(b, Opts(ReduceOp::kAvg)));          // queued: the worker starts it
+  works.push_back(w.AllGather(part, gathered, Opts()));           // queued
+  works.push_back(w.ReduceScatter(scatter_in, scattered, Opts(ReduceOp::kMax)));  // queued
+  works.back()->Wait();
+  for (size_t j = 0; j < works.size(); ++j) EXPECT_TRUE(works[j]->IsCompleted()) << "collective " << j;
+  for (auto& work : works) work->Wait();
+  EXPECT_TRUE(ElementsAre<float>(a, small, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
+  EXPECT_TRUE(ElementsAre<float>(big, large, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
+  EXPECT_TRUE(ElementsAre<double>(b, small, [&](int64_t i) { return Reduced(ReduceOp::kAvg, P, Mod(i)); }));
+  EXPECT_TRUE(ElementsAre<float>(gathered, small * P, [&](int64_t i) { return static_cast<double>(i); }));
+  EXPECT_TRUE(ElementsAre<float>(scattered, small,
+                                 [&](int64_t i) { return Reduced(ReduceOp::kMax, P, Mod(r * small + i)); }));
+
+  // Several small ones in a row, waited on in reverse: only the first can start at once.
+  std::vector<Tensor> tensors;
+  works.clear();
+  for (int j = 0; j < 6; ++j) {
+    tensors.push_back(Make<int64_t>(1 + j, [&](int64_t i) { return r + 1 + Mod(i + j); }));
+    works.push_back(w.AllReduce(tensors.back(), Opts()));
+  }
+  for (int j = 5; j >= 0; --j) works[j]->Wait();
+  for (int j = 0; j < 6; ++j)
+    EXPECT_TRUE(ElementsAre<int64_t>(tensors[j], 1 + j,
+                                     [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i + j)); }))
+        << "allreduce " << j;
+}
+
 // ---- sub-groups ----------------------------------------------------------------------------------
 
 TEST(MpiSplit, ByParity) {
@@ -427,7 +480,9 @@ TEST(MpiMessages, CollectivesSendNoMessagesBesideTheHeartbeats) {
 
 // ---- timeouts: keep these tests last; each breaks a dedicated group -----------------------------
 
-TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) {
+// `n` f32 elements: small all-reduces are started and polled by the issuing thread, large ones
+// run on the worker (dist/mpi/op.h); both must time out alike.
+void CheckTheMissingRankIsNamed(int64_t n) {
   ProcessGroup& w = World();
   const int P = w.size(), r = w.rank();
   if (P < 2) GTEST_SKIP() << "needs a peer to miss a collective (run with -np 2 or more)";
@@ -437,7 +492,7 @@ TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) {
   Tensor warm = Make<float>(5, [&](int64_t) { return r + 1; });
   g->AllReduce(warm, Opts())->Wait();  // #1
 
-  Tensor t = Make<float>(2048, [&](int64_t i) { return r + 1 + Mod(i); });
+  Tensor t = Make<float>(n, [&](int64_t i) { return r + 1 + Mod(i); });
   if (r != skipper) {
     CollectiveOptions o = Opts();
     o.timeout_s = 2;
@@ -457,7 +512,8 @@ TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) {
     EXPECT_EQ(ThrownMessage<CommTimeoutError>([&] { work->Wait(); }), message);
     // Each later call names itself and the cause: the collective that broke the group, with its
     // sequence number and its own report.
-    const std::string cause = "the process group is broken and cannot be used: allreduce #2 (2048 f32, group of " +
+    const std::string cause = "the process group is broken and cannot be used: allreduce #2 (" +
+                              std::to_string(n) + " f32, group of " +
                               std::to_string(P) + ") did not complete within 2 s";
     std::string later = ThrownMessage<CommError>([&] { g->Barrier(Opts()); });
     EXPECT_TRUE(Contains(later, "barrier: " + cause)) << later;
@@ -470,10 +526,13 @@ TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) {
     // Issue the missed allreduce late: it releases the others' workers, still inside
     // MPI_Allreduce, and completes with every rank's contribution.
     g->AllReduce(t, Opts())->Wait();
-    EXPECT_TRUE(ElementsAre<float>(t, 2048, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
+    EXPECT_TRUE(ElementsAre<float>(t, n, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
   }
   w.Barrier(Opts())->Wait();
 }
+
+TEST(MpiTimeout, TheMissingRankIsNamedAndNobodyHangs) { CheckTheMissingRankIsNamed(2048); }
+TEST(MpiTimeout, TheMissingRankIsNamedOnTheWorkerToo) { CheckTheMissingRankIsNamed(int64_t{1} << 16); }
 
 // Split keeps the deadline it is given (it once always waited 300 s, whatever the job said).
 TEST(MpiTimeout, SplitKeepsItsDeadline) {
