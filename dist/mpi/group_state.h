@@ -5,7 +5,8 @@
 // (the worker is running it), or `inflight` (a nonblocking op the issuing thread started itself
 // because the group was idle; its Wait() polls it). The worker adopts the inflight op, and
 // completes it with MPI_Wait, before it runs anything issued later, when a Wait() on it gives up
-// (deadline, broken group), and when the group is destroyed; so at most one collective of a group
+// (kPollBudget, deadline, broken group), when it is kAdoptAfter old, and when the group is
+// destroyed; so at most one collective of a group
 // is ever inside MPI on this rank, as when the worker ran them all.
 #pragma once
 
@@ -34,6 +35,14 @@ namespace mpi_internal {
 // handed over without waking a thread, which costs a few microseconds each way (more from an
 // idle core).
 constexpr auto kSpinBudget = std::chrono::microseconds(50);
+
+// How long the issuing thread's Wait() polls an op it started before it hands the op to the
+// worker and sleeps; and how old an inflight op may grow before the worker adopts it anyway.
+// Without that, an op (such as the second phase of a small all-reduce) would move forward only when
+// this rank calls Wait(): a peer waiting on it, or on another group that this rank waits on
+// meanwhile, could stall until a deadline.
+constexpr auto kPollBudget = std::chrono::milliseconds(1);
+constexpr auto kAdoptAfter = std::chrono::milliseconds(2);
 
 // Polls `ready` until it holds (true) or `budget` has passed (false).
 template <typename Ready>

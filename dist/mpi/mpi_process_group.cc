@@ -91,6 +91,18 @@ std::exception_ptr Execute(State& s, Op& op, bool adopted, std::string* reason) 
   return nullptr;
 }
 
+// Sleeps until there is work: queued ops, stop, or an inflight op to adopt (asked for, or
+// kAdoptAfter old: the worker looks every kAdoptAfter, since starting an op does not wake it).
+void WaitForWork(State& s, std::unique_lock<std::mutex>& lock) {
+  const auto ready = [&] { return s.stop || !s.queue.empty() || s.adopt_inflight; };
+  while (!s.work_cv.wait_for(lock, mpi_internal::kAdoptAfter, ready)) {
+    if (s.inflight && Clock::now() - s.inflight->issued >= mpi_internal::kAdoptAfter) {
+      s.adopt_inflight = true;
+      return;
+    }
+  }
+}
+
 void RunWorker(std::shared_ptr<State> s) {
   for (;;) {
     std::shared_ptr<Op> op;
@@ -98,7 +110,7 @@ void RunWorker(std::shared_ptr<State> s) {
     {
       SpinUntil([&] { return s->queued.load(std::memory_order_acquire) > 0; }, kSpinBudget);
       std::unique_lock<std::mutex> lock(s->mu);
-      s->work_cv.wait(lock, [&] { return s->stop || !s->queue.empty() || s->adopt_inflight; });
+      WaitForWork(*s, lock);
       if (s->queue.empty() && !(s->inflight && (s->adopt_inflight || s->stop))) {
         if (s->stop) break;
         s->adopt_inflight = false;  // its Wait() finished it meanwhile

@@ -1,5 +1,6 @@
 // The Work handle of an MPI collective, and the completion of the ops that the issuing thread
 // started itself (dist/mpi/group_state.h).
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <mutex>
@@ -26,8 +27,8 @@ class MpiWork : public Work {
     else
       SpinUntil([&] { return op.finished.load(std::memory_order_acquire); }, kSpinBudget);
     std::unique_lock<std::mutex> lock(s.mu);
-    // Still inflight: its deadline passed or the group broke. The worker takes it over and stays
-    // inside MPI on it (until the missing ranks arrive, if ever), as it does with its own ops.
+    // Still inflight (kPollBudget or the deadline passed, or the group broke): the worker takes it
+    // over and stays inside MPI on it, as on its own ops, while this thread sleeps.
     HandToWorker(s, op);
     const auto finished = [&] { return op.done || !s.broken.empty(); };
     if (!s.done_cv.wait_until(lock, op.deadline, finished)) {
@@ -58,17 +59,18 @@ class MpiWork : public Work {
   uint64_t sequence() const override { return op_->seq; }
 
  private:
-  // Tests the op this thread started until it finishes, the worker adopts it, the group breaks
-  // or the deadline passes; yields the core between tests once kSpinBudget has passed.
+  // Tests the op this thread started until it finishes, the worker adopts it, the group breaks,
+  // kPollBudget or the deadline passes; yields the core between tests once kSpinBudget has passed.
   void PollInflight() {
     State& s = *state_;
     Op& op = *op_;
-    const auto spin_end = Clock::now() + kSpinBudget;
+    const auto start = Clock::now();
+    const auto spin_end = start + kSpinBudget, poll_end = std::min(start + kPollBudget, op.deadline);
     for (;;) {
       if (TestInflight(s, op)) return;
       if (op.adopted.load(std::memory_order_acquire) || s.is_broken.load(std::memory_order_acquire)) return;
       const auto now = Clock::now();
-      if (now >= op.deadline) return;
+      if (now >= poll_end) return;
       if (now >= spin_end) std::this_thread::yield();
     }
   }
@@ -97,7 +99,10 @@ bool TestInflight(State& s, Op& op) {
     error = std::make_exception_ptr(CommError(reason));
   }
   std::lock_guard<std::mutex> lock(s.mu);
-  if (s.inflight.get() == &op) s.inflight.reset();  // the caller's handle keeps `op` alive
+  if (s.inflight.get() == &op) {
+    s.inflight.reset();  // the caller's handle keeps `op` alive
+    s.adopt_inflight = false;
+  }
   s.Finish(op, error, reason);
   return true;
 }

@@ -371,6 +371,32 @@ TEST(MpiAsync, SmallAndLargeCollectivesInterleavedCompleteInIssueOrder) {
         << "allreduce " << j;
 }
 
+// A small all-reduce has two phases, and this rank may not Wait() on it for a while: it must still
+// move forward for the peers. Here half the ranks wait on group h first, half on group g, each
+// with its small all-reduce on the other group still unwaited: only ops that progress without
+// their own Wait() let both finish before the deadline.
+TEST(MpiAsync, SmallCollectivesProgressWithoutTheirOwnWait) {
+  ProcessGroup& w = World();
+  const int P = w.size(), r = w.rank();
+  auto g = w.Split(0, r);
+  auto h = w.Split(0, r);
+  Tensor x = Make<float>(1000, [&](int64_t i) { return r + 1 + Mod(i); });
+  Tensor y = Make<float>(1000, [&](int64_t i) { return r + 1 + Mod(i + 1); });
+  ProcessGroup& first = r % 2 == 0 ? *g : *h;
+  ProcessGroup& second = r % 2 == 0 ? *h : *g;
+  Tensor& mine_first = r % 2 == 0 ? x : y;
+  Tensor& mine_second = r % 2 == 0 ? y : x;
+  CollectiveOptions o = Opts();
+  o.timeout_s = 20;
+  const auto start = Clock::now();
+  auto pending = first.AllReduce(mine_first, o);
+  second.AllReduce(mine_second, o)->Wait();
+  pending->Wait();
+  EXPECT_LE(Seconds(start), 5.0);
+  EXPECT_TRUE(ElementsAre<float>(x, 1000, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i)); }));
+  EXPECT_TRUE(ElementsAre<float>(y, 1000, [&](int64_t i) { return Reduced(ReduceOp::kSum, P, Mod(i + 1)); }));
+}
+
 // ---- sub-groups ----------------------------------------------------------------------------------
 
 TEST(MpiSplit, ByParity) {

@@ -150,7 +150,8 @@ done
 echo "  job $job: the signal came $(last_event_field "$run" preempted signal) after step $step with its save in flight;" \
      "latest is step $step; $n committed checkpoints verify; $((SECONDS - t0)) s"
 echo "== (d) scancel: the ranks checkpoint, and the job is not requeued"
-job=$(submit "$DIR/cancel")
+# Long enough that the scancel lands mid-training even on a loaded machine (2 epochs take 3 s).
+job=$(submit "$DIR/cancel" --set train.epochs=30)
 wait_for_training "$DIR/cancel" 60 || fail "job $job did not start training"
 scancel "$job"
 r=$(slurm_wait "$job" 60)
