@@ -1,6 +1,9 @@
 #include "core/models.h"
 
+#include <cmath>
+
 #include "core/nn/layers.h"
+#include "core/nn/transformer.h"
 
 namespace tessera::models {
 
@@ -10,8 +13,10 @@ std::unique_ptr<nn::Sequential> BuildMlp(const MlpConfig& c) {
   int64_t in = c.in_features;
   for (int64_t h : c.hidden) {
     net->Add(std::make_unique<nn::Linear>(in, h));
-    if (c.gelu) net->Add(std::make_unique<nn::GELU>());
-    else net->Add(std::make_unique<nn::ReLU>());
+    if (c.gelu)
+      net->Add(std::make_unique<nn::GELU>());
+    else
+      net->Add(std::make_unique<nn::ReLU>());
     if (c.dropout > 0) net->Add(std::make_unique<nn::Dropout>(c.dropout));
     in = h;
   }
@@ -45,6 +50,32 @@ std::unique_ptr<nn::Sequential> BuildCnn(const CnnConfig& c) {
     in = hid;
   }
   net->Add(std::make_unique<nn::Linear>(in, c.out_features));
+  return net;
+}
+
+std::unique_ptr<nn::Sequential> BuildGpt(const GptConfig& c) {
+  const std::pair<const char*, int64_t> sizes[] = {{"layers", c.layers},
+                                                   {"heads", c.heads},
+                                                   {"width", c.width},
+                                                   {"context", c.context},
+                                                   {"vocab", c.vocab}};
+  for (auto& [field, v] : sizes)
+    if (v < 1) TESSERA_THROW(ConfigError, "gpt.", field, " must be at least 1, got ", v);
+  if (c.width % c.heads != 0)
+    TESSERA_THROW(ConfigError, "gpt.width (", c.width, ") must be a multiple of gpt.heads (", c.heads, ")");
+  if (!(c.dropout >= 0 && c.dropout < 1))
+    TESSERA_THROW(ConfigError, "gpt.dropout must be in [0, 1), got ", c.dropout);
+  auto net = std::make_unique<nn::Sequential>();
+  auto& embed = net->Add("embed", std::make_unique<nn::GptEmbedding>(c.vocab, c.context, c.width, c.dropout));
+  const double residual_std = 0.02 / std::sqrt(2.0 * static_cast<double>(c.layers));
+  for (int64_t l = 0; l < c.layers; ++l) {
+    auto& block = net->Add("h" + std::to_string(l),
+                           std::make_unique<nn::TransformerBlock>(c.width, c.heads, c.dropout));
+    block.attn().c_proj().weight().init = nn::Init::Normal(0.0, residual_std);
+    block.mlp().c_proj().weight().init = nn::Init::Normal(0.0, residual_std);
+  }
+  net->Add("ln_f", std::make_unique<nn::LayerNorm>(c.width));
+  net->Add("head", std::make_unique<nn::TiedLmHead>(embed));
   return net;
 }
 

@@ -32,4 +32,15 @@ struct CnnConfig {
 // (max-pooling commutes with ReLU) with a quarter of the ReLU work.
 std::unique_ptr<nn::Sequential> BuildCnn(const CnnConfig& config);
 
+struct GptConfig {
+  int64_t layers = 12, heads = 12, width = 768, context = 1024, vocab = 50304;  // GPT-2 124M (G1)
+  double dropout = 0.0;  // after the embeddings, and on each attention and MLP output
+};
+// The GPT-2 architecture: embed (token + learned position embeddings) -> h0 .. h{layers-1}
+// (pre-LayerNorm blocks of causal self-attention and a GELU MLP) -> ln_f -> head (tied to the token
+// embedding). Input token ids [B, T], T <= context; output logits [B, T, vocab]. Initialised as
+// GPT-2: weights N(0, 0.02), the residual projections (c_proj) N(0, 0.02 / sqrt(2 * layers)),
+// biases zero. Throws ConfigError naming the field for sizes that do not fit.
+std::unique_ptr<nn::Sequential> BuildGpt(const GptConfig& config);
+
 }  // namespace tessera::models

@@ -17,7 +17,7 @@ PACKAGES=(
   libcpp-httplib-dev libgrpc++-dev protobuf-compiler-grpc curl
   slurmctld slurmd slurm-client munge
   clang-14 libclang-rt-14-dev
-  dataset-fashion-mnist
+  dataset-fashion-mnist fortunes fortunes-min
   python3-h5py python3-numpy python3-torch python3-matplotlib
 )
 

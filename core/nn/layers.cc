@@ -3,13 +3,6 @@
 #include "core/ops/ops.h"
 
 namespace tessera::nn {
-namespace {
-void RequireSaved(const Module& m, const Tensor& saved) {
-  if (!saved.defined())
-    TESSERA_THROW(Error, m.Describe(), ": Backward() called without a training-mode Forward() first");
-}
-}  // namespace
-
 // ---- Linear ----
 Linear::Linear(int64_t in, int64_t out, bool bias) : Module("Linear"), in_(in), out_(out) {
   if (in <= 0 || out <= 0) TESSERA_THROW(ValueError, "Linear: sizes must be positive, got in=", in, " out=", out);
@@ -38,7 +31,7 @@ Tensor Linear::Forward(const Tensor& x) {
 }
 
 Tensor Linear::Backward(const Tensor& dy) {
-  RequireSaved(*this, x_);
+  RequireSaved(x_);
   Tensor dy2 = dy.Reshape({-1, out_});
   if (dy2.dim(0) != x_.dim(0))
     TESSERA_THROW(ShapeError, Describe(), ": gradient ", dy.Describe(), " does not match the input's ",
@@ -87,7 +80,7 @@ Tensor Conv2d::Forward(const Tensor& x) {
 }
 
 Tensor Conv2d::Backward(const Tensor& dy) {
-  RequireSaved(*this, x_);
+  RequireSaved(x_);
   Tensor dx;
   ops::Conv2dBackward(x_, weight_->value, dy, params_, needs_input_grad() ? &dx : nullptr,
                       weight_->grad, bias_ ? &bias_->grad : nullptr);
@@ -118,7 +111,7 @@ Tensor MaxPool2d::Forward(const Tensor& x) {
 }
 
 Tensor MaxPool2d::Backward(const Tensor& dy) {
-  RequireSaved(*this, indices_);
+  RequireSaved(indices_);
   Tensor dx = ops::MaxPool2dBackward(dy, indices_, x_shape_);
   indices_ = Tensor();
   return dx;
@@ -132,7 +125,7 @@ Tensor ReLU::Forward(const Tensor& x) {
 }
 
 Tensor ReLU::Backward(const Tensor& dy) {
-  RequireSaved(*this, y_);
+  RequireSaved(y_);
   // relu'(x) = [x > 0] = [y > 0]: the output serves as the saved input.
   Tensor dx = ops::UnaryBackward(UnaryOp::kRelu, y_, dy);
   y_ = Tensor();
@@ -145,7 +138,7 @@ Tensor GELU::Forward(const Tensor& x) {
 }
 
 Tensor GELU::Backward(const Tensor& dy) {
-  RequireSaved(*this, x_);
+  RequireSaved(x_);
   Tensor dx = ops::UnaryBackward(UnaryOp::kGelu, x_, dy);
   x_ = Tensor();
   return dx;
@@ -208,7 +201,7 @@ Tensor LayerNorm::Forward(const Tensor& x) {
 }
 
 Tensor LayerNorm::Backward(const Tensor& dy) {
-  RequireSaved(*this, x_);
+  RequireSaved(x_);
   Tensor dx = ops::LayerNormBackward(x_, gamma_->value, mean_, rstd_, dy, gamma_->grad, beta_->grad);
   NotifyGradReady(*gamma_);
   NotifyGradReady(*beta_);
@@ -232,7 +225,7 @@ Tensor Embedding::Forward(const Tensor& ids) {
 }
 
 Tensor Embedding::Backward(const Tensor& dy) {
-  RequireSaved(*this, ids_);
+  RequireSaved(ids_);
   ops::EmbeddingBackward(ids_, dy, weight_->grad);
   NotifyGradReady(*weight_);
   ids_ = Tensor();

@@ -100,6 +100,11 @@ void Module::RequireMaterialized(const Parameter& p) const {
                   "' has no storage; lay the model out with nn::FlatParameters before Forward()");
 }
 
+void Module::RequireSaved(const Tensor& saved) const {
+  if (!saved.defined())
+    TESSERA_THROW(Error, Describe(), ": Backward() called without a training-mode Forward() first");
+}
+
 Tensor Sequential::Forward(const Tensor& x) {
   Tensor h = x;
   for (size_t i = 0; i < num_children(); ++i) {

@@ -101,6 +101,8 @@ class Module {
   }
   // Throws unless p has been laid out in a flat buffer.
   void RequireMaterialized(const Parameter& p) const;
+  // Throws unless `saved` (what a training-mode Forward() keeps for Backward()) is defined.
+  void RequireSaved(const Tensor& saved) const;
   virtual void OnSeed(uint64_t seed) {}
   virtual void OnBatchPosition(uint64_t first_example) {}
   virtual void OnTrainingChanged() {}
@@ -124,11 +126,15 @@ class Sequential : public Module {
   void SetChildHook(ChildHook hook) { child_hook_ = std::move(hook); }
 
   Sequential() : Module("Sequential") {}
-  // Appends a layer named by its index ("0", "1", ...); returns it.
+  // Appends a layer named by its index ("0", "1", ...), or by `name`; returns it.
   template <typename M>
   M& Add(std::unique_ptr<M> layer) {
+    return Add(std::to_string(num_children()), std::move(layer));
+  }
+  template <typename M>
+  M& Add(const std::string& name, std::unique_ptr<M> layer) {
     M& ref = *layer;
-    AddChild(std::to_string(num_children()), std::move(layer));
+    AddChild(name, std::move(layer));
     return ref;
   }
   size_t size() const { return num_children(); }

@@ -61,6 +61,15 @@ struct OpKernels {
                              const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dgamma,
                              Tensor& dbeta) = nullptr;
 
+  // Causal multi-head self-attention over the packed projection qkv [B, T, 3C] (q | k | v, head h
+  // at columns h*Dh .. (h+1)*Dh of each third, Dh = C / heads): y [B, T, C] (heads side by side),
+  // softmax(q k^T / sqrt(Dh)) over keys j <= i, and lse [B, heads, T], each row's log-sum-exp of
+  // the scaled scores, which backward uses to recompute the probabilities.
+  void (*causal_attention)(const Tensor& qkv, int64_t heads, Tensor& y, Tensor& lse) = nullptr;
+  // dqkv [B, T, 3C] is overwritten.
+  void (*causal_attention_backward)(const Tensor& qkv, const Tensor& lse, const Tensor& dy, int64_t heads,
+                                    Tensor& dqkv) = nullptr;
+
   // ids: i32 or i64, any shape; out = weight[ids] with shape ids.shape + [D].
   void (*embedding)(const Tensor& weight, const Tensor& ids, Tensor& out) = nullptr;
   // dweight[ids[i]] += dy[i] (accumulates).

@@ -217,6 +217,42 @@ Tensor LayerNormBackward(const Tensor& x, const Tensor& gamma, const Tensor& mea
   return dx;
 }
 
+// qkv [B, T, 3C] with C divisible by `heads`.
+static void RequirePackedQkv(const char* op, const Tensor& qkv, int64_t heads) {
+  RequireDefined(op, "qkv", qkv);
+  RequireNdim(op, "qkv", qkv, 3);
+  if (heads < 1) TESSERA_THROW(ShapeError, op, ": heads must be >= 1, got ", heads);
+  if (qkv.dim(2) % (3 * heads) != 0)
+    TESSERA_THROW(ShapeError, op, ": the last dim of qkv ", D(qkv), " must be 3 * C with C divisible by the ", heads,
+                  " heads");
+  if (!K(qkv).causal_attention)
+    TESSERA_THROW(DeviceError, op, ": no kernel on ", qkv.device().str(), " yet (the CPU has one)");
+}
+
+Tensor CausalAttention(const Tensor& qkv, int64_t heads, Tensor* lse) {
+  RequirePackedQkv("CausalAttention", qkv, heads);
+  const int64_t b = qkv.dim(0), t = qkv.dim(1), c = qkv.dim(2) / 3;
+  Tensor y = Tensor::Empty({b, t, c}, qkv.dtype(), qkv.device());
+  Tensor l = Tensor::Empty({b, heads, t}, qkv.dtype(), qkv.device());
+  if (qkv.numel() > 0) K(qkv).causal_attention(qkv, heads, y, l);
+  if (lse) *lse = l;
+  return y;
+}
+
+Tensor CausalAttentionBackward(const Tensor& qkv, const Tensor& lse, const Tensor& dy, int64_t heads) {
+  const char* op = "CausalAttentionBackward";
+  RequirePackedQkv(op, qkv, heads);
+  RequireCompatible(op, {{"qkv", &qkv}, {"lse", &lse}, {"dy", &dy}});
+  const int64_t b = qkv.dim(0), t = qkv.dim(1), c = qkv.dim(2) / 3;
+  if (dy.shape() != Shape{b, t, c})
+    TESSERA_THROW(ShapeError, op, ": dy ", D(dy), " must be [", b, ", ", t, ", ", c, "] for qkv ", D(qkv));
+  if (lse.shape() != Shape{b, heads, t})
+    TESSERA_THROW(ShapeError, op, ": lse ", D(lse), " must be [", b, ", ", heads, ", ", t, "] for qkv ", D(qkv));
+  Tensor dqkv = Tensor::Empty(qkv.shape(), qkv.dtype(), qkv.device());
+  if (qkv.numel() > 0) K(qkv).causal_attention_backward(qkv, lse, dy, heads, dqkv);
+  return dqkv;
+}
+
 static void RequireIds(const char* op, const Tensor& ids, const Tensor& weight) {
   RequireDefined(op, "ids", ids);
   if (ids.dtype() != DType::kI32 && ids.dtype() != DType::kI64)

@@ -59,6 +59,15 @@ Tensor LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, doubl
 Tensor LayerNormBackward(const Tensor& x, const Tensor& gamma, const Tensor& mean,
                          const Tensor& rstd, const Tensor& dy, Tensor& dgamma, Tensor& dbeta);
 
+// ---- attention ----
+// Causal multi-head self-attention (GPT's), fused: qkv [B, T, 3C] is the packed projection (q | k
+// | v; head h at columns h*Dh .. (h+1)*Dh of each third, Dh = C / heads). Returns y [B, T, C],
+// y[b, i, head h] = sum over j <= i of softmax_j(q_i . k_j / sqrt(Dh)) v_j, the softmax computed
+// against each row's maximum. *lse receives [B, heads, T], each row's log-sum-exp, for backward.
+Tensor CausalAttention(const Tensor& qkv, int64_t heads, Tensor* lse);
+// Returns dqkv [B, T, 3C] from the forward's qkv and lse and dL/dy.
+Tensor CausalAttentionBackward(const Tensor& qkv, const Tensor& lse, const Tensor& dy, int64_t heads);
+
 // ---- lookup ----
 Tensor Embedding(const Tensor& weight, const Tensor& ids);
 void EmbeddingBackward(const Tensor& ids, const Tensor& dy, Tensor& dweight);

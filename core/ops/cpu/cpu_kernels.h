@@ -11,6 +11,12 @@ void Fill(Tensor& t, double value);
 void Copy(Tensor& dst, const Tensor& src);
 void Cast(Tensor& dst, const Tensor& src);
 void Gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double alpha, double beta);
+// One GEMM on the calling thread over raw row-major blocks with leading dimensions (f32, f64):
+// c[m, n] = alpha * op(a) op(b) + beta * c. For kernels that split work across the pool themselves
+// and address sub-blocks of a larger tensor (attention's heads).
+template <typename T>
+void StridedGemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
+                 int64_t ldb, T beta, T* c, int64_t ldc);
 void Unary(UnaryOp op, const Tensor& x, Tensor& y);
 void UnaryBackward(UnaryOp op, const Tensor& x, const Tensor& dy, Tensor& dx);
 void Binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);
@@ -27,6 +33,8 @@ void LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, double 
                Tensor& mean, Tensor& rstd);
 void LayerNormBackward(const Tensor& x, const Tensor& gamma, const Tensor& mean, const Tensor& rstd,
                        const Tensor& dy, Tensor& dx, Tensor& dgamma, Tensor& dbeta);
+void CausalAttention(const Tensor& qkv, int64_t heads, Tensor& y, Tensor& lse);
+void CausalAttentionBackward(const Tensor& qkv, const Tensor& lse, const Tensor& dy, int64_t heads, Tensor& dqkv);
 void Embedding(const Tensor& weight, const Tensor& ids, Tensor& out);
 void EmbeddingBackward(const Tensor& ids, const Tensor& dy, Tensor& dweight);
 void Dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& y);

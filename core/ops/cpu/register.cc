@@ -22,6 +22,8 @@ void RegisterCpuOps(OpKernels& t) {
   t.softmax_backward = &SoftmaxBackward;
   t.layernorm = &LayerNorm;
   t.layernorm_backward = &LayerNormBackward;
+  t.causal_attention = &CausalAttention;
+  t.causal_attention_backward = &CausalAttentionBackward;
   t.embedding = &Embedding;
   t.embedding_backward = &EmbeddingBackward;
   t.dropout = &Dropout;
