@@ -22,8 +22,27 @@ void NormalizeExamples(Tensor& x, float scale, const std::vector<float>& mean, c
   }
 }
 
+namespace {
+std::unique_ptr<nn::Sequential> BuildGptModel(const GptSpec& s, const Shape& example, int classes) {
+  if (example.size() != 1 || example[0] < 1 || example[0] > s.context())
+    TESSERA_THROW(ConfigError, "model.gpt.context is ", s.context(), " but the examples have shape ",
+                  ShapeString(example), " (a GPT takes sequences of 1 to context token ids)");
+  if (classes > s.vocab())
+    TESSERA_THROW(ConfigError, "model.gpt.vocab is ", s.vocab(), " but the data's vocabulary has ", classes, " tokens");
+  GptConfig c;
+  c.layers = s.layers();
+  c.heads = s.heads();
+  c.width = s.width();
+  c.context = s.context();
+  c.vocab = s.vocab();
+  c.dropout = s.dropout();
+  return BuildGpt(c);
+}
+}  // namespace
+
 std::unique_ptr<nn::Sequential> BuildModel(const ModelSpec& m, const Shape& example, int classes) {
   std::string shape = ShapeString(example);
+  if (m.has_gpt()) return BuildGptModel(m.gpt(), example, classes);
   if (m.has_mlp()) {
     const MlpSpec& s = m.mlp();
     if (s.in_features() != NumElements(example))
@@ -40,7 +59,7 @@ std::unique_ptr<nn::Sequential> BuildModel(const ModelSpec& m, const Shape& exam
     c.gelu = s.activation() == GELU;
     return BuildMlp(c);
   }
-  if (!m.has_cnn()) TESSERA_THROW(ConfigError, "model: no model family (mlp or cnn) is set");
+  if (!m.has_cnn()) TESSERA_THROW(ConfigError, "model: no model family (mlp, cnn or gpt) is set");
   const CnnSpec& s = m.cnn();
   Shape want{s.in_channels(), s.height(), s.width()};
   if (want != example)
@@ -81,9 +100,20 @@ int64_t AddLinearStack(int64_t total, int64_t in, const google::protobuf::Repeat
   return total < 0 ? -1 : MulAdd(out, 1, total);
 }
 
+// nanoGPT's count: per block 12 C^2 + 13 C, then (vocab + context) C for the embeddings and 2 C for
+// ln_f (the head is tied).
+int64_t GptParameterCount(const GptSpec& s) {
+  const int64_t c = s.width(), c2 = MulAdd(c, c, 0);
+  const int64_t block = c2 < 0 ? -1 : MulAdd(12, c2, MulAdd(13, c, 0));
+  const int64_t blocks = block < 0 ? -1 : MulAdd(block, s.layers(), 0);
+  const int64_t embed = MulAdd(MulAdd(s.vocab(), 1, s.context()), c, MulAdd(2, c, 0));
+  return blocks < 0 || embed < 0 ? -1 : MulAdd(blocks, 1, embed);
+}
+
 }  // namespace
 
 int64_t ParameterCount(const ModelSpec& m) {
+  if (m.has_gpt()) return GptParameterCount(m.gpt());
   if (m.has_mlp()) return AddLinearStack(0, m.mlp().in_features(), m.mlp().hidden(), m.mlp().out_features());
   if (!m.has_cnn()) return 0;
   const CnnSpec& s = m.cnn();
@@ -100,9 +130,20 @@ int64_t ParameterCount(const ModelSpec& m) {
   return total < 0 || flat < 0 ? -1 : AddLinearStack(total, flat, s.hidden(), s.out_features());
 }
 
-int64_t OutFeatures(const ModelSpec& m) { return m.has_mlp() ? m.mlp().out_features() : m.cnn().out_features(); }
+int64_t OutFeatures(const ModelSpec& m) {
+  if (m.has_gpt()) return m.gpt().vocab();
+  return m.has_mlp() ? m.mlp().out_features() : m.cnn().out_features();
+}
+
+const char* OutFeaturesField(const ModelSpec& m) {
+  if (m.has_gpt()) return "model.gpt.vocab";
+  return m.has_mlp() ? "model.mlp.out_features" : "model.cnn.out_features";
+}
+
+const char* FamilyName(const ModelSpec& m) { return m.has_gpt() ? "gpt" : m.has_cnn() ? "cnn" : "mlp"; }
 
 Shape ImpliedExampleShape(const ModelSpec& m) {
+  if (m.has_gpt()) return {m.gpt().context()};
   if (m.has_cnn()) return {m.cnn().in_channels(), m.cnn().height(), m.cnn().width()};
   return {m.mlp().in_features()};
 }
@@ -123,6 +164,11 @@ std::string DescribeModel(const ModelSpec& m) {
     s << " k" << c.kernel() << " fc ";
     list(c.hidden(), '-');
     s << (c.hidden_size() ? "-" : "") << c.out_features();
+  } else if (m.has_gpt()) {
+    const GptSpec& g = m.gpt();
+    s << "gpt " << g.layers() << " layers, " << g.heads() << " heads, width " << g.width() << ", context "
+      << g.context() << ", vocab " << g.vocab();
+    if (g.dropout() > 0) s << ", dropout " << g.dropout();
   } else {
     s << "none";
   }

@@ -8,23 +8,27 @@ namespace tessera::datasets {
 void AllocateBatch(const Dataset& dataset, int64_t n, Tensor* features, Tensor* labels) {
   Shape shape = dataset.example_shape();
   shape.insert(shape.begin(), n);
-  *features = Tensor::Empty(shape, DType::kF32);
-  *labels = Tensor::Empty({n}, DType::kI32);
+  *features = Tensor::Empty(shape, dataset.feature_dtype());
+  Shape label_shape = dataset.label_shape();
+  label_shape.insert(label_shape.begin(), n);
+  *labels = Tensor::Empty(label_shape, DType::kI32);
 }
 
 namespace internal {
 
 void CheckGetArgs(const std::string& what, int64_t size, const Shape& example_shape,
-                  const std::vector<int64_t>& indices, const Tensor& features, const Tensor& labels) {
+                  const std::vector<int64_t>& indices, const Tensor& features, const Tensor& labels,
+                  DType feature_dtype, const Shape& label_shape) {
   const int64_t n = static_cast<int64_t>(indices.size());
-  Shape want = example_shape;
+  Shape want = example_shape, want_labels = label_shape;
   want.insert(want.begin(), n);
-  if (!features.defined() || features.dtype() != DType::kF32 || !features.device().is_cpu() || features.shape() != want)
-    TESSERA_THROW(ShapeError, what, ": Get of ", n, " examples needs host features f32", ShapeString(want), ", got ",
-                  features.defined() ? features.Describe() : std::string("an undefined tensor"));
-  if (!labels.defined() || labels.dtype() != DType::kI32 || !labels.device().is_cpu() || labels.shape() != Shape{n})
-    TESSERA_THROW(ShapeError, what, ": Get of ", n, " examples needs host labels i32[", n, "], got ",
-                  labels.defined() ? labels.Describe() : std::string("an undefined tensor"));
+  want_labels.insert(want_labels.begin(), n);
+  if (!features.defined() || features.dtype() != feature_dtype || !features.device().is_cpu() || features.shape() != want)
+    TESSERA_THROW(ShapeError, what, ": Get of ", n, " examples needs host features ", DTypeName(feature_dtype),
+                  ShapeString(want), ", got ", features.defined() ? features.Describe() : std::string("an undefined tensor"));
+  if (!labels.defined() || labels.dtype() != DType::kI32 || !labels.device().is_cpu() || labels.shape() != want_labels)
+    TESSERA_THROW(ShapeError, what, ": Get of ", n, " examples needs host labels i32", ShapeString(want_labels),
+                  ", got ", labels.defined() ? labels.Describe() : std::string("an undefined tensor"));
   for (size_t i = 0; i < indices.size(); ++i)
     if (indices[i] < 0 || indices[i] >= size)
       TESSERA_THROW(ValueError, what, ": index ", indices[i], " (position ", i, " of the request) is outside [0, ",

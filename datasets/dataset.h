@@ -1,5 +1,6 @@
-// Datasets: examples with fixed-shape float features and an integer class label, and the readers
-// that open them (IDX, CSV, HDF5).
+// Datasets: examples with fixed-shape float features and an integer class label, or windows of
+// token ids with the next token of each position (a language model's), and the readers that open
+// them (IDX, CSV, HDF5, token files: datasets/tokens.h).
 //
 // A Dataset hands out examples by index into caller-allocated host tensors; what it holds in
 // memory is the reader's business (IDX and CSV load everything, HDF5 reads rows on demand).
@@ -28,11 +29,16 @@ class Dataset {
   virtual int64_t size() const = 0;
   // The features of one example, e.g. {1, 28, 28} for images or {13} for a table row.
   virtual Shape example_shape() const = 0;
-  // Max label + 1, or the count the file declares.
+  // Max label + 1, or the count the file declares (a token dataset: its vocabulary).
   virtual int num_classes() const = 0;
-  // Copies examples `indices` (any order, repeats allowed) into `features` (f32 [n,
-  // example_shape...]) and `labels` (i32 [n]), host tensors that the caller allocates (see
-  // AllocateBatch). Throws ValueError for an index outside [0, size()), ShapeError for tensors of
+  // f32 feature values, or i32 token ids.
+  virtual DType feature_dtype() const { return DType::kF32; }
+  // The labels of one example: {} (one class) or {T} (a token dataset: the next token after each
+  // of the T positions).
+  virtual Shape label_shape() const { return {}; }
+  // Copies examples `indices` (any order, repeats allowed) into `features` (feature_dtype() [n,
+  // example_shape...]) and `labels` (i32 [n, label_shape...]), host tensors that the caller
+  // allocates (see AllocateBatch). Throws ValueError for an index outside [0, size()), ShapeError for tensors of
   // the wrong shape, dtype or device, DataError/IoError when the underlying file fails.
   virtual void Get(const std::vector<int64_t>& indices, Tensor& features, Tensor& labels) = 0;
   // One line for logs: "idx /path/train-images... (60000 x [1, 28, 28], 10 classes)".
@@ -103,10 +109,11 @@ std::unique_ptr<Dataset> OpenHdf5(const std::string& path, const std::string& fe
 
 namespace internal {
 // Checks Get's arguments against a dataset of `size` examples of `example_shape`: every index in
-// range, features f32 [n, example_shape...] and labels i32 [n] on the host. `what` names the
-// dataset in messages.
+// range, features `feature_dtype` [n, example_shape...] and labels i32 [n, label_shape...] on the
+// host. `what` names the dataset in messages.
 void CheckGetArgs(const std::string& what, int64_t size, const Shape& example_shape,
-                  const std::vector<int64_t>& indices, const Tensor& features, const Tensor& labels);
+                  const std::vector<int64_t>& indices, const Tensor& features, const Tensor& labels,
+                  DType feature_dtype = DType::kF32, const Shape& label_shape = {});
 }  // namespace internal
 
 }  // namespace tessera::datasets

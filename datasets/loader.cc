@@ -24,8 +24,14 @@ void CheckPerChannel(const char* name, const std::vector<float>& values, int64_t
 
 }  // namespace
 
-void ValidateLoaderOptions(const LoaderOptions& o, const Shape& example_shape) {
+void ValidateLoaderOptions(const LoaderOptions& o, const Shape& example_shape, DType feature_dtype) {
   if (o.prefetch < 1) TESSERA_THROW(ValueError, "LoaderOptions.prefetch must be >= 1, got ", o.prefetch);
+  if (feature_dtype != DType::kF32) {  // token ids: nothing to scale, normalise or augment
+    if (o.scale != 1.0f || !o.mean.empty() || !o.std.empty() || o.crop_padding > 0 || o.horizontal_flip)
+      TESSERA_THROW(ValueError, "LoaderOptions: the examples are ", DTypeName(feature_dtype),
+                    " token ids, which take no normalisation (scale, mean, std) or augmentation (crop, flip)");
+    return;
+  }
   if (o.crop_padding < 0) TESSERA_THROW(ValueError, "LoaderOptions.crop_padding must be >= 0, got ", o.crop_padding);
   if (!std::isfinite(o.scale)) TESSERA_THROW(ValueError, "LoaderOptions.scale must be finite, got ", o.scale);
   if (example_shape.empty())
@@ -88,7 +94,7 @@ void Augment(Tensor& features, const LoaderOptions& o, int64_t epoch, int64_t fi
 
 Loader::Loader(Dataset& dataset, const DistributedSampler& sampler, LoaderOptions options)
     : dataset_(dataset), sampler_(sampler), options_(std::move(options)) {
-  ValidateLoaderOptions(options_, dataset_.example_shape());
+  ValidateLoaderOptions(options_, dataset_.example_shape(), dataset_.feature_dtype());
   if (sampler_.dataset_size() != dataset_.size())
     TESSERA_THROW(ValueError, "Loader: the sampler was built for ", sampler_.dataset_size(), " examples but ",
                   dataset_.Describe(), " holds ", dataset_.size());
@@ -145,7 +151,7 @@ Batch Loader::Build(int64_t epoch, int64_t step) {
   dataset_.Get(b.indices, b.features, b.labels);
   if (options_.augment && (options_.crop_padding > 0 || options_.horizontal_flip))
     Augment(b.features, options_, epoch, step * sampler_.global_batch() + sampler_.LocalOffset(step));
-  Normalize(b.features, options_);
+  if (dataset_.feature_dtype() == DType::kF32) Normalize(b.features, options_);
   return b;
 }
 

@@ -38,8 +38,8 @@ struct LoaderOptions {
   uint64_t seed = 0;             // augmentation randomness (see the top of this file)
 };
 
-// One step's batch for this rank: host tensors features f32 [n, example_shape...] and labels i32
-// [n], where n is this rank's slice of the global batch (it may be 0 in a short last batch).
+// One step's batch for this rank: host tensors features [n, example_shape...] (f32, or i32 token
+// ids) and labels i32 [n, label_shape...], where n is this rank's slice of the global batch (it may be 0 in a short last batch).
 struct Batch {
   int64_t epoch = 0, step = 0;
   Tensor features, labels;
@@ -48,8 +48,10 @@ struct Batch {
 
 // Checks `options` against examples of `example_shape`; throws ValueError naming the option:
 // prefetch < 1, crop_padding < 0, a mean or std with neither 1 nor example_shape[0] values, a std
-// value that is zero or not finite, crop or flip (with augment) on examples that are not [C, H, W].
-void ValidateLoaderOptions(const LoaderOptions& options, const Shape& example_shape);
+// value that is zero or not finite, crop or flip (with augment) on examples that are not [C, H, W],
+// any normalisation or augmentation of token ids (feature_dtype i32).
+void ValidateLoaderOptions(const LoaderOptions& options, const Shape& example_shape,
+                           DType feature_dtype = DType::kF32);
 
 // In place on features f32 [n, C, ...] on the host: x * scale, then (x - mean) / std per channel
 // (dim 1 of `features`) or with one value for all. Throws ValueError / ShapeError when the options

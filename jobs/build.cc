@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "datasets/tokens.h"
+
 namespace tessera::jobs {
 
 bool NamesSplit(const DataSpec& d, bool train) {
@@ -19,6 +21,8 @@ std::unique_ptr<datasets::Dataset> OpenSplit(const DataSpec& d, bool train, cons
                                train_set ? train_set->feature_names() : std::vector<std::string>{});
     case DataSpec::HDF5:
       return datasets::OpenHdf5(train ? d.train_path() : d.test_path(), d.features_dataset(), d.labels_dataset());
+    case DataSpec::TOKENS:
+      return datasets::OpenTokens(train ? d.train_path() : d.test_path(), d.sequence_length());
   }
   TESSERA_THROW(ConfigError, "data.kind: unknown kind ", static_cast<int>(d.kind()));
 }

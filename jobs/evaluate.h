@@ -15,8 +15,14 @@
 namespace tessera::jobs {
 
 struct EvalResult {
-  double loss = 0;
-  ConfusionMatrix cm{1};
+  double loss = 0;        // mean cross-entropy per example (a language model: per token)
+  ConfusionMatrix cm{1};  // classification
+  // A language model (labels [n, T]): next-token counts instead of a confusion matrix, which at a
+  // vocabulary of 50k would not fit in memory.
+  bool language_model = false;
+  int64_t tokens = 0, correct_tokens = 0;
+  double Accuracy() const;
+  double Perplexity() const;  // exp(loss): of a language model
 };
 
 // Evaluates `net` (switched to inference mode and back) on `data`, normalised as `norm` says, in
@@ -27,7 +33,8 @@ EvalResult Evaluate(nn::Module& net, datasets::Dataset& data, const datasets::Lo
                     int classes, dist::ProcessGroup* group, double timeout_s,
                     const std::function<void()>& skip_batch = nullptr);
 
-// test_loss, test_accuracy, test_precision, test_recall, test_f1.
+// test_loss, test_accuracy, test_precision, test_recall, test_f1; a language model: test_loss,
+// test_perplexity, test_accuracy (of the next token).
 nlohmann::json EvalJson(const EvalResult& r);
 
 // The value of `metric` (one of EvalJson's names) and whether larger is better (loss: smaller).

@@ -191,7 +191,24 @@ std::string Got(T v) {
 void ValidateModel(const JobSpec& s, Validator& v) {
   const ModelSpec& m = s.model();
   const size_t errors_before = v.errors().size();
-  v.Require(m.family_case() != ModelSpec::FAMILY_NOT_SET, "model", "choose a model family: model { mlp { ... } } or model { cnn { ... } }");
+  v.Require(m.family_case() != ModelSpec::FAMILY_NOT_SET, "model",
+            "choose a model family: model { mlp { ... } }, model { cnn { ... } } or model { gpt { ... } }");
+  if (m.has_gpt()) {
+    const GptSpec& g = m.gpt();
+    for (auto [field, value] : {std::pair{"layers", g.layers()}, std::pair{"heads", g.heads()},
+                                std::pair{"width", g.width()}, std::pair{"context", g.context()},
+                                std::pair{"vocab", g.vocab()}})
+      v.Require(value >= 1, std::string("model.gpt.") + field, "must be >= 1" + Got(value));
+    v.Require(g.heads() < 1 || g.width() % g.heads() == 0, "model.gpt.width",
+              detail::StrCat("must be a multiple of model.gpt.heads (", g.heads(), ")", Got(g.width())));
+    v.Require(g.dropout() >= 0 && g.dropout() < 1, "model.gpt.dropout", "must be in [0, 1)" + Got(g.dropout()));
+    v.Require(s.parallel().zero_stage() < 3, "parallel.zero_stage",
+              "stage 3 does not take model.gpt yet: its output head shares the token embedding, which stage 3 "
+              "would give back after the first layer; use stage 0, 1 or 2");
+    v.Require(s.data().kind() == DataSpec::TOKENS, "data.kind",
+              "model.gpt reads token ids: set data { kind: TOKENS train_path: ... test_path: ... } (`tessera "
+              "corpus` builds them from text)");
+  }
   if (m.has_mlp()) {
     const MlpSpec& p = m.mlp();
     v.Require(p.in_features() > 0, "model.mlp.in_features", "must be > 0" + Got(p.in_features()));
@@ -221,12 +238,29 @@ void ValidateModel(const JobSpec& s, Validator& v) {
   if (v.errors().size() == errors_before && m.family_case() != ModelSpec::FAMILY_NOT_SET) {
     // The sizes are positive: bound what they multiply to.
     const int64_t n = models::ParameterCount(m);
-    const char* field = m.has_mlp() ? "model.mlp" : "model.cnn";
+    const std::string field = std::string("model.") + models::FamilyName(m);
     v.Require(n >= 0, field, "the layer sizes multiply past 2^63 parameters");
     v.Require(n < 0 || n <= kMaxParameters, field,
               detail::StrCat("the layer sizes give ", n, " parameters (", n * 4.0 / 1e9,
                              " GB of fp32 weights alone); the most one process can hold is ", kMaxParameters));
   }
+}
+
+// Token ids take no normalisation or augmentation, and feed a GPT no longer than its context.
+void ValidateTokenData(const JobSpec& s, Validator& v) {
+  const DataSpec& d = s.data();
+  v.Require(s.model().has_gpt(), "data.kind", "TOKENS feeds a language model: set model { gpt { ... } }");
+  v.Require(d.sequence_length() >= 0, "data.sequence_length", "must be >= 0 (0: the model's context)" +
+                                                                   Got(d.sequence_length()));
+  if (s.model().has_gpt())
+    v.Require(d.sequence_length() <= s.model().gpt().context(), "data.sequence_length",
+              detail::StrCat("must be at most model.gpt.context (", s.model().gpt().context(), ")",
+                             Got(d.sequence_length())));
+  const Normalize& n = d.normalize();
+  v.Require(n.scale() == 1 && n.mean_size() == 0 && n.std_size() == 0, "data.normalize",
+            "does not apply to token ids; remove it");
+  v.Require(d.augment().random_crop_padding() == 0 && !d.augment().horizontal_flip(), "data.augment",
+            "does not apply to token ids; remove it");
 }
 
 void ValidateData(const JobSpec& s, Validator& v, bool check_files) {
@@ -248,6 +282,7 @@ void ValidateData(const JobSpec& s, Validator& v, bool check_files) {
     file("test_path", d.test_path());
     if (d.kind() == DataSpec::CSV) v.Require(!d.label_column().empty(), "data.label_column", "must name a column");
   }
+  if (d.kind() == DataSpec::TOKENS) ValidateTokenData(s, v);
   v.Require(d.batch_size() >= 1 && d.batch_size() <= kMaxBatch, "data.batch_size",
             detail::StrCat("must be in [1, ", kMaxBatch, "]", Got(d.batch_size())));
   int dp = s.parallel().data();
@@ -309,8 +344,13 @@ void ValidatePublish(const JobSpec& s, Validator& v) {
     check(p.model().empty() ? "name" : "publish.model", [&] { store::ValidateModelName(p.model().empty() ? s.name() : p.model()); });
     if (!p.alias().empty()) check("publish.alias", [&] { store::ValidateAliasName(p.alias()); });
   }
-  v.Require(p.metric() == "test_accuracy" || p.metric() == "test_f1" || p.metric() == "test_loss", "publish.metric",
-            "must be test_accuracy, test_f1 or test_loss, got '" + p.metric() + "'");
+  if (s.model().has_gpt())
+    v.Require(p.metric() == "test_accuracy" || p.metric() == "test_perplexity" || p.metric() == "test_loss",
+              "publish.metric", "must be test_accuracy (next token), test_perplexity or test_loss for model.gpt, got '" +
+                                    p.metric() + "'");
+  else
+    v.Require(p.metric() == "test_accuracy" || p.metric() == "test_f1" || p.metric() == "test_loss", "publish.metric",
+              "must be test_accuracy, test_f1 or test_loss, got '" + p.metric() + "'");
   // Only the form is checked here: a requeued fine-tune resumes from its own checkpoint and needs
   // its parent no more (which may have been deleted since). A fresh start resolves it.
   const std::string& init = s.train().init_from();
@@ -502,6 +542,11 @@ void FillDefaults(JobSpec& spec) {
       c->add_channels(64);
     }
     if (c->hidden_size() == 0) c->add_hidden(128);
+  }
+  if (spec.model().has_gpt()) {
+    if (spec.data().sequence_length() == 0) spec.mutable_data()->set_sequence_length(spec.model().gpt().context());
+    // 1000 sequences of logits over the vocabulary would not fit: evaluate in training-sized batches.
+    if (!spec.data().has_eval_batch_size()) spec.mutable_data()->set_eval_batch_size(spec.data().batch_size());
   }
   FillMessageDefaults(&spec);
 }

@@ -16,6 +16,7 @@ namespace tessera::jobs {
 
 // The model architecture and input normalisation live in core/model_spec.proto.
 using models::CnnSpec;
+using models::GptSpec;
 using models::MlpSpec;
 using models::ModelSpec;
 using models::Normalize;

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include "datasets/tokens.h"
 #include "jobs/training_run.h"
 
 namespace tessera::jobs {
@@ -81,12 +82,17 @@ void TrainingRun::OpenData() {
   for (const auto& [data, which] : {std::pair{train_data_.get(), "training"}, std::pair{test_data_.get(), "test"}})
     if (data->num_classes() > out)
       TESSERA_THROW(DataError, "the ", which, " labels of ", data->Describe(), " go up to class ",
-                    data->num_classes() - 1, " but ", spec_.model().has_mlp() ? "model.mlp" : "model.cnn",
-                    ".out_features is ", out, " (classes 0 to ", out - 1, ")");
+                    data->num_classes() - 1, " but ", models::OutFeaturesField(spec_.model()), " is ", out,
+                    " (classes 0 to ", out - 1, ")");
   classes_ = std::max(train_data_->num_classes(), test_data_->num_classes());
+  if (!train_data_->label_shape().empty()) tokens_per_example_ = NumElements(train_data_->label_shape());
   dataset_size_ = train_data_->size();
   eval_norm_ = LoaderOptionsFor(spec_, false);
   log_->Say("data: train %s\n      test  %s\n", train_data_->Describe().c_str(), test_data_->Describe().c_str());
+  if (tokens_per_example_ > 0)  // the number a language model has to beat
+    log_->Say("      unigram perplexity of the test split: %.2f\n",
+              datasets::UnigramPerplexity(datasets::TokenFile(spec_.data().train_path()),
+                                          datasets::TokenFile(spec_.data().test_path())));
 }
 
 // Weights and gradients alone take 8 bytes a parameter: refuse a model this machine cannot hold
@@ -96,7 +102,7 @@ void CheckModelFitsInMemory(const ModelSpec& m) {
   const double need = 8.0 * static_cast<double>(n);
   const double have = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
   if (n < 0 || (have > 0 && need > have))
-    TESSERA_THROW(ConfigError, m.has_mlp() ? "model.mlp" : "model.cnn", ": ", n, " parameters need ", need / 1e9,
+    TESSERA_THROW(ConfigError, "model.", models::FamilyName(m), ": ", n, " parameters need ", need / 1e9,
                   " GB for their weights and gradients alone; this machine has ", have / 1e9, " GB of memory");
 }
 

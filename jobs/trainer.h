@@ -37,6 +37,10 @@ struct TrainSummary {
   double test_accuracy = 0, test_precision = 0, test_recall = 0, test_f1 = 0;
   std::vector<std::vector<int64_t>> confusion_matrix;
   double samples_per_sec = 0;  // training samples per second, evaluation excluded
+  // A language model (model.gpt): test_accuracy is the next token's; no precision, recall, F1 or
+  // confusion matrix.
+  bool language_model = false;
+  double test_perplexity = 0, tokens_per_sec = 0;
   double wall_seconds = 0;
   double train_seconds = 0;
   int64_t resumed_from_step = -1;  // -1: started from scratch

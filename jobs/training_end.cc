@@ -87,7 +87,7 @@ void TrainingRun::WriteSummary() {
   summary_.epochs_completed = static_cast<int>(step_ / steps_per_epoch_);
   summary_.final_train_loss = last_window_loss_;
   summary_.test_loss = last_eval_.loss;
-  summary_.test_accuracy = last_eval_.cm.Accuracy();
+  summary_.test_accuracy = last_eval_.Accuracy();
   summary_.test_precision = last_eval_.cm.MacroPrecision();
   summary_.test_recall = last_eval_.cm.MacroRecall();
   summary_.test_f1 = last_eval_.cm.MacroF1();
@@ -105,6 +105,9 @@ void TrainingRun::WriteSummary() {
     summary_.samples_per_sec = v.data<double>()[0];
   }
   summary_.wall_seconds = Seconds(t_start_, Clock::now());
+  summary_.language_model = last_eval_.language_model;
+  summary_.test_perplexity = last_eval_.language_model ? last_eval_.Perplexity() : 0;
+  summary_.tokens_per_sec = summary_.samples_per_sec * static_cast<double>(tokens_per_example_);
   Tensor rss = Tensor::FromVector({static_cast<double>(ProcessMemoryBytes("VmHWM:")),
                                     static_cast<double>(between_steps_rss_)}, {2}, DType::kI64);
   if (group_) {
@@ -145,6 +148,12 @@ void TrainingRun::WriteSummary() {
             {"resumed_from_step", summary_.resumed_from_step},
             {"checkpoint", summary_.checkpoint},
             {"tessera_version", TESSERA_VERSION}};
+  if (last_eval_.language_model) {  // no classes: perplexity and the next token's accuracy instead
+    for (const char* k : {"test_precision", "test_recall", "test_f1", "confusion_matrix"}) s.erase(k);
+    s["test_perplexity"] = last_eval_.Perplexity();
+    s["test_tokens"] = last_eval_.tokens;
+    s["tokens_per_sec"] = summary_.tokens_per_sec;
+  }
   log_->WriteSummary(s);
 }
 

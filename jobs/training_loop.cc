@@ -86,10 +86,13 @@ void TrainingRun::LogWindow(double lr, int epoch) {
              {"grad_norm", dp_->last_grad_norm()}, {"samples_per_sec", job_sps}, {"rank_step_seconds", rank_step},
              {"eta_seconds", eta}, {"elapsed_seconds", Seconds(t_start_, now)}};
   if (group_) ev["rank0_samples_per_sec"] = rank_sps;
+  if (tokens_per_example_ > 0) ev["tokens_per_sec"] = job_sps * static_cast<double>(tokens_per_example_);
   log_->Emit(ev);
   char line[256];
-  std::snprintf(line, sizeof line, "step %lld/%lld  epoch %d  loss %.4f  lr %.3g  %.0f samples/s  ETA %s",
-                static_cast<long long>(step_), static_cast<long long>(total_steps_), epoch + 1, loss, lr, job_sps,
+  const bool lm = tokens_per_example_ > 0;
+  std::snprintf(line, sizeof line, "step %lld/%lld  epoch %d  loss %.4f  lr %.3g  %.0f %s/s  ETA %s",
+                static_cast<long long>(step_), static_cast<long long>(total_steps_), epoch + 1, loss, lr,
+                lm ? job_sps * static_cast<double>(tokens_per_example_) : job_sps, lm ? "tokens" : "samples",
                 FormatDuration(eta).c_str());
   log_->StepLine(line);
   last_window_loss_ = loss;
@@ -123,8 +126,12 @@ void TrainingRun::EvaluateAt(int64_t step, int epoch) {
   j["epoch"] = epoch;
   j["eval_seconds"] = Seconds(t0, Clock::now());
   log_->Emit(j);
-  log_->Say("eval  step %lld  epoch %d  test loss %.4f  accuracy %.4f  macro F1 %.4f\n", static_cast<long long>(step),
-            epoch, last_eval_.loss, last_eval_.cm.Accuracy(), last_eval_.cm.MacroF1());
+  if (last_eval_.language_model)
+    log_->Say("eval  step %lld  epoch %d  test loss %.4f  perplexity %.3f  next-token accuracy %.4f\n",
+              static_cast<long long>(step), epoch, last_eval_.loss, last_eval_.Perplexity(), last_eval_.Accuracy());
+  else
+    log_->Say("eval  step %lld  epoch %d  test loss %.4f  accuracy %.4f  macro F1 %.4f\n", static_cast<long long>(step),
+              epoch, last_eval_.loss, last_eval_.cm.Accuracy(), last_eval_.cm.MacroF1());
   // Every rank keeps the bookkeeping, so that at stage 3 they all gather for rank 0's copy of the
   // best weights; rank 0's decision is the one taken (a float summed over ranks need not be
   // bit-identical everywhere, and a gather some ranks skip would hang the others).

@@ -119,6 +119,7 @@ class TrainingRun {
 
   std::unique_ptr<datasets::Dataset> train_data_, test_data_;
   int classes_ = 0, out_classes_ = 0;
+  int64_t tokens_per_example_ = 0;  // a language model's sequence length (0: a classifier)
   std::unique_ptr<nn::Sequential> net_;
   // The parameters, optimizer, reducer and step (ZeRO stages 0 to 2); params_ and optimizer_ are dp_'s.
   std::unique_ptr<dist::DataParallel> dp_;

@@ -82,12 +82,21 @@ int RunTrain(const TrainArgs& a, RunState& state) {
                   "command again, or requeue the job, to resume)\n",
                   jobs::SignalName(s.preempted_by).c_str(), static_cast<long long>(s.steps), status);
   } else if (lead) {
-    if (s.resumed_from_step >= 0 && s.resumed_from_step == s.steps)
-      std::printf("done: nothing to train (the run was complete at step %lld); test accuracy %.4f, macro F1 %.4f\n",
-                  static_cast<long long>(s.steps), s.test_accuracy, s.test_f1);
+    char result[160];
+    if (s.language_model)
+      std::snprintf(result, sizeof result, "test perplexity %.3f, next-token accuracy %.4f", s.test_perplexity,
+                    s.test_accuracy);
     else
-      std::printf("done: %lld steps in %.1f s (%.0f samples/s); test accuracy %.4f, macro F1 %.4f\n",
-                  static_cast<long long>(s.steps), s.wall_seconds, s.samples_per_sec, s.test_accuracy, s.test_f1);
+      std::snprintf(result, sizeof result, "test accuracy %.4f, macro F1 %.4f", s.test_accuracy, s.test_f1);
+    if (s.resumed_from_step >= 0 && s.resumed_from_step == s.steps)
+      std::printf("done: nothing to train (the run was complete at step %lld); %s\n", static_cast<long long>(s.steps),
+                  result);
+    else if (s.language_model)
+      std::printf("done: %lld steps in %.1f s (%.0f tokens/s); %s\n", static_cast<long long>(s.steps), s.wall_seconds,
+                  s.tokens_per_sec, result);
+    else
+      std::printf("done: %lld steps in %.1f s (%.0f samples/s); %s\n", static_cast<long long>(s.steps), s.wall_seconds,
+                  s.samples_per_sec, result);
     if (s.published_version > 0)
       std::printf("published: %s version %lld (%s)\n", s.published_model.c_str(),
                   static_cast<long long>(s.published_version), s.published_dir.c_str());

@@ -1,6 +1,6 @@
 // The `tessera` subcommands, one file per group: train and validate (cmd_train.cc), ckpt
 // (cmd_ckpt.cc), store (cmd_store.cc), serve (cmd_serve.cc), submit (cmd_submit.cc), plot
-// (cmd_plot.cc). Each Add* registers its subcommands on the app and
+// (cmd_plot.cc), corpus and generate (cmd_text.cc). Each Add* registers its subcommands on the app and
 // returns what runs each one once the command line has been parsed; main.cc dispatches and turns
 // errors into messages and exit codes.
 #pragma once
@@ -31,5 +31,6 @@ std::vector<Command> AddStoreCommands(CLI::App& app);
 std::vector<Command> AddServeCommands(CLI::App& app);
 std::vector<Command> AddSubmitCommands(CLI::App& app);
 std::vector<Command> AddPlotCommands(CLI::App& app);
+std::vector<Command> AddTextCommands(CLI::App& app);
 
 }  // namespace tessera::launch

@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
   launch::RunState state{&argc, &argv};
   std::vector<launch::Command> commands = launch::AddTrainCommands(app, state);
   for (auto* add : {&launch::AddCkptCommands, &launch::AddStoreCommands, &launch::AddServeCommands, &launch::AddSubmitCommands,
-                    &launch::AddPlotCommands})
+                    &launch::AddPlotCommands, &launch::AddTextCommands})
     for (launch::Command& c : add(app)) commands.push_back(std::move(c));
   CLI11_PARSE(app, argc, argv);
   try {

@@ -7,7 +7,8 @@
 namespace tessera::nn {
 
 // Softmax cross-entropy over logits [N, C] with integer labels [N] (i32), like
-// torch.nn.CrossEntropyLoss with mean reduction.
+// torch.nn.CrossEntropyLoss with mean reduction. A sequence model's logits [N, T, C] with labels
+// [N, T] are N * T predictions, and the loss is their mean.
 class CrossEntropyLoss {
  public:
   Tensor Forward(const Tensor& logits, const Tensor& labels);
@@ -16,6 +17,7 @@ class CrossEntropyLoss {
 
  private:
   Tensor probs_, labels_;
+  Shape shape_;  // of the logits, for the gradient
 };
 
 // Mean squared error, like torch.nn.MSELoss with mean reduction.

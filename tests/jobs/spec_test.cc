@@ -75,6 +75,36 @@ TEST_F(SpecTest, ShippedExamplesAreValid) {
     JobSpec s = LoadJobSpec(path, {}, /*check_files=*/false);
     EXPECT_EQ(s.data().batch_size(), 128) << f;
   }
+  JobSpec gpt = LoadJobSpec(std::string(TESSERA_SOURCE_DIR) + "/jobs/examples/fortunes_gpt.pbtxt", {}, false);
+  EXPECT_EQ(gpt.data().kind(), DataSpec::TOKENS);
+  EXPECT_EQ(gpt.data().sequence_length(), gpt.model().gpt().context());  // 0 means the model's context
+  EXPECT_EQ(gpt.data().eval_batch_size(), gpt.data().batch_size());    // not 1000 windows of logits
+}
+
+// A GPT reads token files: the two go together, and what does not apply to token ids is refused.
+TEST_F(SpecTest, GptSpecsAreValidated) {
+  for (const char* f : {"train.bin", "test.bin"}) std::ofstream(dir_ / f) << "x";
+  const std::string tokens = "name: \"g\"\nmodel { gpt { layers: 2 heads: 2 width: 8 context: 16 vocab: 256 } }\n"
+                             "data { kind: TOKENS train_path: \"train.bin\" test_path: \"test.bin\" ";
+  JobSpec ok = LoadJobSpec(Write(tokens + "}\n"));
+  EXPECT_EQ(ok.data().sequence_length(), 16);
+  EXPECT_EQ(ok.model().gpt().dropout(), 0);
+  std::string msg = ErrorOf(tokens + "sequence_length: 17 normalize { scale: 0.5 } }\n", {"model.gpt.heads=3"});
+  EXPECT_NE(msg.find("data.sequence_length: must be at most model.gpt.context (16), got 17"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.normalize: does not apply to token ids"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.gpt.width: must be a multiple of model.gpt.heads (3), got 8"), std::string::npos) << msg;
+  msg = ErrorOf(tokens + "}\nparallel { zero_stage: 3 }\n", {"model.gpt.vocab=0"});
+  EXPECT_NE(msg.find("parallel.zero_stage: stage 3 does not take model.gpt yet"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.gpt.vocab: must be >= 1, got 0"), std::string::npos) << msg;
+  msg = ErrorOf(Valid("", "gpt {}"));
+  EXPECT_NE(msg.find("data.kind: model.gpt reads token ids"), std::string::npos) << msg;
+  msg = ErrorOf(tokens + "}\n", {"model={}", "model.mlp={}"});
+  EXPECT_NE(msg.find("data.kind: TOKENS feeds a language model"), std::string::npos) << msg;
+  msg = ErrorOf(tokens + "}\npublish { store: \"s\" metric: \"test_f1\" }\n");
+  EXPECT_NE(msg.find("publish.metric: must be test_accuracy (next token), test_perplexity or test_loss"),
+            std::string::npos) << msg;
+  msg = ErrorOf(tokens + "}\n", {"model.gpt.width=4000000000", "model.gpt.layers=1000000"});
+  EXPECT_NE(msg.find("model.gpt: the layer sizes multiply past 2^63"), std::string::npos) << msg;
 }
 
 TEST_F(SpecTest, SyntaxErrorsAndUnknownFieldsNameLineAndColumn) {
@@ -173,7 +203,7 @@ TEST_F(SpecTest, SizesThatMultiplyPastAnyMemoryAreRefused) {
 
 // ParameterCount is what BuildModel builds.
 TEST_F(SpecTest, ParameterCountMatchesTheBuiltModel) {
-  for (const char* example : {"fmnist_mlp.pbtxt", "fmnist_cnn.pbtxt"}) {
+  for (const char* example : {"fmnist_mlp.pbtxt", "fmnist_cnn.pbtxt", "fortunes_gpt.pbtxt"}) {
     JobSpec spec = LoadJobSpec(std::string(TESSERA_SOURCE_DIR) + "/jobs/examples/" + example, {}, false);
     auto net = models::BuildModel(spec.model(), models::ImpliedExampleShape(spec.model()), 10);
     EXPECT_EQ(models::ParameterCount(spec.model()), net->NumParameters()) << example;
