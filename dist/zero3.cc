@@ -4,13 +4,21 @@
 
 namespace tessera::dist {
 
-ShardedParameters::ShardedParameters(nn::FlatParameters& params, nn::Sequential& net, const ZeroPartition& partition,
+ShardedParameters::ShardedParameters(nn::FlatParameters& params, nn::Sequential& net,
+                                     const ZeroPartition& partition,
                                      std::unique_ptr<ProcessGroup> gather_group, double timeout_s)
     : params_(params), net_(net), partition_(partition), group_(std::move(gather_group)) {
   options_.timeout_s = timeout_s;
-  if (partition.numel != params.numel() || partition.world != group_->size() || partition.rank != group_->rank())
+  if (partition.numel != params.numel() || partition.world != group_->size() ||
+      partition.rank != group_->rank())
     TESSERA_THROW(ValueError, "ZeRO-3: a partition of ", partition.numel, " elements over ", partition.world,
                   " ranks for ", params.numel(), " elements over ", group_->size());
+  // A unit is gathered while its own child runs: a child that reads another's parameters would
+  // find them given back (zeros).
+  for (size_t c = 0; c < net.size(); ++c)
+    if (!net[c].SharedParameters().empty())
+      TESSERA_THROW(ConfigError, "ZeRO stage 3 cannot shard this model: ", net[c].Describe(),
+                    " computes with the parameters of another layer (tied weights); use stage 0, 1 or 2");
   // A unit per child with parameters: from its first parameter's offset to the next unit's.
   const auto& entries = params.entries();
   unit_of_child_.assign(net.size(), -1);
@@ -18,7 +26,8 @@ ShardedParameters::ShardedParameters(nn::FlatParameters& params, nn::Sequential&
   for (size_t c = 0; c < net.size(); ++c) {
     const size_t n = net[c].NamedParameters().size();
     if (n == 0) continue;
-    if (e + n > entries.size()) TESSERA_THROW(Error, "ZeRO-3: the model's parameters are not laid out from it");
+    if (e + n > entries.size())
+      TESSERA_THROW(Error, "ZeRO-3: the model's parameters are not laid out from it");
     unit_of_child_[c] = static_cast<int>(units_.size());
     Unit unit;
     unit.child = c;

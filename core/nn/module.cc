@@ -51,6 +51,13 @@ std::vector<std::pair<std::string, Module*>> Module::NamedChildren() {
   return out;
 }
 
+std::vector<Parameter*> Module::SharedParameters() {
+  std::vector<Parameter*> out;
+  for (auto& c : children_)
+    for (Parameter* p : c.second->SharedParameters()) out.push_back(p);
+  return out;
+}
+
 int64_t Module::NumParameters() {
   int64_t n = 0;
   for (auto& [name, p] : NamedParameters()) n += NumElements(p->shape);

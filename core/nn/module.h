@@ -81,6 +81,10 @@ class Module {
   std::vector<std::pair<std::string, Parameter*>> NamedParameters();
   std::vector<std::pair<std::string, Module*>> NamedChildren();
   int64_t NumParameters();
+  // Parameters this module (or a descendant) computes with but does not own: another module's,
+  // shared (GPT's output head reads the token embedding). Whatever gives parameters memory only
+  // while their owner runs (ZeRO stage 3) must know.
+  virtual std::vector<Parameter*> SharedParameters();
 
   // Seeds every random layer below (dropout) deterministically from one seed.
   void SetSeed(uint64_t seed);

@@ -97,6 +97,7 @@ class TiedLmHead : public Module {
   Tensor Forward(const Tensor& x) override;
   Tensor Backward(const Tensor& dy) override;
   std::string Describe() const override;
+  std::vector<Parameter*> SharedParameters() override { return {&weight_}; }
 
  private:
   Parameter& weight_;

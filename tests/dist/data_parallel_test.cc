@@ -38,6 +38,25 @@ TEST_P(DataParallel, NRanksReproduceOneRankWithTheGlobalBatch) {
 INSTANTIATE_TEST_SUITE_P(W1AndW2, DataParallel, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "W2" : "W1"; });
 
+// The GPT (tied embeddings, attention, LayerNorm) under MPI: 20 steps at stages 0 to 2 end where
+// one process ends with the global batch.
+TEST(DataParallelGpt, NRanksReproduceOneRankAtStages0To2) {
+  ProcessGroup& world = mpi_test::World();
+  const int steps = 20;
+  const int64_t global = 3 * world.size();
+  const dp_test::Data data = dp_test::MakeTokenData(steps, global);
+  dp_test::TrainConfig c;
+  c.gpt = true;
+  const std::vector<double> single = dp_test::Train(data, global, steps, nullptr, c);
+  for (int stage : {0, 1, 2}) {
+    c.zero_stage = stage;
+    std::string worst;
+    EXPECT_LE(dp_test::RelativeDifference(single, dp_test::Train(data, global, steps, &world, c), &worst),
+              1e-5)
+        << worst << " (stage " << stage << ", " << world.size() << " ranks)";
+  }
+}
+
 // The last rank builds a wider first layer: every rank stops before the broadcast, naming it.
 TEST(StartUp, RanksThatBuiltAnotherModelAreNamedOnEveryRank) {
   ProcessGroup& world = mpi_test::World();
@@ -53,9 +72,11 @@ TEST(StartUp, RanksThatBuiltAnotherModelAreNamedOnEveryRank) {
     ADD_FAILURE() << "rank " << world.rank() << ": the broadcast went ahead";
   } catch (const ConfigError& e) {
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("the ranks built different models: rank " + std::to_string(last) + " differs"), std::string::npos)
+    EXPECT_NE(msg.find("the ranks built different models: rank " + std::to_string(last) + " differs"),
+              std::string::npos)
         << msg;
-    EXPECT_NE(msg.find("on rank " + std::to_string(world.rank()) + ": 4 parameters"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("on rank " + std::to_string(world.rank()) + ": 4 parameters"), std::string::npos)
+        << msg;
   }
   // The same model everywhere passes, and the broadcast makes the values equal.
   c.hidden = {16};
@@ -74,8 +95,9 @@ TEST(StartUp, RanksThatFoundDifferentCheckpointsStopTheJob) {
     jobs::AgreeOnStep(step, world, 30, "runs/x/checkpoints");
     ADD_FAILURE() << "rank " << world.rank() << ": the ranks agreed";
   } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find("the ranks found different checkpoints to resume from (steps 30 to 40); is "
-                                         "runs/x/checkpoints on a file system all ranks share?"),
+    EXPECT_NE(std::string(e.what()).find(
+                  "the ranks found different checkpoints to resume from (steps 30 to 40); is "
+                  "runs/x/checkpoints on a file system all ranks share?"),
               std::string::npos)
         << e.what();
   }

@@ -1,6 +1,6 @@
 // Shared by the data-parallel suites (data_parallel_test under mpirun, reducer_test and zero_test
-// on threads): steps of W1 or W2 on one process or on a process group through the trainer's step
-// (ZeRO stages 0 to 2), and how far two parameter vectors are apart.
+// on threads): steps of W1, W2 or a small GPT on one process or on a process group through the
+// trainer's step (ZeRO stages 0 to 3; the GPT to 2), and how far two parameter vectors are apart.
 #pragma once
 
 #include <cmath>
@@ -18,7 +18,19 @@
 
 namespace tessera::dist::dp_test {
 
-inline std::unique_ptr<nn::Sequential> Build(bool cnn) {
+// The GPT of these tests: 2 layers, 2 heads, width 16, context 8, a vocabulary of 32.
+inline models::GptConfig SmallGpt() {
+  models::GptConfig g;
+  g.layers = 2;
+  g.heads = 2;
+  g.width = 16;
+  g.context = 8;
+  g.vocab = 32;
+  return g;
+}
+
+inline std::unique_ptr<nn::Sequential> Build(bool cnn, bool gpt = false) {
+  if (gpt) return models::BuildGpt(SmallGpt());
   if (cnn) return models::BuildCnn({});  // W2
   return models::BuildMlp({});           // W1
 }
@@ -37,12 +49,27 @@ inline Data MakeData(int steps, int64_t global_batch) {
   d.y = Tensor::FromVector(labels, {steps * global_batch}, DType::kI32);
   return d;
 }
+// The same for the GPT: windows of token ids [T] and their next tokens [T].
+inline Data MakeTokenData(int steps, int64_t global_batch) {
+  const models::GptConfig g = SmallGpt();
+  const int64_t n = steps * global_batch;
+  PhiloxGenerator gen(7);
+  std::vector<double> stream(static_cast<size_t>(n * g.context + 1));
+  for (double& t : stream) t = static_cast<double>(gen.Below(static_cast<uint64_t>(g.vocab)));
+  Data d;
+  d.x =
+      Tensor::FromVector(std::vector<double>(stream.begin(), stream.end() - 1), {n, g.context}, DType::kI32);
+  d.y =
+      Tensor::FromVector(std::vector<double>(stream.begin() + 1, stream.end()), {n, g.context}, DType::kI32);
+  return d;
+}
 
 struct TrainConfig {
-  bool cnn = false;     // W2 rather than W1
-  int accumulate = 1;   // micro-batches per step
+  bool cnn = false;    // W2 rather than W1
+  bool gpt = false;    // the small GPT (data from MakeTokenData)
+  int accumulate = 1;  // micro-batches per step
   int zero_stage = 0;
-  double clip = 0;      // clip_grad_norm; 0: none
+  double clip = 0;            // clip_grad_norm; 0: none
   size_t* buckets = nullptr;  // set to the reducer's bucket count
   double timeout_s = 60;      // of every collective
   int stop_after = -1;        // >= 0: this many steps, then return (a rank that stops taking part)
@@ -55,13 +82,14 @@ struct TrainConfig {
 // left out (ZeRO pads the flat buffers).
 inline std::vector<double> Train(const Data& d, int64_t global_batch, int steps, ProcessGroup* group,
                                  const TrainConfig& c = {}) {
-  auto net = Build(c.cnn);
+  auto net = Build(c.cnn, c.gpt);
   net->set_needs_input_grad(false);
   DataParallel::Options o;
   o.zero_stage = c.zero_stage;
   o.bucket_mb = 0.25;
   o.timeout_s = c.timeout_s;
-  DataParallel dp(*net, 11, group, o, [](const Tensor& v, const Tensor& g) { return std::make_unique<optim::Adam>(v, g); });
+  DataParallel dp(*net, 11, group, o,
+                  [](const Tensor& v, const Tensor& g) { return std::make_unique<optim::Adam>(v, g); });
   nn::FlatParameters& params = dp.params();
   // Start from different values on each rank: Join's broadcast must make them equal.
   if (group && group->rank() != 0) params.values().Fill(0.25);
@@ -96,7 +124,8 @@ inline std::vector<double> Train(const Data& d, int64_t global_batch, int steps,
 }
 
 // ||b - a|| / ||a||, or a description of where they differ most in `worst`.
-inline double RelativeDifference(const std::vector<double>& a, const std::vector<double>& b, std::string* worst) {
+inline double RelativeDifference(const std::vector<double>& a, const std::vector<double>& b,
+                                 std::string* worst) {
   if (a.size() != b.size()) {
     *worst = "different sizes";
     return INFINITY;
@@ -113,7 +142,8 @@ inline double RelativeDifference(const std::vector<double>& a, const std::vector
     }
   }
   std::ostringstream s;
-  s << "largest difference at parameter " << at << ": " << (a.empty() ? 0 : a[at]) << " vs " << (b.empty() ? 0 : b[at]);
+  s << "largest difference at parameter " << at << ": " << (a.empty() ? 0 : a[at]) << " vs "
+    << (b.empty() ? 0 : b[at]);
   *worst = s.str();
   return std::sqrt(diff / norm);
 }

@@ -21,13 +21,13 @@ struct Case {
 };
 
 std::string Describe(const Case& c, int stage) {
-  return detail::StrCat(c.cnn ? "W2" : "W1", ", ", c.ranks, " ranks, ", c.accumulate, " micro-batches, clip ", c.clip,
-                        ", stage ", stage);
+  return detail::StrCat(c.cnn ? "W2" : "W1", ", ", c.ranks, " ranks, ", c.accumulate, " micro-batches, clip ",
+                        c.clip, ", stage ", stage);
 }
 
 // Every rank's parameters after `steps` steps at `stage`; rank r's at [r].
-std::vector<std::vector<double>> TrainOnRanks(const Case& c, int stage, const dp_test::Data& data, int64_t global,
-                                              int steps) {
+std::vector<std::vector<double>> TrainOnRanks(const Case& c, int stage, const dp_test::Data& data,
+                                              int64_t global, int steps) {
   std::vector<std::vector<double>> ranks(c.ranks);
   std::vector<std::string> errors = RunRanks(c.ranks, [&](ProcessGroup& g) {
     dp_test::TrainConfig tc;
@@ -51,7 +51,8 @@ void ExpectStagesMatchStageZero(const Case& c) {
   for (int stage : {1, 2, 3}) {
     SCOPED_TRACE(Describe(c, stage));
     std::vector<std::vector<double>> ranks = TrainOnRanks(c, stage, data, global, steps);
-    for (int r = 1; r < c.ranks; ++r) EXPECT_TRUE(ranks[r] == ranks[0]) << "rank " << r << " ended elsewhere than rank 0";
+    for (int r = 1; r < c.ranks; ++r)
+      EXPECT_TRUE(ranks[r] == ranks[0]) << "rank " << r << " ended elsewhere than rank 0";
     std::string worst;
     EXPECT_LE(dp_test::RelativeDifference(stage0, ranks[0], &worst), 1e-5) << worst;
   }
@@ -63,6 +64,38 @@ TEST(Zero, W1StagesMatchStageZeroOn2To4Ranks) {
 TEST(Zero, W1WithClippingAndAccumulation) {
   for (int n : {2, 3, 4}) ExpectStagesMatchStageZero({false, n, 2, 0.05});
 }
+// The GPT at stages 1 and 2, with clipping and accumulation; stage 3 refuses its tied head by name.
+TEST(Zero, GptStagesMatchStageZeroAndStage3RefusesTiedWeights) {
+  SetNumThreads(1);
+  const int steps = 20, ranks = 3;
+  const int64_t global = 5 * ranks;
+  const dp_test::Data data = dp_test::MakeTokenData(steps, global);
+  auto train = [&](int stage) {
+    std::vector<std::vector<double>> out(ranks);
+    std::vector<std::string> errors = RunRanks(ranks, [&](ProcessGroup& g) {
+      dp_test::TrainConfig tc;
+      tc.gpt = true;
+      tc.accumulate = 2;
+      tc.clip = 0.5;
+      tc.zero_stage = stage;
+      out[g.rank()] = dp_test::Train(data, global, steps, &g, tc);
+    });
+    return std::make_pair(out, errors);
+  };
+  auto [stage0, errors0] = train(0);
+  for (int stage : {1, 2}) {
+    auto [ranks_out, errors] = train(stage);
+    for (int r = 0; r < ranks; ++r) EXPECT_EQ(errors[r], "") << "stage " << stage << " rank " << r;
+    std::string worst;
+    EXPECT_LE(dp_test::RelativeDifference(stage0[0], ranks_out[0], &worst), 1e-5)
+        << "stage " << stage << ": " << worst;
+  }
+  auto [unused, errors3] = train(3);
+  for (int r = 0; r < ranks; ++r)
+    EXPECT_NE(errors3[r].find("ZeRO stage 3 cannot shard this model: TiedLmHead"), std::string::npos)
+        << errors3[r];
+}
+
 TEST(Zero, W2StagesMatchStageZeroWithClippingAndAccumulation) {
   for (int n : {2, 3, 4}) ExpectStagesMatchStageZero({true, n, 2, 0.05});
 }
@@ -119,7 +152,8 @@ TEST(Zero, ANonFiniteParameterInOneShardIsSeenByEveryRank) {
       auto net = models::BuildMlp({});
       DataParallel::Options o;
       o.zero_stage = stage;
-      DataParallel dp(*net, 1, &g, o, [](const Tensor& v, const Tensor& gr) { return std::make_unique<optim::Adam>(v, gr); });
+      DataParallel dp(*net, 1, &g, o,
+                      [](const Tensor& v, const Tensor& gr) { return std::make_unique<optim::Adam>(v, gr); });
       dp.Join();
       bool before = dp.ParametersFinite();
       // Rank 2 spoils the last element of its own shard (at stage 0: of its copy, which is all).
@@ -147,7 +181,8 @@ TEST(Zero, ARankThatStopsIsNamedByTheOthersWithinTheDeadline) {
   EXPECT_EQ(errors[2], "");
   for (int r = 0; r < 2; ++r) {
     EXPECT_NE(errors[r].find("reduce #"), std::string::npos) << errors[r];
-    EXPECT_NE(errors[r].find("did not complete within 1 s: ranks that did not arrive: [2]"), std::string::npos)
+    EXPECT_NE(errors[r].find("did not complete within 1 s: ranks that did not arrive: [2]"),
+              std::string::npos)
         << errors[r];
   }
 }
@@ -166,7 +201,8 @@ TEST(Zero, ARankThatStopsDuringAStage3GatherIsNamed) {
   });
   for (int r : {0, 2}) {
     EXPECT_NE(errors[r].find("broadcast #"), std::string::npos) << errors[r];
-    EXPECT_NE(errors[r].find("did not complete within 1 s: ranks that did not arrive: [1]"), std::string::npos)
+    EXPECT_NE(errors[r].find("did not complete within 1 s: ranks that did not arrive: [1]"),
+              std::string::npos)
         << errors[r];
   }
 }
@@ -194,7 +230,8 @@ TEST(Zero, WhatARankHoldsFollowsTheFormulas) {
       auto net = models::BuildMlp({});
       DataParallel::Options o;
       o.zero_stage = stage;
-      DataParallel dp(*net, 1, &g, o, [](const Tensor& v, const Tensor& gr) { return std::make_unique<optim::Adam>(v, gr); });
+      DataParallel dp(*net, 1, &g, o,
+                      [](const Tensor& v, const Tensor& gr) { return std::make_unique<optim::Adam>(v, gr); });
       dp.Join();
       held[g.rank()] = dp.Held();
       if (g.rank() == 0) numel = dp.params().numel();
