@@ -1,11 +1,12 @@
 // Ops: backward of every op against central finite differences in f64; forward values in closed
 // form; f32 against f64 (typed); argument errors that name the op and the shapes.
+#include "core/ops/ops.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "core/ops/cpu/cpu_kernels.h"
-#include "core/ops/ops.h"
 #include "core/random.h"
 #include "core/threads.h"
 #include "tests/core/gradcheck.h"
@@ -69,7 +70,8 @@ void ExpectGemmMatchesDefinition(DType dt, int64_t m, int64_t n, int64_t k, bool
   Tensor b = RandomTensor(tb ? Shape{n, k} : Shape{k, n}, dt, 12);
   Tensor c = RandomTensor({m, n}, dt, 13);
   std::vector<double> mag;
-  std::vector<double> want = NaiveGemm(a.ToVector(), ta, b.ToVector(), tb, c.ToVector(), m, n, k, alpha, beta, &mag);
+  std::vector<double> want =
+      NaiveGemm(a.ToVector(), ta, b.ToVector(), tb, c.ToVector(), m, n, k, alpha, beta, &mag);
   ops::Gemm(a, ta, b, tb, c, alpha, beta);
   std::vector<double> got = c.ToVector();
   const double eps = dt == F64 ? 1e-15 : 1e-7;
@@ -81,7 +83,8 @@ void ExpectGemmMatchesDefinition(DType dt, int64_t m, int64_t n, int64_t k, bool
 TEST(OpsGemm, MatchesTheDefinitionForEveryTransposeSizeAndScaling) {
   // Tiny, odd, one-row, one-column, k = 1, and sizes past the kernels' blocking; on one thread
   // (f32 goes through oneDNN) and on two (OpenBLAS on blocks of rows or columns).
-  const int64_t sizes[][3] = {{3, 5, 4}, {1, 7, 9}, {13, 1, 6}, {8, 8, 1}, {17, 33, 9}, {65, 129, 97}, {128, 64, 300}};
+  const int64_t sizes[][3] = {{3, 5, 4},   {1, 7, 9},     {13, 1, 6},    {8, 8, 1},
+                              {17, 33, 9}, {65, 129, 97}, {128, 64, 300}};
   const std::pair<double, double> scalings[] = {{1.0, 0.0}, {-0.5, 2.0}};
   const int threads_before = GetNumThreads();
   for (int threads : {1, 2}) {
@@ -91,9 +94,9 @@ TEST(OpsGemm, MatchesTheDefinitionForEveryTransposeSizeAndScaling) {
         for (bool ta : {false, true})
           for (bool tb : {false, true})
             for (auto [alpha, beta] : scalings) {
-              SCOPED_TRACE(::testing::Message() << threads << " thread(s), " << DTypeName(dt) << " m=" << sz[0]
-                                                << " n=" << sz[1] << " k=" << sz[2] << " ta=" << ta << " tb=" << tb
-                                                << " alpha=" << alpha << " beta=" << beta);
+              SCOPED_TRACE(::testing::Message() << threads << " thread(s), " << DTypeName(dt) << " m="
+                                                << sz[0] << " n=" << sz[1] << " k=" << sz[2] << " ta=" << ta
+                                                << " tb=" << tb << " alpha=" << alpha << " beta=" << beta);
               ExpectGemmMatchesDefinition(dt, sz[0], sz[1], sz[2], ta, tb, alpha, beta);
             }
   }
@@ -151,7 +154,8 @@ TEST(OpsGrad, BinaryMulDiv) {
       da[i] = g[i] * (bv[i] + 1 / bv[i]);
       db[i] = g[i] * (av[i] - av[i] / (bv[i] * bv[i]));
     }
-    return std::vector<Tensor>{Tensor::FromVector(da, a.shape(), F64), Tensor::FromVector(db, b.shape(), F64)};
+    return std::vector<Tensor>{Tensor::FromVector(da, a.shape(), F64),
+                               Tensor::FromVector(db, b.shape(), F64)};
   };
   CheckGradients(c);
 }
@@ -276,11 +280,11 @@ TEST_P(ConvGrad, InputWeightAndBias) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, ConvGrad,
-    ::testing::Values(ConvCase{{2, 3, 5, 5}, {4, 3, 3, 3}, {1, 1, 1, 1}},   // W2-like: 3x3, pad 1
-                      ConvCase{{1, 2, 6, 5}, {3, 2, 3, 2}, {2, 1, 0, 1}},   // strides, rect kernel
-                      ConvCase{{3, 2, 4, 4}, {2, 2, 1, 1}, {1, 1, 0, 0}},   // pointwise
-                      ConvCase{{1, 1, 7, 7}, {2, 1, 5, 5}, {3, 3, 2, 2}},   // large pad and stride
-                      ConvCase{{4, 1, 28, 28}, {32, 1, 3, 3}, {1, 1, 1, 1}},  // W2's first layer
+    ::testing::Values(ConvCase{{2, 3, 5, 5}, {4, 3, 3, 3}, {1, 1, 1, 1}},         // W2-like: 3x3, pad 1
+                      ConvCase{{1, 2, 6, 5}, {3, 2, 3, 2}, {2, 1, 0, 1}},         // strides, rect kernel
+                      ConvCase{{3, 2, 4, 4}, {2, 2, 1, 1}, {1, 1, 0, 0}},         // pointwise
+                      ConvCase{{1, 1, 7, 7}, {2, 1, 5, 5}, {3, 3, 2, 2}},         // large pad and stride
+                      ConvCase{{4, 1, 28, 28}, {32, 1, 3, 3}, {1, 1, 1, 1}},      // W2's first layer
                       ConvCase{{2, 32, 14, 14}, {64, 32, 3, 3}, {1, 1, 1, 1}}));  // W2's second
 
 #if TESSERA_USE_ONEDNN
@@ -296,7 +300,8 @@ TEST_P(ConvGrad, OneDnnMatchesIm2colInF32) {
     cpu::SetCpuConvImpl(impl);
     Tensor y = ops::Conv2d(x, w, b, cc.p);
     Tensor dx;
-    Tensor dw = RandomTensor(cc.w, DType::kF32, 44), db = RandomTensor({cc.w[0]}, DType::kF32, 45);  // accumulated into
+    Tensor dw = RandomTensor(cc.w, DType::kF32, 44),
+           db = RandomTensor({cc.w[0]}, DType::kF32, 45);  // accumulated into
     ops::Conv2dBackward(x, w, dy, cc.p, &dx, dw, &db);
     Tensor y_nobias = ops::Conv2d(x, w, Tensor(), cc.p);
     cpu::SetCpuConvImpl(cpu::CpuConvImpl::kAuto);
@@ -309,7 +314,8 @@ TEST_P(ConvGrad, OneDnnMatchesIm2colInF32) {
     std::vector<double> r = ref[i].ToVector(), g = got[i].ToVector();
     double scale = 1;
     for (double v : r) scale = std::max(scale, std::fabs(v));
-    for (size_t j = 0; j < r.size(); ++j) ASSERT_NEAR(g[j], r[j], 1e-5 * scale) << names[i] << " element " << j;
+    for (size_t j = 0; j < r.size(); ++j)
+      ASSERT_NEAR(g[j], r[j], 1e-5 * scale) << names[i] << " element " << j;
   }
 }
 #endif
@@ -322,7 +328,8 @@ TEST(OpsGrad, MaxPool) {
   for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i) * 0.01;
   for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[gen.Below(i)]);
   x = Tensor::FromVector(v, x.shape(), F64);
-  for (Pool2dParams p : {Pool2dParams{2, 2, 2, 2, 0, 0}, Pool2dParams{3, 3, 1, 1, 1, 1}, Pool2dParams{3, 2, 2, 1, 0, 0}}) {
+  for (Pool2dParams p :
+       {Pool2dParams{2, 2, 2, 2, 0, 0}, Pool2dParams{3, 3, 1, 1, 1, 1}, Pool2dParams{3, 2, 2, 1, 0, 0}}) {
     GradCase c;
     c.names = {"x"};
     c.inputs = {x};
@@ -426,8 +433,10 @@ TEST(OpsDeterminism, ReductionsAndRowKernelsDoNotDependOnThreadCount) {
     Tensor chans = Tensor::Zeros({3}, DType::kF32);
     ops::SumChannels(img, chans, false);
     Tensor pooled = ops::MaxPool2d(img, {2, 2, 2, 2, 0, 0}, &idx);
-    return std::vector<std::vector<double>>{ops::Sum(x).ToVector(), rows.ToVector(),
-                                            {ops::SumSquares(x)}, chans.ToVector(),
+    return std::vector<std::vector<double>>{ops::Sum(x).ToVector(),
+                                            rows.ToVector(),
+                                            {ops::SumSquares(x)},
+                                            chans.ToVector(),
                                             ops::MaxPool2dBackward(pooled, idx, img.shape()).ToVector(),
                                             ops::Softmax(x).ToVector()};
   };
@@ -469,11 +478,12 @@ TEST(OpsF32, ForwardMatchesDoublePrecision) {
   Tensor g = RandomTensor({13}, F64, 32), be = RandomTensor({13}, F64, 33);
   ExpectClose(ops::LayerNorm(a64.Cast(dt), g.Cast(dt), be.Cast(dt), 1e-5, nullptr, nullptr),
               ops::LayerNorm(a64, g, be, 1e-5, nullptr, nullptr), 10 * tol, "layernorm");
-  Tensor x = RandomTensor({2, 3, 9, 9}, F64, 34), w = RandomTensor({5, 3, 3, 3}, F64, 35), b = RandomTensor({5}, F64, 36);
-  ExpectClose(ops::Conv2d(x.Cast(dt), w.Cast(dt), b.Cast(dt), {1, 1, 1, 1}), ops::Conv2d(x, w, b, {1, 1, 1, 1}),
-              tol, "conv2d");
-  ExpectClose(ops::MaxPool2d(x.Cast(dt), {2, 2, 2, 2, 0, 0}, nullptr), ops::MaxPool2d(x, {2, 2, 2, 2, 0, 0}, nullptr),
-              tol, "maxpool");
+  Tensor x = RandomTensor({2, 3, 9, 9}, F64, 34), w = RandomTensor({5, 3, 3, 3}, F64, 35),
+         b = RandomTensor({5}, F64, 36);
+  ExpectClose(ops::Conv2d(x.Cast(dt), w.Cast(dt), b.Cast(dt), {1, 1, 1, 1}),
+              ops::Conv2d(x, w, b, {1, 1, 1, 1}), tol, "conv2d");
+  ExpectClose(ops::MaxPool2d(x.Cast(dt), {2, 2, 2, 2, 0, 0}, nullptr),
+              ops::MaxPool2d(x, {2, 2, 2, 2, 0, 0}, nullptr), tol, "maxpool");
 }
 
 // ---- errors ----
@@ -518,13 +528,41 @@ TEST(OpsErrors, ShapeMismatchesNameTheOpAndBothShapes) {
   EXPECT_NE(msg.find("CrossEntropyBackward: label -1 in row 0"), std::string::npos) << msg;
 
   msg = ErrorOf([&] {
-    Tensor x = Tensor::Zeros({4, 3}), g = Tensor::Zeros({3}), dg = Tensor::Zeros({3}), db = Tensor::Zeros({3});
+    Tensor x = Tensor::Zeros({4, 3}), g = Tensor::Zeros({3}), dg = Tensor::Zeros({3}),
+           db = Tensor::Zeros({3});
     ops::LayerNormBackward(x, g, Tensor::Zeros({2}), Tensor::Zeros({4}), x, dg, db);
   });
   EXPECT_NE(msg.find("one value per row (4)"), std::string::npos) << msg;
 
   msg = ErrorOf([&] { ops::Embedding(Tensor::Zeros({4, 2}), Tensor::FromVector({0, 9}, {2}, DType::kI32)); });
   EXPECT_NE(msg.find("id 9 at position 1"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace tessera
+
+namespace tessera {
+namespace {
+
+// The f32 GELU computes tanh from arithmetic (it vectorises); against f64 std::tanh it must stay
+// within float precision everywhere: the tails, zero, tiny and huge inputs, and its derivative.
+TEST(OpsF32, GeluAndItsGradientMatchDoubleToFloatPrecision) {
+  std::vector<double> xs;
+  for (int i = -4000; i <= 4000; ++i) xs.push_back(i * 0.005);  // [-20, 20]
+  for (double v : {0.0, 1e-30, -1e-30, 1e-7, -1e-7, 60.0, -60.0, 1e6, -1e6}) xs.push_back(v);
+  const Shape s{static_cast<int64_t>(xs.size())};
+  Tensor x64 = Tensor::FromVector(xs, s, DType::kF64);
+  Tensor x32 = x64.Cast(DType::kF32);
+  Tensor dy = Tensor::Full(s, 1.0, DType::kF64);
+  std::vector<double> y64 = ops::Gelu(x32.Cast(DType::kF64)).ToVector(), y32 = ops::Gelu(x32).ToVector();
+  std::vector<double> g64 = ops::UnaryBackward(UnaryOp::kGelu, x32.Cast(DType::kF64), dy).ToVector();
+  std::vector<double> g32 = ops::UnaryBackward(UnaryOp::kGelu, x32, dy.Cast(DType::kF32)).ToVector();
+  const std::vector<double> in = x32.ToVector();
+  for (size_t i = 0; i < xs.size(); ++i) {
+    ASSERT_NEAR(y32[i], y64[i], 2e-7 * std::max(1.0, std::fabs(y64[i])) + 1e-7 * std::fabs(in[i]))
+        << "gelu(" << in[i] << ")";
+    ASSERT_NEAR(g32[i], g64[i], 4e-7 * std::max(1.0, std::fabs(g64[i]))) << "gelu'(" << in[i] << ")";
+  }
 }
 
 }  // namespace
