@@ -65,6 +65,12 @@ std::unique_ptr<nn::Sequential> BuildGpt(const GptConfig& c) {
     TESSERA_THROW(ConfigError, "gpt.width (", c.width, ") must be a multiple of gpt.heads (", c.heads, ")");
   if (!(c.dropout >= 0 && c.dropout < 1))
     TESSERA_THROW(ConfigError, "gpt.dropout must be in [0, 1), got ", c.dropout);
+  // A spec may come from a file (a store version, a checkpoint): bound what it makes us build.
+  if (c.layers > kMaxGptLayers || c.width > kMaxGptWidth || c.context > kMaxGptContext ||
+      c.vocab > kMaxGptVocab)
+    TESSERA_THROW(ConfigError, "gpt: layers ", c.layers, ", width ", c.width, ", context ", c.context,
+                  ", vocab ", c.vocab, " exceed the limits (", kMaxGptLayers, ", ", kMaxGptWidth, ", ",
+                  kMaxGptContext, ", ", kMaxGptVocab, ")");
   auto net = std::make_unique<nn::Sequential>();
   auto& embed = net->Add("embed", std::make_unique<nn::GptEmbedding>(c.vocab, c.context, c.width, c.dropout));
   const double residual_std = 0.02 / std::sqrt(2.0 * static_cast<double>(c.layers));

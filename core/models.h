@@ -32,6 +32,9 @@ struct CnnConfig {
 // (max-pooling commutes with ReLU) with a quarter of the ReLU work.
 std::unique_ptr<nn::Sequential> BuildCnn(const CnnConfig& config);
 
+// Limits of a GPT's sizes (far beyond any GPT trained so far: GPT-3 has 96 layers of width 12288).
+constexpr int64_t kMaxGptLayers = 4096, kMaxGptWidth = 1 << 17, kMaxGptContext = 1 << 20,
+                  kMaxGptVocab = 1 << 24;
 struct GptConfig {
   int64_t layers = 12, heads = 12, width = 768, context = 1024, vocab = 50304;  // GPT-2 124M (G1)
   double dropout = 0.0;  // after the embeddings, and on each attention and MLP output

@@ -31,7 +31,8 @@ struct CorpusSummary {
 // fortune package's .dat indexes and .u8 links), splits each file into documents at lines that
 // hold only "%" (the fortune format; a file without them is one document), and writes document k
 // (counted over all files) to the test split when k % test_every == test_every - 1, else to the
-// training split, each document followed by "%\n" as in the source. Both splits are byte-level
+// training split, each document followed by a "%\n" line (the fortune separator, also after the
+// documents of files that have none). Both splits are byte-level
 // token files (datasets/tokens.h), written atomically. Throws IoError for an input that cannot be
 // read, ValueError for no inputs, test_every < 2, or a split that comes out empty.
 CorpusSummary BuildCorpus(const CorpusOptions& options);

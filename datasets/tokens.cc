@@ -132,7 +132,13 @@ std::unique_ptr<Dataset> OpenTokens(const std::string& path, int64_t sequence_le
 
 std::vector<int64_t> TokenCounts(const TokenFile& file) {
   std::vector<int64_t> counts(static_cast<size_t>(file.vocab()), 0);
-  for (int64_t i = 0; i < file.size(); ++i) ++counts[file.tokens()[i]];
+  for (int64_t i = 0; i < file.size(); ++i) {
+    const uint16_t t = file.tokens()[i];
+    if (t >= counts.size())  // checked when opened: only a file rewritten since gets here
+      TESSERA_THROW(DataError, file.path(), ": token ", t, " at position ", i,
+                    " is outside the vocabulary of ", file.vocab(), " (was the file rewritten while open?)");
+    ++counts[t];
+  }
   return counts;
 }
 
@@ -141,8 +147,11 @@ double UnigramPerplexity(const TokenFile& train, const TokenFile& test) {
   counts.resize(static_cast<size_t>(std::max(train.vocab(), test.vocab())), 0);
   const double total = static_cast<double>(train.size()) + static_cast<double>(counts.size());
   double nll = 0;
-  for (int64_t i = 0; i < test.size(); ++i)
-    nll -= std::log((static_cast<double>(counts[test.tokens()[i]]) + 1.0) / total);
+  for (int64_t i = 0; i < test.size(); ++i) {
+    const uint16_t t = test.tokens()[i];
+    const double c = t < counts.size() ? static_cast<double>(counts[t]) : 0.0;
+    nll -= std::log((c + 1.0) / total);
+  }
   return test.size() > 0 ? std::exp(nll / static_cast<double>(test.size())) : 1.0;
 }
 

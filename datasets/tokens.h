@@ -6,7 +6,9 @@
 //   header[0] = 20240520 (magic), header[1] = 1 (version: uint16 tokens), header[2] = the number
 //   of tokens, header[3] = the vocabulary size (tessera's addition: llm.c leaves it 0, and then the
 //   largest token + 1 is taken); the rest are 0.
-// The file is memory-mapped, never read whole: a corpus may be larger than memory.
+// The file is memory-mapped, never read whole: a corpus may be larger than memory. Replace a token
+// file (write a new one and rename it over the old, as WriteTokenFile does), never rewrite it in
+// place: a file truncated under a running job takes the job down with SIGBUS.
 //
 // The dataset cuts the stream into non-overlapping windows of T tokens: example i is tokens
 // [i T, i T + T) and its labels are the next tokens, [i T + 1, i T + T + 1), so there are

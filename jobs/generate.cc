@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/model_spec.h"
+#include "core/ops/ops.h"
 #include "jobs/checkpoint.h"
 #include "jobs/publish.h"
 #include "jobs/spec.h"
@@ -43,32 +44,47 @@ int32_t SampleToken(const float* logits, int64_t vocab, const SampleOptions& o, 
 
 namespace {
 
-// The model spec a checkpoint or store version was trained with.
-models::ModelSpec ModelSpecOf(const std::string& reference, const InitSource& source) {
-  if (!source.from_store)
-    return ParseJobSpec(ReadCheckpointInfo(source.weights_path).meta.job_spec, reference).model();
+// The model spec a checkpoint or store version was trained with, and the length of the windows it
+// was trained on (0: not recorded).
+struct Trained {
+  models::ModelSpec spec;
+  int64_t sequence_length = 0;
+};
+
+Trained TrainedModelOf(const std::string& reference, const InitSource& source) {
+  if (!source.from_store) {
+    const JobSpec job = ParseJobSpec(ReadCheckpointInfo(source.weights_path).meta.job_spec, reference);
+    return {job.model(), job.data().sequence_length()};
+  }
   store::VersionRef ref = store::ParseVersionRef(reference);
-  return store::Store(ref.root).ReadArchitecture(ref.model, source.parent.version()).model();
+  const store::Architecture a = store::Store(ref.root).ReadArchitecture(ref.model, source.parent.version());
+  return {a.model(), a.input_shape_size() == 1 ? a.input_shape(0) : 0};
 }
 
 }  // namespace
 
 LoadedGpt LoadGpt(const std::string& reference) {
   const InitSource source = ResolveInitFrom(reference);
-  const models::ModelSpec spec = ModelSpecOf(reference, source);
+  const Trained trained = TrainedModelOf(reference, source);
+  const models::ModelSpec& spec = trained.spec;
   if (!spec.has_gpt())
     TESSERA_THROW(ConfigError, reference, " holds a ", models::DescribeModel(spec),
                   " model; generation needs a GPT");
   LoadedGpt g;
   g.context = spec.gpt().context();
+  // Positions past the trained windows kept their initial embeddings: generate within them.
+  if (trained.sequence_length > 0 && trained.sequence_length < g.context) g.context = trained.sequence_length;
   g.vocab = spec.gpt().vocab();
-  g.net = models::BuildModel(spec, {g.context});
+  g.net = models::BuildModel(spec, {spec.gpt().context()});
   g.params = std::make_unique<nn::FlatParameters>(*g.net);
   for (const std::string& line : InitFromWeights(source, *g.params))
     if (line.find(": loaded from ") == std::string::npos)
       TESSERA_THROW(ConfigError, reference, ": ", line, ": the weights do not hold the whole model");
+  if (!std::isfinite(ops::SumSquares(g.params->values())))
+    TESSERA_THROW(DataError, reference, ": the weights hold a NaN or infinity");
   g.net->SetTraining(false);
-  g.description = models::DescribeModel(spec) + " from " + source.weights_path;
+  g.description = detail::StrCat(models::DescribeModel(spec), " from ", source.weights_path,
+                                 "; it sees the last ", g.context, " tokens");
   return g;
 }
 

@@ -36,8 +36,8 @@ int32_t SampleToken(const float* logits, int64_t vocab, const SampleOptions& opt
 struct LoadedGpt {
   std::unique_ptr<nn::Sequential> net;
   std::unique_ptr<nn::FlatParameters> params;
-  int64_t context = 0, vocab = 0;
-  std::string description;  // "gpt 4 layers, ... from runs/x/checkpoints/step-00000100"
+  int64_t context = 0, vocab = 0;  // context: the window it runs over (the trained sequence length)
+  std::string description;         // "gpt 4 layers, ... from runs/x/checkpoints/step-00000100"
 };
 
 // Loads a GPT from `reference`: a checkpoint (a file, a step directory, a checkpoints or run
@@ -47,7 +47,7 @@ LoadedGpt LoadGpt(const std::string& reference);
 
 // Extends `prompt` (at least one token) by options.max_new_tokens tokens and returns them (the
 // prompt excluded), calling on_token with each as it is drawn. The model sees at most its last
-// `context` tokens.
+// `context` tokens: the length of the windows it was trained on.
 std::vector<int32_t> Generate(LoadedGpt& gpt, const std::vector<int32_t>& prompt,
                               const SampleOptions& options,
                               const std::function<void(int32_t)>& on_token = nullptr);

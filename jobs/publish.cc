@@ -22,8 +22,10 @@ store::Architecture ArchitectureOf(const JobSpec& spec, const Shape& example, in
   store::Architecture a;
   *a.mutable_model() = spec.model();
   for (int64_t d : example) a.add_input_shape(d);
-  // IDX files hold bytes (Fashion-MNIST's pixels); CSV and HDF5 features are read as floats.
-  a.set_input_dtype(spec.data().kind() == DataSpec::IDX ? "UINT8" : "FP32");
+  // IDX files hold bytes (Fashion-MNIST's pixels); CSV and HDF5 features are read as floats; token
+  // files hold token ids.
+  const DataSpec::Kind kind = spec.data().kind();
+  a.set_input_dtype(kind == DataSpec::IDX ? "UINT8" : kind == DataSpec::TOKENS ? "INT32" : "FP32");
   *a.mutable_normalize() = spec.data().normalize();
   a.set_classes(classes);
   return a;
@@ -44,8 +46,9 @@ store::Architecture ArchitectureOf(const JobSpec& spec) {
   }
   std::fprintf(stderr, "tessera: warning: %s; the published input shape is the one the model spec implies\n",
                why.c_str());
-  return ArchitectureOf(spec, models::ImpliedExampleShape(spec.model()),
-                        static_cast<int>(models::OutFeatures(spec.model())));
+  Shape example = models::ImpliedExampleShape(spec.model());
+  if (spec.model().has_gpt() && spec.data().sequence_length() > 0) example = {spec.data().sequence_length()};
+  return ArchitectureOf(spec, example, static_cast<int>(models::OutFeatures(spec.model())));
 }
 
 namespace {
@@ -60,8 +63,8 @@ std::string Env(const char* name) {
 std::vector<store::FileDigest> DatasetDigests(const JobSpec& spec, const std::atomic<bool>* cancel) {
   std::vector<store::FileDigest> out;
   const DataSpec& d = spec.data();
-  for (const std::string& path : {d.train_images(), d.train_labels(), d.test_images(), d.test_labels(), d.train_path(),
-                                  d.test_path()}) {
+  for (const std::string& path : {d.train_images(), d.train_labels(), d.test_images(), d.test_labels(),
+                                  d.train_path(), d.test_path()}) {
     if (path.empty()) continue;
     store::FileDigest f;
     f.set_name(fs::absolute(path).lexically_normal().string());
@@ -95,7 +98,8 @@ store::Lineage LineageOf(const JobSpec& spec, int64_t step, int world_size, cons
   }
   l.set_world_size(world_size);
   l.set_data_parallel(spec.parallel().data() > 0 ? spec.parallel().data() : world_size);
-  l.set_zero_stage(l.data_parallel() > 1 ? spec.parallel().zero_stage() : 0);  // the stage in effect: none on one rank
+  l.set_zero_stage(l.data_parallel() > 1 ? spec.parallel().zero_stage()
+                                         : 0);  // the stage in effect: none on one rank
   l.set_tensor_parallel(spec.parallel().tensor());
   l.set_pipeline_parallel(spec.parallel().pipeline());
   l.set_step(step);
@@ -104,8 +108,10 @@ store::Lineage LineageOf(const JobSpec& spec, int64_t step, int world_size, cons
   l.set_host(io::HostName());
   l.set_user(io::UserName());
   if (init) {
-    if (init->from_store) *l.mutable_parent() = init->parent;
-    else l.set_parent_checkpoint(fs::absolute(init->weights_path).lexically_normal().string());
+    if (init->from_store)
+      *l.mutable_parent() = init->parent;
+    else
+      l.set_parent_checkpoint(fs::absolute(init->weights_path).lexically_normal().string());
   }
   return l;
 }
@@ -141,34 +147,42 @@ std::vector<std::string> InitFromWeights(const InitSource& source, nn::FlatParam
   std::map<std::string, std::string> outcome;  // parameter -> what happened
   std::vector<Tensor> staged;                  // read in the file's dtype, converted below
   std::vector<const nn::FlatParameters::Entry*> targets;
-  io::ReadWeights(source.weights_path, [&](const io::TensorRecord& t) -> void* {
-    auto it = by_name.find(t.path);
-    if (it == by_name.end()) return nullptr;
-    const nn::FlatParameters::Entry& e = *it->second;
-    if (t.dtype == DType::kI8)
-      TESSERA_THROW(ConfigError, "train.init_from: ", source.reference, ": ", t.path, " is int8 (a quantised version, "
-                    "for serving): fine-tune the f32 version it was made from, which its lineage names");
-    if (t.shape != e.param->shape) {
-      outcome[e.name] = detail::StrCat("re-initialised (", source.reference, " has shape ", ShapeString(t.shape),
-                                       ", the model ", ShapeString(e.param->shape), ")");
-      return nullptr;
-    }
-    staged.push_back(Tensor::Empty({e.numel}, t.dtype));
-    targets.push_back(&e);
-    outcome[e.name] = detail::StrCat("loaded from ", source.reference);
-    return staged.back().raw_data();
-  }, io::WeightsReadOptions{!source.from_store, !source.from_store});
+  io::ReadWeights(
+      source.weights_path,
+      [&](const io::TensorRecord& t) -> void* {
+        auto it = by_name.find(t.path);
+        if (it == by_name.end()) return nullptr;
+        const nn::FlatParameters::Entry& e = *it->second;
+        if (t.dtype == DType::kI8)
+          TESSERA_THROW(ConfigError, "train.init_from: ", source.reference, ": ", t.path,
+                        " is int8 (a quantised version, "
+                        "for serving): fine-tune the f32 version it was made from, which its lineage names");
+        if (t.shape != e.param->shape) {
+          outcome[e.name] =
+              detail::StrCat("re-initialised (", source.reference, " has shape ", ShapeString(t.shape),
+                             ", the model ", ShapeString(e.param->shape), ")");
+          return nullptr;
+        }
+        staged.push_back(Tensor::Empty({e.numel}, t.dtype));
+        targets.push_back(&e);
+        outcome[e.name] = detail::StrCat("loaded from ", source.reference);
+        return staged.back().raw_data();
+      },
+      io::WeightsReadOptions{!source.from_store, !source.from_store});
   for (size_t i = 0; i < staged.size(); ++i) {
-    Tensor src = staged[i].dtype() == params.values().dtype() ? staged[i] : staged[i].Cast(params.values().dtype());
+    Tensor src =
+        staged[i].dtype() == params.values().dtype() ? staged[i] : staged[i].Cast(params.values().dtype());
     params.values().Slice0(targets[i]->offset, targets[i]->offset + targets[i]->numel).CopyFrom(src);
   }
   if (staged.empty())
-    TESSERA_THROW(ConfigError, "train.init_from: ", source.reference, " (", source.weights_path, ") has no tensor of the "
+    TESSERA_THROW(ConfigError, "train.init_from: ", source.reference, " (", source.weights_path,
+                  ") has no tensor of the "
                   "model's names and shapes: it is of a different model, and nothing would be fine-tuned");
   std::vector<std::string> lines;
   for (const auto& e : params.entries()) {
     auto it = outcome.find(e.name);
-    lines.push_back(e.name + ": " + (it != outcome.end() ? it->second : "re-initialised (not in " + source.reference + ")"));
+    lines.push_back(e.name + ": " +
+                    (it != outcome.end() ? it->second : "re-initialised (not in " + source.reference + ")"));
   }
   return lines;
 }
@@ -178,15 +192,19 @@ void WriteInitRecord(const std::string& run_dir, const InitSource& s) {
                       {"weights_path", fs::absolute(s.weights_path).lexically_normal().string()},
                       {"from_store", s.from_store}};
   if (s.from_store)
-    j["parent"] = {{"store", s.parent.store()}, {"model", s.parent.model()}, {"version", s.parent.version()},
-                   {"weights_sha256", s.parent.weights_sha256()}, {"reference", s.parent.reference()}};
+    j["parent"] = {{"store", s.parent.store()},
+                   {"model", s.parent.model()},
+                   {"version", s.parent.version()},
+                   {"weights_sha256", s.parent.weights_sha256()},
+                   {"reference", s.parent.reference()}};
   io::WriteFileAtomically(run_dir + "/init_from.json", j.dump(2) + "\n");
 }
 
 std::unique_ptr<InitSource> ReadInitRecord(const std::string& run_dir) {
   const std::string path = run_dir + "/init_from.json";
   if (!io::Exists(path)) return nullptr;
-  nlohmann::json j = nlohmann::json::parse(io::ReadSmallFile(path, 1 << 20, "an init_from record"), nullptr, false);
+  nlohmann::json j =
+      nlohmann::json::parse(io::ReadSmallFile(path, 1 << 20, "an init_from record"), nullptr, false);
   if (j.is_discarded() || !j.is_object()) TESSERA_THROW(IoError, path, ": is not a valid init_from record");
   auto s = std::make_unique<InitSource>();
   try {
@@ -208,7 +226,8 @@ std::unique_ptr<InitSource> ReadInitRecord(const std::string& run_dir) {
 }
 
 store::PublishResult PublishWeights(const JobSpec& spec, nn::FlatParameters& params, const Tensor& values,
-                                    const store::Architecture& arch, const std::map<std::string, double>& metrics,
+                                    const store::Architecture& arch,
+                                    const std::map<std::string, double>& metrics,
                                     const store::Lineage& lineage) {
   const PublishSpec& p = spec.publish();
   store::PublishRequest req;

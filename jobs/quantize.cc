@@ -22,8 +22,8 @@ namespace fs = std::filesystem;
 
 // The largest |x| that reaches each child of `net` (0 for the children that are not quantisable),
 // over `samples` examples spread evenly over `data`, prepared as the evaluation prepares them.
-std::vector<float> InputMaxima(nn::Sequential& net, datasets::Dataset& data, const datasets::LoaderOptions& norm,
-                               int64_t samples, int64_t batch_size) {
+std::vector<float> InputMaxima(nn::Sequential& net, datasets::Dataset& data,
+                               const datasets::LoaderOptions& norm, int64_t samples, int64_t batch_size) {
   net.SetTraining(false);
   std::vector<float> maxima(net.size(), 0.0f);
   const int64_t n = std::min(samples, data.size());
@@ -91,7 +91,8 @@ std::map<std::string, double> Metrics(const EvalResult& r) {
   std::map<std::string, double> out;
   const nlohmann::json j = EvalJson(r);
   for (auto& [k, v] : j.items())
-    if (v.is_number()) out[k] = v.get<double>();  // (null: undefined, e.g. the precision of a class never predicted)
+    if (v.is_number())
+      out[k] = v.get<double>();  // (null: undefined, e.g. the precision of a class never predicted)
   return out;
 }
 
@@ -103,7 +104,11 @@ QuantizeResult QuantizeVersion(store::Store& st, const std::string& model, int64
   if (options.samples < 1) TESSERA_THROW(ConfigError, "--samples must be at least 1, got ", options.samples);
   const store::Architecture arch = st.ReadArchitecture(model, version);
   if (arch.quantization() != store::NONE)
-    TESSERA_THROW(ConfigError, where, " is already quantised (", store::Quantization_Name(arch.quantization()), ")");
+    TESSERA_THROW(ConfigError, where, " is already quantised (",
+                  store::Quantization_Name(arch.quantization()), ")");
+  if (arch.model().has_gpt())
+    TESSERA_THROW(ConfigError, where,
+                  " is a GPT: int8 quantisation covers MLP and CNN versions, not yet GPT ones");
   const store::VersionManifest parent = st.ReadManifest(model, version);
   const JobSpec spec = ParseJobSpec(parent.lineage().job_spec(), where + ": lineage.job_spec");
   if (!NamesSplit(spec.data(), true))
@@ -143,9 +148,9 @@ QuantizeResult QuantizeVersion(store::Store& st, const std::string& model, int64
   p->set_reference(detail::StrCat("store://", p->store(), "/", model, "/", version));
   for (const store::FileDigest& f : parent.files())
     if (f.name() == "weights.h5") p->set_weights_sha256(f.sha256());
-  req.lineage.set_derivation(detail::StrCat("int8 post-training quantisation of version ", version, " (", r.layers,
-                                            " layers; max |x| of each layer's input over ", r.calibration_examples,
-                                            " training examples)"));
+  req.lineage.set_derivation(detail::StrCat("int8 post-training quantisation of version ", version, " (",
+                                            r.layers, " layers; max |x| of each layer's input over ",
+                                            r.calibration_examples, " training examples)"));
   req.weights_meta.step = parent.lineage().step();
   req.weights_meta.job_spec = parent.lineage().job_spec();
   req.weights_meta.dtype = "int8";

@@ -10,10 +10,12 @@
 #include <functional>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/io/durable.h"
 #include "core/model_spec.h"
+#include "core/models.h"
 #include "store/store.h"
 
 namespace tessera::jobs {
@@ -37,7 +39,7 @@ std::string FieldPathAt(const std::string& text, int line, int column) {
       continue;
     }
     c = ch == '\t' ? c + 8 - c % 8 : c + 1;  // protobuf's tokenizer counts tabs to multiples of 8
-    if (ch == '#') {  // comment to end of line
+    if (ch == '#') {                         // comment to end of line
       while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
       continue;
     }
@@ -52,7 +54,8 @@ std::string FieldPathAt(const std::string& text, int line, int column) {
     }
     if (std::isalpha(static_cast<unsigned char>(ch)) || ch == '_') {
       std::string id(1, ch);
-      while (i + 1 < text.size() && (std::isalnum(static_cast<unsigned char>(text[i + 1])) || text[i + 1] == '_')) {
+      while (i + 1 < text.size() &&
+             (std::isalnum(static_cast<unsigned char>(text[i + 1])) || text[i + 1] == '_')) {
         id += text[++i];
         ++c;
       }
@@ -83,8 +86,8 @@ class Collector : public pb::io::ErrorCollector {
     const bool names_field = message.find("has no field named") != std::string::npos ||
                              message.find("specified multiple times") != std::string::npos;
     std::string field = text_ && !names_field ? FieldPathAt(*text_, line, column) : "";
-    errors_.push_back(detail::StrCat(source_, ":", line + 1, ":", column + 1, ": ", field.empty() ? "" : field + ": ",
-                                     message));
+    errors_.push_back(detail::StrCat(source_, ":", line + 1, ":", column + 1, ": ",
+                                     field.empty() ? "" : field + ": ", message));
   }
   void AddWarning(int line, pb::io::ColumnNumber column, const std::string& message) override {
     AddError(line, column, message);
@@ -132,7 +135,8 @@ std::string NotARegularFile(const std::string& path) {
 // Where each field came from: a location in the file, or the override that set it.
 class Locator {
  public:
-  Locator(std::string source, const pb::TextFormat::ParseInfoTree* tree) : source_(std::move(source)), tree_(tree) {}
+  Locator(std::string source, const pb::TextFormat::ParseInfoTree* tree)
+      : source_(std::move(source)), tree_(tree) {}
 
   void NoteOverride(const std::string& path, const std::string& assignment) { overrides_[path] = assignment; }
 
@@ -195,16 +199,24 @@ void ValidateModel(const JobSpec& s, Validator& v) {
             "choose a model family: model { mlp { ... } }, model { cnn { ... } } or model { gpt { ... } }");
   if (m.has_gpt()) {
     const GptSpec& g = m.gpt();
-    for (auto [field, value] : {std::pair{"layers", g.layers()}, std::pair{"heads", g.heads()},
-                                std::pair{"width", g.width()}, std::pair{"context", g.context()},
-                                std::pair{"vocab", g.vocab()}})
+    for (auto [field, value] :
+         {std::pair{"layers", g.layers()}, std::pair{"heads", g.heads()}, std::pair{"width", g.width()},
+          std::pair{"context", g.context()}, std::pair{"vocab", g.vocab()}})
       v.Require(value >= 1, std::string("model.gpt.") + field, "must be >= 1" + Got(value));
+    for (auto [field, value, most] : {std::tuple{"layers", g.layers(), models::kMaxGptLayers},
+                                      std::tuple{"width", g.width(), models::kMaxGptWidth},
+                                      std::tuple{"context", g.context(), models::kMaxGptContext},
+                                      std::tuple{"vocab", g.vocab(), models::kMaxGptVocab}})
+      v.Require(value <= most, std::string("model.gpt.") + field,
+                detail::StrCat("must be at most ", most, Got(value)));
     v.Require(g.heads() < 1 || g.width() % g.heads() == 0, "model.gpt.width",
               detail::StrCat("must be a multiple of model.gpt.heads (", g.heads(), ")", Got(g.width())));
-    v.Require(g.dropout() >= 0 && g.dropout() < 1, "model.gpt.dropout", "must be in [0, 1)" + Got(g.dropout()));
-    v.Require(s.parallel().zero_stage() < 3, "parallel.zero_stage",
-              "stage 3 does not take model.gpt yet: its output head shares the token embedding, which stage 3 "
-              "would give back after the first layer; use stage 0, 1 or 2");
+    v.Require(g.dropout() >= 0 && g.dropout() < 1, "model.gpt.dropout",
+              "must be in [0, 1)" + Got(g.dropout()));
+    v.Require(
+        s.parallel().zero_stage() < 3, "parallel.zero_stage",
+        "stage 3 does not take model.gpt yet: its output head shares the token embedding, which stage 3 "
+        "would give back after the first layer; use stage 0, 1 or 2");
     v.Require(s.data().kind() == DataSpec::TOKENS, "data.kind",
               "model.gpt reads token ids: set data { kind: TOKENS train_path: ... test_path: ... } (`tessera "
               "corpus` builds them from text)");
@@ -213,36 +225,44 @@ void ValidateModel(const JobSpec& s, Validator& v) {
     const MlpSpec& p = m.mlp();
     v.Require(p.in_features() > 0, "model.mlp.in_features", "must be > 0" + Got(p.in_features()));
     for (int i = 0; i < p.hidden_size(); ++i)
-      v.Require(p.hidden(i) > 0, "model.mlp.hidden", detail::StrCat("entry ", i, " must be > 0", Got(p.hidden(i))));
+      v.Require(p.hidden(i) > 0, "model.mlp.hidden",
+                detail::StrCat("entry ", i, " must be > 0", Got(p.hidden(i))));
     v.Require(p.out_features() > 0, "model.mlp.out_features", "must be > 0" + Got(p.out_features()));
-    v.Require(p.dropout() >= 0 && p.dropout() < 1, "model.mlp.dropout", "must be in [0, 1)" + Got(p.dropout()));
+    v.Require(p.dropout() >= 0 && p.dropout() < 1, "model.mlp.dropout",
+              "must be in [0, 1)" + Got(p.dropout()));
   }
   if (m.has_cnn()) {
     const CnnSpec& p = m.cnn();
     v.Require(p.in_channels() > 0, "model.cnn.in_channels", "must be > 0" + Got(p.in_channels()));
     v.Require(p.height() > 0 && p.width() > 0, "model.cnn.height", "height and width must be > 0");
-    v.Require(p.kernel() >= 1 && p.kernel() % 2 == 1, "model.cnn.kernel", "must be odd and >= 1 (padding keeps the size)" + Got(p.kernel()));
+    v.Require(p.kernel() >= 1 && p.kernel() % 2 == 1, "model.cnn.kernel",
+              "must be odd and >= 1 (padding keeps the size)" + Got(p.kernel()));
     int64_t h = p.height(), w = p.width();
     for (int i = 0; i < p.channels_size(); ++i) {
-      v.Require(p.channels(i) > 0, "model.cnn.channels", detail::StrCat("entry ", i, " must be > 0", Got(p.channels(i))));
+      v.Require(p.channels(i) > 0, "model.cnn.channels",
+                detail::StrCat("entry ", i, " must be > 0", Got(p.channels(i))));
       h /= 2;
       w /= 2;
     }
     v.Require(p.channels_size() == 0 || (h >= 1 && w >= 1), "model.cnn.channels",
-              detail::StrCat(p.channels_size(), " pooling stages shrink a ", p.height(), "x", p.width(), " input below 1x1"));
+              detail::StrCat(p.channels_size(), " pooling stages shrink a ", p.height(), "x", p.width(),
+                             " input below 1x1"));
     for (int i = 0; i < p.hidden_size(); ++i)
-      v.Require(p.hidden(i) > 0, "model.cnn.hidden", detail::StrCat("entry ", i, " must be > 0", Got(p.hidden(i))));
+      v.Require(p.hidden(i) > 0, "model.cnn.hidden",
+                detail::StrCat("entry ", i, " must be > 0", Got(p.hidden(i))));
     v.Require(p.out_features() > 0, "model.cnn.out_features", "must be > 0" + Got(p.out_features()));
-    v.Require(p.dropout() >= 0 && p.dropout() < 1, "model.cnn.dropout", "must be in [0, 1)" + Got(p.dropout()));
+    v.Require(p.dropout() >= 0 && p.dropout() < 1, "model.cnn.dropout",
+              "must be in [0, 1)" + Got(p.dropout()));
   }
   if (v.errors().size() == errors_before && m.family_case() != ModelSpec::FAMILY_NOT_SET) {
     // The sizes are positive: bound what they multiply to.
     const int64_t n = models::ParameterCount(m);
     const std::string field = std::string("model.") + models::FamilyName(m);
     v.Require(n >= 0, field, "the layer sizes multiply past 2^63 parameters");
-    v.Require(n < 0 || n <= kMaxParameters, field,
-              detail::StrCat("the layer sizes give ", n, " parameters (", n * 4.0 / 1e9,
-                             " GB of fp32 weights alone); the most one process can hold is ", kMaxParameters));
+    v.Require(
+        n < 0 || n <= kMaxParameters, field,
+        detail::StrCat("the layer sizes give ", n, " parameters (", n * 4.0 / 1e9,
+                       " GB of fp32 weights alone); the most one process can hold is ", kMaxParameters));
   }
 }
 
@@ -250,8 +270,8 @@ void ValidateModel(const JobSpec& s, Validator& v) {
 void ValidateTokenData(const JobSpec& s, Validator& v) {
   const DataSpec& d = s.data();
   v.Require(s.model().has_gpt(), "data.kind", "TOKENS feeds a language model: set model { gpt { ... } }");
-  v.Require(d.sequence_length() >= 0, "data.sequence_length", "must be >= 0 (0: the model's context)" +
-                                                                   Got(d.sequence_length()));
+  v.Require(d.sequence_length() >= 0, "data.sequence_length",
+            "must be >= 0 (0: the model's context)" + Got(d.sequence_length()));
   if (s.model().has_gpt())
     v.Require(d.sequence_length() <= s.model().gpt().context(), "data.sequence_length",
               detail::StrCat("must be at most model.gpt.context (", s.model().gpt().context(), ")",
@@ -280,14 +300,16 @@ void ValidateData(const JobSpec& s, Validator& v, bool check_files) {
   } else {
     file("train_path", d.train_path());
     file("test_path", d.test_path());
-    if (d.kind() == DataSpec::CSV) v.Require(!d.label_column().empty(), "data.label_column", "must name a column");
+    if (d.kind() == DataSpec::CSV)
+      v.Require(!d.label_column().empty(), "data.label_column", "must name a column");
   }
   if (d.kind() == DataSpec::TOKENS) ValidateTokenData(s, v);
   v.Require(d.batch_size() >= 1 && d.batch_size() <= kMaxBatch, "data.batch_size",
             detail::StrCat("must be in [1, ", kMaxBatch, "]", Got(d.batch_size())));
   int dp = s.parallel().data();
   v.Require(dp < 1 || d.batch_size() < 1 || d.batch_size() % dp == 0, "data.batch_size",
-            detail::StrCat("the global batch ", d.batch_size(), " must divide evenly over parallel.data = ", dp, " ranks"));
+            detail::StrCat("the global batch ", d.batch_size(),
+                           " must divide evenly over parallel.data = ", dp, " ranks"));
   v.Require(d.prefetch() >= 1, "data.prefetch", "must be >= 1" + Got(d.prefetch()));
   v.Require(d.eval_batch_size() >= 1 && d.eval_batch_size() <= kMaxBatch, "data.eval_batch_size",
             detail::StrCat("must be in [1, ", kMaxBatch, "]", Got(d.eval_batch_size())));
@@ -316,7 +338,8 @@ void ValidateOptimizer(const JobSpec& s, Validator& v) {
   v.Require(o.beta1() >= 0 && o.beta1() < 1, "optimizer.beta1", "must be in [0, 1)" + Got(o.beta1()));
   v.Require(o.beta2() >= 0 && o.beta2() < 1, "optimizer.beta2", "must be in [0, 1)" + Got(o.beta2()));
   v.Require(o.alpha() >= 0 && o.alpha() < 1, "optimizer.alpha", "must be in [0, 1)" + Got(o.alpha()));
-  v.Require(o.clip_grad_norm() >= 0, "optimizer.clip_grad_norm", "must be >= 0 (0 turns clipping off)" + Got(o.clip_grad_norm()));
+  v.Require(o.clip_grad_norm() >= 0, "optimizer.clip_grad_norm",
+            "must be >= 0 (0 turns clipping off)" + Got(o.clip_grad_norm()));
   v.Require(!o.nesterov() || (o.kind() == OptimizerSpec::SGD && o.momentum() > 0 && o.dampening() == 0),
             "optimizer.nesterov", "needs kind: SGD with momentum > 0 and dampening 0");
   v.Require(o.momentum() == 0 || o.kind() == OptimizerSpec::SGD || o.kind() == OptimizerSpec::RMSPROP,
@@ -324,7 +347,8 @@ void ValidateOptimizer(const JobSpec& s, Validator& v) {
   const ScheduleSpec& sc = o.schedule();
   v.Require(sc.step_size() >= 1, "optimizer.schedule.step_size", "must be >= 1" + Got(sc.step_size()));
   v.Require(sc.gamma() > 0, "optimizer.schedule.gamma", "must be > 0" + Got(sc.gamma()));
-  v.Require(sc.warmup_steps() >= 0, "optimizer.schedule.warmup_steps", "must be >= 0" + Got(sc.warmup_steps()));
+  v.Require(sc.warmup_steps() >= 0, "optimizer.schedule.warmup_steps",
+            "must be >= 0" + Got(sc.warmup_steps()));
   v.Require(sc.min_lr() >= 0 && (o.lr() <= 0 || sc.min_lr() <= o.lr()), "optimizer.schedule.min_lr",
             "must be in [0, optimizer.lr]" + Got(sc.min_lr()));
 }
@@ -341,16 +365,18 @@ void ValidatePublish(const JobSpec& s, Validator& v) {
   };
   const PublishSpec& p = s.publish();
   if (!p.store().empty()) {
-    check(p.model().empty() ? "name" : "publish.model", [&] { store::ValidateModelName(p.model().empty() ? s.name() : p.model()); });
+    check(p.model().empty() ? "name" : "publish.model",
+          [&] { store::ValidateModelName(p.model().empty() ? s.name() : p.model()); });
     if (!p.alias().empty()) check("publish.alias", [&] { store::ValidateAliasName(p.alias()); });
   }
   if (s.model().has_gpt())
     v.Require(p.metric() == "test_accuracy" || p.metric() == "test_perplexity" || p.metric() == "test_loss",
-              "publish.metric", "must be test_accuracy (next token), test_perplexity or test_loss for model.gpt, got '" +
-                                    p.metric() + "'");
+              "publish.metric",
+              "must be test_accuracy (next token), test_perplexity or test_loss for model.gpt, got '" +
+                  p.metric() + "'");
   else
-    v.Require(p.metric() == "test_accuracy" || p.metric() == "test_f1" || p.metric() == "test_loss", "publish.metric",
-              "must be test_accuracy, test_f1 or test_loss, got '" + p.metric() + "'");
+    v.Require(p.metric() == "test_accuracy" || p.metric() == "test_f1" || p.metric() == "test_loss",
+              "publish.metric", "must be test_accuracy, test_f1 or test_loss, got '" + p.metric() + "'");
   // Only the form is checked here: a requeued fine-tune resumes from its own checkpoint and needs
   // its parent no more (which may have been deleted since). A fresh start resolves it.
   const std::string& init = s.train().init_from();
@@ -359,7 +385,8 @@ void ValidatePublish(const JobSpec& s, Validator& v) {
 
 // The name becomes a directory, runs/NAME-YYYYmmdd-HHMMSS: it must stay one component inside runs/.
 bool SafeInPath(const std::string& name) {
-  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-' || name.find("..") != std::string::npos)
+  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-' ||
+      name.find("..") != std::string::npos)
     return false;
   for (char c : name)
     if (c == '/' || c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
@@ -368,25 +395,33 @@ bool SafeInPath(const std::string& name) {
 
 void ValidateRest(const JobSpec& s, Validator& v) {
   v.Require(SafeInPath(s.name()), "name",
-            "'" + s.name() + "' cannot name a run directory: use up to 128 characters, no '/', '\\', '..' or control "
-            "characters, not starting with '.' or '-'");
+            "'" + s.name() +
+                "' cannot name a run directory: use up to 128 characters, no '/', '\\', '..' or control "
+                "characters, not starting with '.' or '-'");
   const TrainSpec& t = s.train();
-  v.Require(t.steps() > 0 || t.epochs() >= 1, "train.epochs", "must be >= 1 (or set train.steps)" + Got(t.epochs()));
+  v.Require(t.steps() > 0 || t.epochs() >= 1, "train.epochs",
+            "must be >= 1 (or set train.steps)" + Got(t.epochs()));
   v.Require(t.steps() >= 0, "train.steps", "must be >= 0 (0: use train.epochs)" + Got(t.steps()));
   v.Require(t.log_every_steps() >= 1, "train.log_every_steps", "must be >= 1" + Got(t.log_every_steps()));
-  v.Require(t.eval_every_steps() >= 0, "train.eval_every_steps", "must be >= 0 (0: every epoch)" + Got(t.eval_every_steps()));
-  v.Require(t.threads() >= 1 && t.threads() <= 1024, "train.threads", "must be in [1, 1024]" + Got(t.threads()));
+  v.Require(t.eval_every_steps() >= 0, "train.eval_every_steps",
+            "must be >= 0 (0: every epoch)" + Got(t.eval_every_steps()));
+  v.Require(t.threads() >= 1 && t.threads() <= 1024, "train.threads",
+            "must be in [1, 1024]" + Got(t.threads()));
   v.Require(t.accumulate_steps() >= 1, "train.accumulate_steps", "must be >= 1" + Got(t.accumulate_steps()));
   const ParallelSpec& p = s.parallel();
   v.Require(p.data() >= 0, "parallel.data", "must be >= 0 (0: every launched rank)" + Got(p.data()));
-  v.Require(p.zero_stage() >= 0 && p.zero_stage() <= 3, "parallel.zero_stage", "must be 0, 1, 2 or 3" + Got(p.zero_stage()));
+  v.Require(p.zero_stage() >= 0 && p.zero_stage() <= 3, "parallel.zero_stage",
+            "must be 0, 1, 2 or 3" + Got(p.zero_stage()));
   v.Require(p.tensor() >= 1, "parallel.tensor", "must be >= 1" + Got(p.tensor()));
   v.Require(p.pipeline() >= 1, "parallel.pipeline", "must be >= 1" + Got(p.pipeline()));
-  v.Require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s", "must be > 0" + Got(p.collective_timeout_s()));
+  v.Require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s",
+            "must be > 0" + Got(p.collective_timeout_s()));
   v.Require(p.bucket_size_mb() > 0, "parallel.bucket_size_mb", "must be > 0" + Got(p.bucket_size_mb()));
   // Accepted by the schema but not implemented by this version: refuse rather than ignore.
-  v.Require(p.tensor() == 1, "parallel.tensor", "tensor parallelism is not available in this version yet (use 1)");
-  v.Require(p.pipeline() == 1, "parallel.pipeline", "pipeline parallelism is not available in this version yet (use 1)");
+  v.Require(p.tensor() == 1, "parallel.tensor",
+            "tensor parallelism is not available in this version yet (use 1)");
+  v.Require(p.pipeline() == 1, "parallel.pipeline",
+            "pipeline parallelism is not available in this version yet (use 1)");
   const CheckpointSpec& c = s.checkpoint();
   v.Require(c.every_steps() >= 0, "checkpoint.every_steps", "must be >= 0" + Got(c.every_steps()));
   v.Require(c.every_minutes() >= 0, "checkpoint.every_minutes", "must be >= 0" + Got(c.every_minutes()));
@@ -436,21 +471,23 @@ void ApplyOverride(JobSpec& spec, const std::string& assignment) {
     if (!f) {
       std::string names;
       for (int k = 0; k < desc->field_count(); ++k) names += (k ? ", " : "") + desc->field(k)->name();
-      TESSERA_THROW(ConfigError, "--set ", assignment, ": no field '", parts[i], "' in ", where, " (", desc->name(),
-                    "); its fields are: ", names);
+      TESSERA_THROW(ConfigError, "--set ", assignment, ": no field '", parts[i], "' in ", where, " (",
+                    desc->name(), "); its fields are: ", names);
     }
     walked += (walked.empty() ? "" : ".") + parts[i];
     const pb::Reflection* r = msg->GetReflection();
     // A field of a oneof other than the one the spec chose (model.mlp.hidden on a cnn model) would
     // silently replace the whole choice. Switching takes an explicit FIELD={} first.
-    const bool select = i + 1 == parts.size() && f->type() == pb::FieldDescriptor::TYPE_MESSAGE && value == "{}";
+    const bool select =
+        i + 1 == parts.size() && f->type() == pb::FieldDescriptor::TYPE_MESSAGE && value == "{}";
     if (const pb::OneofDescriptor* o = f->containing_oneof(); o && !select) {
       const pb::FieldDescriptor* chosen = r->GetOneofFieldDescriptor(*msg, o);
       if (chosen && chosen != f) {
         const std::string parent = walked.substr(0, walked.size() - parts[i].size());
-        TESSERA_THROW(ConfigError, "--set ", assignment, ": the spec's ", o->name(), " is ", parent, chosen->name(),
-                      "; setting ", walked, " would replace it with ", parts[i], " and drop every ", chosen->name(),
-                      " setting. To switch on purpose, give --set ", walked, "={} first");
+        TESSERA_THROW(ConfigError, "--set ", assignment, ": the spec's ", o->name(), " is ", parent,
+                      chosen->name(), "; setting ", walked, " would replace it with ", parts[i],
+                      " and drop every ", chosen->name(), " setting. To switch on purpose, give --set ",
+                      walked, "={} first");
       }
     }
     if (select) {  // FIELD={}: choose this message (the oneof member) with its defaults
@@ -459,13 +496,15 @@ void ApplyOverride(JobSpec& spec, const std::string& assignment) {
     }
     if (i + 1 < parts.size()) {
       if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE || f->is_repeated())
-        TESSERA_THROW(ConfigError, "--set ", assignment, ": ", walked, " is not a message, so it has no field '", parts[i + 1], "'");
+        TESSERA_THROW(ConfigError, "--set ", assignment, ": ", walked,
+                      " is not a message, so it has no field '", parts[i + 1], "'");
       msg = r->MutableMessage(msg, f);
       continue;
     }
     if (f->type() == pb::FieldDescriptor::TYPE_MESSAGE)
-      TESSERA_THROW(ConfigError, "--set ", assignment, ": ", walked, " is a message; set one of its fields, e.g. ",
-                    walked, ".", f->message_type()->field(0)->name(), "=... (or ", walked, "={} for its defaults)");
+      TESSERA_THROW(ConfigError, "--set ", assignment, ": ", walked,
+                    " is a message; set one of its fields, e.g. ", walked, ".",
+                    f->message_type()->field(0)->name(), "=... (or ", walked, "={} for its defaults)");
     std::vector<std::string> values;
     if (f->is_repeated()) {
       r->ClearField(msg, f);
@@ -477,8 +516,10 @@ void ApplyOverride(JobSpec& spec, const std::string& assignment) {
     }
     for (const std::string& item : values) {
       if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
-        if (f->is_repeated()) r->AddString(msg, f, item);
-        else r->SetString(msg, f, item);
+        if (f->is_repeated())
+          r->AddString(msg, f, item);
+        else
+          r->SetString(msg, f, item);
         continue;
       }
       Collector quiet("--set");
@@ -490,7 +531,8 @@ void ApplyOverride(JobSpec& spec, const std::string& assignment) {
                                : std::string("a valid ") + f->type_name();
         if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
           type += " (";
-          for (int k = 0; k < f->enum_type()->value_count(); ++k) type += (k ? ", " : "") + f->enum_type()->value(k)->name();
+          for (int k = 0; k < f->enum_type()->value_count(); ++k)
+            type += (k ? ", " : "") + f->enum_type()->value(k)->name();
           type += ")";
         }
         TESSERA_THROW(ConfigError, "--set ", assignment, ": '", item, "' is not ", type, " for ", walked);
@@ -512,16 +554,36 @@ void FillMessageDefaults(pb::Message* msg) {
       continue;
     }
     switch (f->cpp_type()) {
-      case pb::FieldDescriptor::CPPTYPE_MESSAGE: FillMessageDefaults(r->MutableMessage(msg, f)); break;
-      case pb::FieldDescriptor::CPPTYPE_INT32: if (!r->HasField(*msg, f)) r->SetInt32(msg, f, f->default_value_int32()); break;
-      case pb::FieldDescriptor::CPPTYPE_INT64: if (!r->HasField(*msg, f)) r->SetInt64(msg, f, f->default_value_int64()); break;
-      case pb::FieldDescriptor::CPPTYPE_UINT32: if (!r->HasField(*msg, f)) r->SetUInt32(msg, f, f->default_value_uint32()); break;
-      case pb::FieldDescriptor::CPPTYPE_UINT64: if (!r->HasField(*msg, f)) r->SetUInt64(msg, f, f->default_value_uint64()); break;
-      case pb::FieldDescriptor::CPPTYPE_DOUBLE: if (!r->HasField(*msg, f)) r->SetDouble(msg, f, f->default_value_double()); break;
-      case pb::FieldDescriptor::CPPTYPE_FLOAT: if (!r->HasField(*msg, f)) r->SetFloat(msg, f, f->default_value_float()); break;
-      case pb::FieldDescriptor::CPPTYPE_BOOL: if (!r->HasField(*msg, f)) r->SetBool(msg, f, f->default_value_bool()); break;
-      case pb::FieldDescriptor::CPPTYPE_ENUM: if (!r->HasField(*msg, f)) r->SetEnum(msg, f, f->default_value_enum()); break;
-      case pb::FieldDescriptor::CPPTYPE_STRING: if (!r->HasField(*msg, f)) r->SetString(msg, f, f->default_value_string()); break;
+      case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+        FillMessageDefaults(r->MutableMessage(msg, f));
+        break;
+      case pb::FieldDescriptor::CPPTYPE_INT32:
+        if (!r->HasField(*msg, f)) r->SetInt32(msg, f, f->default_value_int32());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_INT64:
+        if (!r->HasField(*msg, f)) r->SetInt64(msg, f, f->default_value_int64());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_UINT32:
+        if (!r->HasField(*msg, f)) r->SetUInt32(msg, f, f->default_value_uint32());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_UINT64:
+        if (!r->HasField(*msg, f)) r->SetUInt64(msg, f, f->default_value_uint64());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+        if (!r->HasField(*msg, f)) r->SetDouble(msg, f, f->default_value_double());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_FLOAT:
+        if (!r->HasField(*msg, f)) r->SetFloat(msg, f, f->default_value_float());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL:
+        if (!r->HasField(*msg, f)) r->SetBool(msg, f, f->default_value_bool());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_ENUM:
+        if (!r->HasField(*msg, f)) r->SetEnum(msg, f, f->default_value_enum());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_STRING:
+        if (!r->HasField(*msg, f)) r->SetString(msg, f, f->default_value_string());
+        break;
     }
   }
 }
@@ -544,9 +606,11 @@ void FillDefaults(JobSpec& spec) {
     if (c->hidden_size() == 0) c->add_hidden(128);
   }
   if (spec.model().has_gpt()) {
-    if (spec.data().sequence_length() == 0) spec.mutable_data()->set_sequence_length(spec.model().gpt().context());
+    if (spec.data().sequence_length() == 0)
+      spec.mutable_data()->set_sequence_length(spec.model().gpt().context());
     // 1000 sequences of logits over the vocabulary would not fit: evaluate in training-sized batches.
-    if (!spec.data().has_eval_batch_size()) spec.mutable_data()->set_eval_batch_size(spec.data().batch_size());
+    if (!spec.data().has_eval_batch_size())
+      spec.mutable_data()->set_eval_batch_size(spec.data().batch_size());
   }
   FillMessageDefaults(&spec);
 }

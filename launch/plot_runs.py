@@ -107,7 +107,8 @@ def plot_curves(runs, out):
 
 
 def plot_confusion(run):
-    """RUN_DIR/confusion_matrix.png from summary.json; None when the run has no summary yet."""
+    """RUN_DIR/confusion_matrix.png from summary.json; None when the run has no summary yet, or is
+    of a language model (it has a test perplexity instead)."""
     path = os.path.join(run, "summary.json")
     if not os.path.isfile(path):
         return None
@@ -120,6 +121,8 @@ def plot_confusion(run):
         raise RunError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
     except (ValueError, RecursionError) as err:  # an integer of over 4300 digits, or nesting too deep
         raise RunError(f"{path}: unreadable JSON ({err})") from None
+    if isinstance(s, dict) and "test_perplexity" in s and "confusion_matrix" not in s:
+        return None  # a language model: no classes to confuse
     cm = s.get("confusion_matrix") if isinstance(s, dict) else None
     k = len(cm) if isinstance(cm, list) else 0
     if k == 0 or k > 1000 or not all(isinstance(r, list) and len(r) == k and  # counts: not booleans, and int64

@@ -18,7 +18,8 @@ std::vector<float> Softmax(const std::vector<float>& logits, int64_t rows, int64
     const float m = *std::max_element(x, x + cols);
     double sum = 0;
     for (int64_t c = 0; c < cols; ++c) sum += std::exp(static_cast<double>(x[c] - m));
-    for (int64_t c = 0; c < cols; ++c) y[c] = static_cast<float>(std::exp(static_cast<double>(x[c] - m)) / sum);
+    for (int64_t c = 0; c < cols; ++c)
+      y[c] = static_cast<float>(std::exp(static_cast<double>(x[c] - m)) / sum);
   }
   return p;
 }
@@ -39,13 +40,19 @@ std::vector<int64_t> TopK(const std::vector<float>& v, int64_t rows, int64_t col
 }
 
 int64_t CheckK(const std::string& where, int64_t k, int64_t classes) {
-  if (k < 1 || k > kMaxTopK) throw RequestError(400, detail::StrCat(where, " must be from 1 to ", classes, ", got ", k));
+  if (k < 1 || k > kMaxTopK)
+    throw RequestError(400, detail::StrCat(where, " must be from 1 to ", classes, ", got ", k));
   return std::min<int64_t>(k, classes);
 }
 
 OutputTensor Output(const std::string& name, const RequestedOutput& asked, const std::vector<float>& logits,
-                    const std::vector<float>& probs, int64_t rows, const ServedVersion& v, const InferRequest& r) {
+                    const std::vector<float>& probs, int64_t rows, const ServedVersion& v,
+                    const InferRequest& r) {
   const int64_t cols = v.classes();
+  // A GPT's rows are its positions: [n, T, ...] rather than [n, ...].
+  auto shape = [&](int64_t last) {
+    return v.language_model() ? Shape{rows / v.positions(), v.positions(), last} : Shape{rows, last};
+  };
   OutputTensor t;
   t.name = name;
   t.binary = asked.binary || r.binary_outputs;
@@ -55,24 +62,26 @@ OutputTensor Output(const std::string& name, const RequestedOutput& asked, const
     std::vector<int64_t> top = TopK(values, rows, cols, k);
     const auto& labels = v.architecture().class_names();
     t.datatype = "BYTES";
-    t.shape = {rows, k};
+    t.shape = shape(k);
     for (int64_t i = 0; i < rows * k; ++i) {
       const int64_t c = top[static_cast<size_t>(i)];
       char score[32];
-      std::snprintf(score, sizeof score, "%f", static_cast<double>(values[static_cast<size_t>((i / k) * cols + c)]));
-      t.bytes.push_back(detail::StrCat(score, ":", c, c < static_cast<int64_t>(labels.size()) ? ":" + labels[static_cast<int>(c)] : ""));
+      std::snprintf(score, sizeof score, "%f",
+                    static_cast<double>(values[static_cast<size_t>((i / k) * cols + c)]));
+      t.bytes.push_back(detail::StrCat(
+          score, ":", c, c < static_cast<int64_t>(labels.size()) ? ":" + labels[static_cast<int>(c)] : ""));
     }
     return t;
   }
   if (name == "classes") {
     const int64_t k = CheckK("parameters.top_k", r.top_k, cols);
     t.datatype = "INT64";
-    t.shape = {rows, k};
+    t.shape = shape(k);
     t.i64 = TopK(logits, rows, cols, k);
     return t;
   }
   t.datatype = "FP32";
-  t.shape = {rows, cols};
+  t.shape = shape(cols);
   t.f32 = values;
   return t;
 }
@@ -96,8 +105,8 @@ Inference RunInference(const Repository& repository, const InferRequest& r) {
     for (const std::string& n : OutputNames()) asked.push_back({n});
   for (size_t i = 0; i < asked.size(); ++i) {
     if (std::find(OutputNames().begin(), OutputNames().end(), asked[i].name) == OutputNames().end())
-      throw RequestError(400, detail::StrCat("outputs[", i, "]: model ", r.model,
-                                             " has no output '", asked[i].name, "' (it has logits, probabilities, classes)"));
+      throw RequestError(400, detail::StrCat("outputs[", i, "]: model ", r.model, " has no output '",
+                                             asked[i].name, "' (it has logits, probabilities, classes)"));
     for (size_t j = 0; j < i; ++j)
       if (asked[j].name == asked[i].name)
         throw RequestError(400, detail::StrCat("outputs[", i, "]: '", asked[i].name, "' is asked for twice"));
@@ -110,7 +119,8 @@ Inference RunInference(const Repository& repository, const InferRequest& r) {
   out.response.model = r.model;
   out.response.version = v.version_string();
   out.response.id = r.id;
-  for (const RequestedOutput& a : asked) out.response.outputs.push_back(Output(a.name, a, logits, probs, rows, v, r));
+  for (const RequestedOutput& a : asked)
+    out.response.outputs.push_back(Output(a.name, a, logits, probs, rows, v, r));
   return out;
 }
 

@@ -18,8 +18,8 @@ constexpr const char* kInputName = "input";
 // Lays every f32 parameter of `net` over `weights` (in NamedParameters() order) and returns the
 // element offset of each, by the path the weights file uses ("/model/0.weight"). Parameters of
 // another dtype (an int8 version's weights) each get a tensor of `others`, by the same path.
-std::map<std::string, int64_t> LayOut(nn::Sequential& net, Tensor& weights, std::map<std::string, Tensor>& others,
-                                      bool allocate) {
+std::map<std::string, int64_t> LayOut(nn::Sequential& net, Tensor& weights,
+                                      std::map<std::string, Tensor>& others, bool allocate) {
   std::map<std::string, int64_t> offsets;
   int64_t total = 0;
   for (auto& [name, p] : net.NamedParameters()) {
@@ -45,8 +45,20 @@ std::map<std::string, int64_t> LayOut(nn::Sequential& net, Tensor& weights, std:
 // What Logits() relies on, from a file that may be hostile: a datatype it can take, and one mean
 // and std for all channels or one per channel.
 void CheckPreparation(const std::string& where, const store::Architecture& a, const Shape& example) {
+  if (a.model().has_gpt()) {  // token ids, no normalisation
+    if (a.input_dtype() != "INT32")
+      TESSERA_THROW(ConfigError, where, ": model.pbtxt's input_dtype '", a.input_dtype(),
+                    "' is not INT32 (token ids)");
+    if (example.size() != 1 || example[0] < 1 || example[0] > a.model().gpt().context())
+      TESSERA_THROW(ConfigError, where, ": model.pbtxt's input_shape ", ShapeString(example),
+                    " is not one window of 1 to context (", a.model().gpt().context(), ") tokens");
+    if (a.normalize().mean_size() || a.normalize().std_size() || a.normalize().scale() != 1.0f)
+      TESSERA_THROW(ConfigError, where, ": model.pbtxt normalises token ids");
+    return;
+  }
   if (a.input_dtype() != "UINT8" && a.input_dtype() != "FP32")
-    TESSERA_THROW(ConfigError, where, ": model.pbtxt's input_dtype '", a.input_dtype(), "' is not UINT8 or FP32");
+    TESSERA_THROW(ConfigError, where, ": model.pbtxt's input_dtype '", a.input_dtype(),
+                  "' is not UINT8 or FP32");
   if (example.empty()) TESSERA_THROW(ConfigError, where, ": model.pbtxt has no input_shape");
   const int64_t channels = example[0];
   const auto& n = a.normalize();
@@ -55,7 +67,8 @@ void CheckPreparation(const std::string& where, const store::Architecture& a, co
       TESSERA_THROW(ConfigError, where, ": model.pbtxt's normalize has ", count, " values for ", channels,
                     " channels (1 or one per channel)");
   for (float s : n.std())
-    if (!(s != 0.0f) || !std::isfinite(s)) TESSERA_THROW(ConfigError, where, ": model.pbtxt's normalize.std holds ", s);
+    if (!(s != 0.0f) || !std::isfinite(s))
+      TESSERA_THROW(ConfigError, where, ": model.pbtxt's normalize.std holds ", s);
 }
 
 }  // namespace
@@ -73,12 +86,13 @@ std::shared_ptr<ServedVersion> ServedVersion::Load(const store::Store& store, co
   if (arch.quantization() != store::NONE && !options.device.is_cpu())
     TESSERA_THROW(ConfigError, where, " is quantised (", store::Quantization_Name(arch.quantization()),
                   "): int8 versions are served on the CPU; serve its f32 parent on ", options.device.str());
+  CheckPreparation(where, arch, v->example_);
   std::unique_ptr<nn::Sequential> first = store::BuildNetwork(arch);
   std::map<std::string, int64_t> offsets = LayOut(*first, v->weights_, v->other_weights_, true);
-  CheckPreparation(where, arch, v->example_);
   std::vector<std::pair<Tensor, int64_t>> staged;  // tensors stored in another dtype, converted below
   store.LoadNetwork(model, version, *first, [&](const io::TensorRecord& t) -> void* {
-    if (auto other = v->other_weights_.find(t.path); other != v->other_weights_.end()) return other->second.raw_data();
+    if (auto other = v->other_weights_.find(t.path); other != v->other_weights_.end())
+      return other->second.raw_data();
     const int64_t offset = offsets.at(t.path);
     if (t.dtype == DType::kF32) return v->weights_.View(offset, t.shape).raw_data();
     staged.emplace_back(Tensor::Empty(t.shape, t.dtype), offset);
@@ -88,6 +102,7 @@ std::shared_ptr<ServedVersion> ServedVersion::Load(const store::Store& store, co
   v->architecture_ = arch;
   v->example_numel_ = NumElements(v->example_);
   v->out_features_ = models::OutFeatures(arch.model());
+  v->positions_ = arch.model().has_gpt() ? v->example_[0] : 1;
   v->weights_bytes_ = static_cast<int64_t>(v->weights_.nbytes());
   for (const auto& [path, t] : v->other_weights_) v->weights_bytes_ += static_cast<int64_t>(t.nbytes());
 
@@ -105,13 +120,15 @@ std::shared_ptr<ServedVersion> ServedVersion::Load(const store::Store& store, co
   // Warm-up: one batch through every replica, so the first request pays no first-touch costs and a
   // version whose network cannot run is refused here rather than on a request.
   std::vector<float> x(static_cast<size_t>(v->example_numel_) * options.max_batch_size, 0.0f);
-  std::vector<float> y(static_cast<size_t>(v->out_features_) * options.max_batch_size);
-  for (int w = 0; w < static_cast<int>(v->replicas_.size()); ++w) v->Forward(w, x.data(), options.max_batch_size, y.data());
+  const int64_t per_example = v->positions_ * v->out_features_;
+  std::vector<float> y(static_cast<size_t>(per_example) * options.max_batch_size);
+  for (int w = 0; w < static_cast<int>(v->replicas_.size()); ++w)
+    v->Forward(w, x.data(), options.max_batch_size, y.data());
 
   ServedVersion* self = v.get();
   std::string label = model;
   v->batcher_ = std::make_unique<Batcher>(
-      options, v->example_numel_, v->out_features_,
+      options, v->example_numel_, per_example,
       [self](int worker, const float* xs, int64_t n, float* ys) { self->Forward(worker, xs, n, ys); },
       [metrics, label](double queue_s, int64_t batch) {
         if (!metrics) return;
@@ -140,12 +157,19 @@ void ReleaseFreedMemory() {
 void ServedVersion::Forward(int worker, const float* x, int64_t n, float* y) {
   Shape shape{n};
   shape.insert(shape.end(), example_.begin(), example_.end());
-  Tensor in = Tensor::Empty(shape);
-  std::memcpy(in.raw_data(), x, in.nbytes());
+  Tensor in;
+  if (language_model()) {  // token ids, checked against the vocabulary by CheckInput
+    in = Tensor::Empty(shape, DType::kI32);
+    int32_t* ids = in.data<int32_t>();
+    for (int64_t i = 0; i < in.numel(); ++i) ids[i] = static_cast<int32_t>(x[i]);
+  } else {
+    in = Tensor::Empty(shape);
+    std::memcpy(in.raw_data(), x, in.nbytes());
+  }
   if (!options_.device.is_cpu()) in = in.To(options_.device);
   Tensor out = replicas_[static_cast<size_t>(worker)]->Forward(in);
   if (!out.device().is_cpu()) out = out.To(Device::CPU());
-  std::memcpy(y, out.raw_data(), sizeof(float) * static_cast<size_t>(n * out_features_));
+  std::memcpy(y, out.raw_data(), sizeof(float) * static_cast<size_t>(n * positions_ * out_features_));
 }
 
 std::vector<TensorMetadata> ServedVersion::Inputs() const {
@@ -155,6 +179,10 @@ std::vector<TensorMetadata> ServedVersion::Inputs() const {
 }
 
 std::vector<TensorMetadata> ServedVersion::Outputs() const {
+  if (language_model())
+    return {{"logits", "FP32", {-1, positions_, out_features_}},
+            {"probabilities", "FP32", {-1, positions_, out_features_}},
+            {"classes", "INT64", {-1, positions_, -1}}};
   return {{"logits", "FP32", {-1, out_features_}},
           {"probabilities", "FP32", {-1, out_features_}},
           {"classes", "INT64", {-1, -1}}};
@@ -163,30 +191,40 @@ std::vector<TensorMetadata> ServedVersion::Outputs() const {
 int64_t ServedVersion::CheckInput(const InputTensor& in) const {
   const std::string where = "input '" + in.name + "'";
   if (in.name != kInputName)
-    throw RequestError(400, detail::StrCat("model ", model_, " version ", version_, " has one input, '", kInputName,
-                                           "'; the request names '", in.name, "'"));
+    throw RequestError(400, detail::StrCat("model ", model_, " version ", version_, " has one input, '",
+                                           kInputName, "'; the request names '", in.name, "'"));
   const std::string& dtype = architecture_.input_dtype();
   if (in.datatype != dtype && in.datatype != "FP32")
-    throw RequestError(400, detail::StrCat(where, ": datatype ", in.datatype, " is not accepted; model ", model_,
-                                           " takes ", dtype, dtype == "FP32" ? "" : " or FP32"));
+    throw RequestError(400, detail::StrCat(where, ": datatype ", in.datatype, " is not accepted; model ",
+                                           model_, " takes ", dtype, dtype == "FP32" ? "" : " or FP32"));
   const Shape& s = in.shape;
-  const bool full = s.size() == example_.size() + 1 && std::equal(example_.begin(), example_.end(), s.begin() + 1);
+  const bool full =
+      s.size() == example_.size() + 1 && std::equal(example_.begin(), example_.end(), s.begin() + 1);
   const bool flat = s.size() == 2 && s[1] == example_numel_;
   if (!full && !flat) {
     Shape want{-1};
     want.insert(want.end(), example_.begin(), example_.end());
-    throw RequestError(400, detail::StrCat(where, ": shape ", ShapeString(s), " does not fit the model, which takes ",
-                                           ShapeString(want), " or [-1, ", example_numel_, "] (a batch first)"));
+    throw RequestError(
+        400, detail::StrCat(where, ": shape ", ShapeString(s), " does not fit the model, which takes ",
+                            ShapeString(want), " or [-1, ", example_numel_, "] (a batch first)"));
   }
   if (s[0] < 1 || s[0] > options_.max_batch_size)
     throw RequestError(400, detail::StrCat(where, ": a batch of ", s[0], " examples; the server takes 1 to ",
                                            options_.max_batch_size, " per request (--max-batch-size)"));
   if (static_cast<int64_t>(in.values.size()) != s[0] * example_numel_)
-    throw RequestError(400, detail::StrCat(where, ": ", in.values.size(), " values for shape ", ShapeString(s)));
+    throw RequestError(400,
+                       detail::StrCat(where, ": ", in.values.size(), " values for shape ", ShapeString(s)));
   if (in.datatype == "UINT8")
     for (size_t i = 0; i < in.values.size(); ++i)
       if (!(in.values[i] >= 0 && in.values[i] <= 255))
-        throw RequestError(400, detail::StrCat(where, ": element ", i, " (", in.values[i], ") is not a UINT8"));
+        throw RequestError(400,
+                           detail::StrCat(where, ": element ", i, " (", in.values[i], ") is not a UINT8"));
+  if (language_model())
+    for (size_t i = 0; i < in.values.size(); ++i)
+      if (!(in.values[i] >= 0 && in.values[i] < out_features_ && in.values[i] == std::floor(in.values[i])))
+        throw RequestError(400,
+                           detail::StrCat(where, ": element ", i, " (", in.values[i],
+                                          ") is not a token id of the vocabulary [0, ", out_features_, ")"));
   return s[0];
 }
 
@@ -197,11 +235,12 @@ std::vector<float> ServedVersion::Logits(const InputTensor& input, int64_t* rows
   Tensor x = Tensor::Empty(shape);
   std::memcpy(x.raw_data(), input.values.data(), x.nbytes());
   const models::Normalize& norm = architecture_.normalize();
-  models::NormalizeExamples(x, norm.scale(), {norm.mean().begin(), norm.mean().end()},
-                            {norm.std().begin(), norm.std().end()});
-  std::vector<float> logits(static_cast<size_t>(n * out_features_));
+  if (!language_model())
+    models::NormalizeExamples(x, norm.scale(), {norm.mean().begin(), norm.mean().end()},
+                              {norm.std().begin(), norm.std().end()});
+  std::vector<float> logits(static_cast<size_t>(n * positions_ * out_features_));
   batcher_->Run(x.data<float>(), n, logits.data());
-  *rows = n;
+  *rows = n * positions_;
   return logits;
 }
 

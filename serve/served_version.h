@@ -31,8 +31,9 @@ class ServedVersion {
  public:
   // Loads `version` of `model`, builds one replica per worker, and runs a warm-up batch through
   // each. IoError or ConfigError naming the version and file when it cannot be served.
-  static std::shared_ptr<ServedVersion> Load(const store::Store& store, const std::string& model, int64_t version,
-                                             const BatchOptions& options, ServerMetrics* metrics);
+  static std::shared_ptr<ServedVersion> Load(const store::Store& store, const std::string& model,
+                                             int64_t version, const BatchOptions& options,
+                                             ServerMetrics* metrics);
   ~ServedVersion();
 
   const std::string& model() const { return model_; }
@@ -41,13 +42,17 @@ class ServedVersion {
   const store::Architecture& architecture() const { return architecture_; }
   int64_t bytes() const { return weights_bytes_; }
   int64_t classes() const { return out_features_; }
+  // A GPT: one prediction over the vocabulary (classes()) per position of its input window.
+  bool language_model() const { return architecture_.model().has_gpt(); }
+  int64_t positions() const { return positions_; }
 
   std::vector<TensorMetadata> Inputs() const;
   std::vector<TensorMetadata> Outputs() const;
 
-  // The logits [n, classes] for the request's one input: checked against the metadata (name,
-  // datatype, shape, batch size), prepared as in training, run as part of a batch. RequestError
-  // 400 naming the field when the input does not fit.
+  // The logits [n, classes] for the request's one input (a GPT: [n, T, vocabulary], and *rows is n
+  // T): checked against the metadata (name, datatype, shape, batch size; a GPT's token ids against
+  // its vocabulary), prepared as in training, run as part of a batch. RequestError 400 naming the
+  // field when the input does not fit.
   std::vector<float> Logits(const InputTensor& input, int64_t* rows) const;
 
  private:
@@ -60,9 +65,10 @@ class ServedVersion {
   store::Architecture architecture_;
   Shape example_;  // one example as the model takes it
   int64_t example_numel_ = 0, out_features_ = 0, weights_bytes_ = 0;
+  int64_t positions_ = 1;  // predictions per example: a GPT's window, else 1
   BatchOptions options_;
-  Tensor weights_;  // every f32 parameter, one after the other
-  std::map<std::string, Tensor> other_weights_;  // the others (int8 weights), by weights-file path
+  Tensor weights_;                                         // every f32 parameter, one after the other
+  std::map<std::string, Tensor> other_weights_;            // the others (int8 weights), by weights-file path
   std::vector<std::unique_ptr<nn::Sequential>> replicas_;  // one per worker, sharing weights_
   std::unique_ptr<Batcher> batcher_;
 };

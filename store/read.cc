@@ -18,7 +18,8 @@ namespace tessera::store {
 using namespace internal;
 
 Store::Store(std::string root) : root_(std::move(root)) {
-  if (root_.empty()) TESSERA_THROW(StoreError, "the model store root is empty (set --store or TESSERA_STORE)");
+  if (root_.empty())
+    TESSERA_THROW(StoreError, "the model store root is empty (set --store or TESSERA_STORE)");
 }
 
 std::string Store::ModelDir(const std::string& model) const {
@@ -38,7 +39,9 @@ bool IsRealDirectory(const fs::path& p) {
 }
 
 // "ROOT/mnist/3/weights.h5" style names for messages.
-std::string FileIn(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
+std::string FileIn(const std::string& dir, const std::string& name) {
+  return (fs::path(dir) / name).string();
+}
 
 // The manifest's entry for `name`, or null.
 const FileDigest* Digest(const VersionManifest& m, const std::string& name) {
@@ -55,12 +58,13 @@ Architecture ReadArchitectureChecked(const std::string& dir, const VersionManife
   std::string text = io::ReadSmallFile(path, kMaxTextFileBytes, "a model architecture");
   std::string sha = io::Sha256Hex(text);
   if (static_cast<int64_t>(text.size()) != d->bytes() || sha != d->sha256())
-    TESSERA_THROW(IoError, path, ": does not match ", kManifestFile, " (", text.size(), " bytes, sha256 ", sha,
-                  "; the manifest says ", d->bytes(), " bytes, ", d->sha256(), ")");
+    TESSERA_THROW(IoError, path, ": does not match ", kManifestFile, " (", text.size(), " bytes, sha256 ",
+                  sha, "; the manifest says ", d->bytes(), " bytes, ", d->sha256(), ")");
   Architecture a;
   ReadTextProto(path, &a, "a model architecture");
   if (!a.has_model() || a.model().family_case() == models::ModelSpec::FAMILY_NOT_SET)
-    TESSERA_THROW(IoError, path, ": names no model (model { mlp { ... } } or model { cnn { ... } })");
+    TESSERA_THROW(IoError, path,
+                  ": names no model (model { mlp { ... } }, model { cnn { ... } } or model { gpt { ... } })");
   return a;
 }
 
@@ -135,7 +139,8 @@ int64_t Store::Resolve(const std::string& model, const std::string& ref) const {
     std::vector<int64_t> all = Versions(model);
     if (!std::binary_search(all.begin(), all.end(), v))
       TESSERA_THROW(NotFoundError, where, ": no version ", v,
-                    all.empty() ? std::string(" (none is published)") : detail::StrCat(" (versions ", all.front(), " to ", all.back(), ")"));
+                    all.empty() ? std::string(" (none is published)")
+                                : detail::StrCat(" (versions ", all.front(), " to ", all.back(), ")"));
     return v;
   }
   ValidateAliasName(ref);
@@ -146,21 +151,24 @@ int64_t Store::Resolve(const std::string& model, const std::string& ref) const {
   if (a.version() <= 0) TESSERA_THROW(IoError, path.string(), ": names no version");
   std::vector<int64_t> all = Versions(model);
   if (!std::binary_search(all.begin(), all.end(), a.version()))
-    TESSERA_THROW(NotFoundError, where, ": alias '", ref, "' names version ", a.version(), ", which does not exist");
+    TESSERA_THROW(NotFoundError, where, ": alias '", ref, "' names version ", a.version(),
+                  ", which does not exist");
   return a.version();
 }
 
 VersionManifest Store::ReadManifest(const std::string& model, int64_t version) const {
   const std::string dir = VersionDir(model, version);
-  if (!IsRealDirectory(dir)) TESSERA_THROW(NotFoundError, "model '", model, "' in ", root_, ": no version ", version);
+  if (!IsRealDirectory(dir))
+    TESSERA_THROW(NotFoundError, "model '", model, "' in ", root_, ": no version ", version);
   const std::string path = FileIn(dir, kManifestFile);
   VersionManifest m;
   ReadTextProto(path, &m, "a version manifest");
   if (m.format() != VersionManifest().format())
     TESSERA_THROW(IoError, path, ": format is '", m.format(), "', not '", VersionManifest().format(), "'");
   if (m.format_version() > VersionManifest().format_version())
-    TESSERA_THROW(io::FormatError, path, ": format version ", m.format_version(), " is newer than this tessera reads (",
-                  VersionManifest().format_version(), "): use a newer tessera");
+    TESSERA_THROW(io::FormatError, path, ": format version ", m.format_version(),
+                  " is newer than this tessera reads (", VersionManifest().format_version(),
+                  "): use a newer tessera");
   if (m.model() != model) TESSERA_THROW(IoError, path, ": names model '", m.model(), "', not '", model, "'");
   std::set<std::string> names;
   for (const FileDigest& f : m.files()) {
@@ -219,7 +227,8 @@ std::vector<VersionInfo> Store::DescribeAll(const std::string& model) const {
 
 std::vector<std::string> Store::Verify(const std::string& model, int64_t version) const {
   const std::string dir = VersionDir(model, version);
-  if (!IsRealDirectory(dir)) TESSERA_THROW(NotFoundError, "model '", model, "' in ", root_, ": no version ", version);
+  if (!IsRealDirectory(dir))
+    TESSERA_THROW(NotFoundError, "model '", model, "' in ", root_, ": no version ", version);
   std::vector<std::string> problems;
   VersionManifest m;
   try {
@@ -233,8 +242,9 @@ std::vector<std::string> Store::Verify(const std::string& model, int64_t version
       int64_t bytes = 0;
       std::string sha = io::Sha256File(path, &bytes);
       if (bytes != f.bytes() || sha != f.sha256())
-        problems.push_back(detail::StrCat(path, ": does not match ", kManifestFile, ": ", bytes, " bytes, sha256 ", sha,
-                                          "; the manifest says ", f.bytes(), " bytes, ", f.sha256()));
+        problems.push_back(detail::StrCat(path, ": does not match ", kManifestFile, ": ", bytes,
+                                          " bytes, sha256 ", sha, "; the manifest says ", f.bytes(),
+                                          " bytes, ", f.sha256()));
     } catch (const Error& e) {
       problems.push_back(e.what());
     }
@@ -273,7 +283,8 @@ std::vector<std::string> Store::Verify(const std::string& model, int64_t version
         problems.push_back(detail::StrCat(weights, ": ", why));
     }
     for (const auto& [path, shape] : have)
-      if (!want.count(path)) problems.push_back(detail::StrCat(weights, ": ", path, " is not part of the architecture"));
+      if (!want.count(path))
+        problems.push_back(detail::StrCat(weights, ": ", path, " is not part of the architecture"));
   } catch (const std::exception& e) {  // an architecture too large to build is a problem, not a crash
     problems.push_back(FileIn(dir, kArchitectureFile) + ": " + e.what());
   }
@@ -293,7 +304,8 @@ LoadedVersion Store::LoadNetwork(const std::string& model, int64_t version, nn::
     if (Shape(t.shape) != it->second->shape)
       TESSERA_THROW(ConfigError, where, ": ", t.path, " has shape ", ShapeString(t.shape),
                     " but model.pbtxt's network needs ", ShapeString(it->second->shape));
-    if (std::string why = DTypeMismatch(t, *it->second); !why.empty()) TESSERA_THROW(ConfigError, where, ": ", why);
+    if (std::string why = DTypeMismatch(t, *it->second); !why.empty())
+      TESSERA_THROW(ConfigError, where, ": ", why);
     seen.insert(t.path);
     return sink(t);
   });
@@ -334,8 +346,9 @@ LoadedVersion Store::Load(const std::string& model, int64_t version, const io::T
   });
   auto mismatch = [&](const std::pair<std::string, int64_t>& got) {
     return got.second != d->bytes() || got.first != d->sha256()
-               ? detail::StrCat(weights, ": does not match ", kManifestFile, " (", got.second, " bytes, sha256 ",
-                                got.first, "; the manifest says ", d->bytes(), " bytes, ", d->sha256(), ")")
+               ? detail::StrCat(weights, ": does not match ", kManifestFile, " (", got.second,
+                                " bytes, sha256 ", got.first, "; the manifest says ", d->bytes(), " bytes, ",
+                                d->sha256(), ")")
                : std::string();
   };
   try {

@@ -69,7 +69,8 @@ class TransformerBlock : public Module {
 
 // Token ids [B, T] (i32 or i64, T <= context) -> wte[ids] + wpe[0 .. T) -> dropout, [B, T, C].
 // wte [vocab, C] and wpe [context, C] start N(0, 0.02) as in GPT-2. Its input has no gradient:
-// Backward() returns an undefined tensor, after adding into wte what the tied head left there.
+// Backward() adds its own gradient to the one the tied head already left in wte's, announces wte
+// (now final) and wpe, and returns an undefined tensor.
 class GptEmbedding : public Module {
  public:
   GptEmbedding(int64_t vocab, int64_t context, int64_t width, double dropout = 0.0);

@@ -134,7 +134,8 @@ def _many(msg, name, default, convert):
 
 def _family(model, where):
     if not isinstance(model, dict) or not (set(model) & {"mlp", "cnn"}):
-        raise ValueError(f"{where}: the model section names no family (mlp or cnn)")
+        raise ValueError(f"{where}: the model section names no family tessera_torch builds (mlp or cnn; "
+                         "not gpt yet)")
     if "mlp" in model:
         m = model["mlp"][-1]
         d = MlpSpec()

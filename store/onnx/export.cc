@@ -25,7 +25,8 @@ class GraphWriter {
   explicit GraphWriter(onnx::GraphProto* g) : g_(g) {}
 
   // A weight or constant, FLOAT, `dims` (empty: a scalar).
-  std::string Initializer(const std::string& name, const std::vector<int64_t>& dims, const float* data, int64_t n) {
+  std::string Initializer(const std::string& name, const std::vector<int64_t>& dims, const float* data,
+                          int64_t n) {
     onnx::TensorProto* t = g_->add_initializer();
     t->set_name(name);
     t->set_data_type(onnx::TensorProto::FLOAT);
@@ -36,7 +37,8 @@ class GraphWriter {
   std::string Scalar(float v) { return Initializer("const_" + std::to_string(constants_++), {}, &v, 1); }
 
   // One node; returns its output's name (`out`, or a fresh one).
-  onnx::NodeProto* Node(const std::string& op, const std::vector<std::string>& inputs, const std::string& out = "") {
+  onnx::NodeProto* Node(const std::string& op, const std::vector<std::string>& inputs,
+                        const std::string& out = "") {
     onnx::NodeProto* n = g_->add_node();
     n->set_op_type(op);
     n->set_name(op + "_" + std::to_string(g_->node_size()));
@@ -44,7 +46,8 @@ class GraphWriter {
     n->add_output(out.empty() ? "t" + std::to_string(values_++) : out);
     return n;
   }
-  std::string Apply(const std::string& op, const std::vector<std::string>& inputs, const std::string& out = "") {
+  std::string Apply(const std::string& op, const std::vector<std::string>& inputs,
+                    const std::string& out = "") {
     return Node(op, inputs, out)->output(0);
   }
 
@@ -67,8 +70,10 @@ class GraphWriter {
     t->set_elem_type(onnx::TensorProto::FLOAT);
     for (int64_t d : dims) {
       auto* dim = t->mutable_shape()->add_dim();
-      if (d < 0) dim->set_dim_param("batch");
-      else dim->set_dim_value(d);
+      if (d < 0)
+        dim->set_dim_param("batch");
+      else
+        dim->set_dim_value(d);
     }
   }
 
@@ -152,7 +157,8 @@ std::string Layer(GraphWriter& g, nn::Module& m, const std::string& name, const 
   if (dynamic_cast<nn::ReLU*>(&m)) return g.Apply("Relu", {x});
   if (dynamic_cast<nn::GELU*>(&m)) return Gelu(g, x);
   if (dynamic_cast<nn::Dropout*>(&m)) return x;  // the identity at inference
-  TESSERA_THROW(ConfigError, "ONNX export: layer ", name, " (", m.Describe(), ") has no ONNX form in tessera's exporter");
+  TESSERA_THROW(ConfigError, "ONNX export: layer ", name, " (", m.Describe(),
+                ") has no ONNX form in tessera's exporter");
 }
 
 onnx::StringStringEntryProto* Meta(onnx::ModelProto& m, const std::string& key, const std::string& value) {
@@ -164,7 +170,8 @@ onnx::StringStringEntryProto* Meta(onnx::ModelProto& m, const std::string& key, 
 
 }  // namespace
 
-OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_t version, const std::string& path) {
+OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_t version,
+                            const std::string& path) {
   const std::string where = detail::StrCat(model, " version ", version);
   const std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
   if (!std::filesystem::is_directory(dir))
@@ -173,6 +180,8 @@ OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_
   if (arch.quantization() != NONE)
     TESSERA_THROW(ConfigError, where, " is quantised (quantization: ", Quantization_Name(arch.quantization()),
                   "); export the f32 version it was made from (its lineage names it)");
+  if (arch.model().has_gpt())
+    TESSERA_THROW(ConfigError, where, " is a GPT: ONNX export covers MLP and CNN versions, not yet GPT ones");
   const Shape example(arch.input_shape().begin(), arch.input_shape().end());
   std::unique_ptr<nn::Sequential> net = models::BuildModel(arch.model(), example);
   const std::map<std::string, Tensor> weights = ReadWeights(store, model, version, *net);

@@ -270,6 +270,9 @@ TEST(Gpt, RefusesSizesThatDoNotFit) {
   c = Tiny();
   c.vocab = 0;
   EXPECT_THROW(models::BuildGpt(c), ConfigError);
+  c = Tiny();
+  c.layers = 1000000000;  // a model.pbtxt of a few bytes must not make us build a billion blocks
+  EXPECT_THROW(models::BuildGpt(c), ConfigError);
   auto net = models::BuildGpt(Tiny());
   nn::FlatParameters p(*net);
   try {

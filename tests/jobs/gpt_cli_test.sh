@@ -2,14 +2,16 @@
 # A GPT end to end, as a user runs it: `tessera corpus` turns Debian's fortune files into token
 # files, `tessera train` trains a small GPT on them until its test perplexity is well below the
 # unigram baseline, an independent PyTorch GPT loaded from the checkpoint with h5py gets the same
-# test loss and greedy continuation, and `tessera generate` prints what the model writes.
+# test loss and greedy continuation, `tessera generate` prints what the model writes, and the
+# version it published is served over HTTP (curl) with the next-token logits generate follows.
 #   gpt_cli_test.sh TESSERA SOURCE_DIR
 set -euo pipefail
 TESSERA=$1 SRC=$2
 FORTUNES=/usr/share/games/fortunes
 [ -d "$FORTUNES" ] || { echo "gpt_cli_test: $FORTUNES is missing: run scripts/setup.sh (it installs fortunes)"; exit 1; }
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+SERVE_PID=""
+trap '[ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 export OMP_WAIT_POLICY=PASSIVE
 fail() { echo "gpt_cli_test: $*"; exit 1; }
 
@@ -21,7 +23,8 @@ LAYERS=2 HEADS=4 CONTEXT=64
   --set data.train_path="$WORK/data/train.bin" --set data.test_path="$WORK/data/test.bin" \
   --set model.gpt.layers=$LAYERS --set model.gpt.heads=$HEADS --set model.gpt.width=64 \
   --set model.gpt.context=$CONTEXT --set train.steps=400 --set train.eval_every_steps=0 \
-  --set optimizer.schedule.warmup_steps=20 --set train.threads=1 > "$WORK/train.log" 2>&1 \
+  --set optimizer.schedule.warmup_steps=20 --set train.threads=1 \
+  --set publish.store="$WORK/store" --set publish.model=fortunes > "$WORK/train.log" 2>&1 \
   || { cat "$WORK/train.log"; fail "training failed"; }
 grep -E "unigram|eval|done" "$WORK/train.log"
 UNIGRAM=$(sed -n 's/.*unigram perplexity of the test split: \([0-9.]*\).*/\1/p' "$WORK/train.log")
@@ -51,6 +54,63 @@ echo "---"
 "$TESSERA" generate "$WORK/run" --prompt "A " --tokens 300 --top-k 40 --seed 7 2>/dev/null > "$WORK/b.txt"
 cmp -s "$WORK/a.txt" "$WORK/b.txt" || fail "the same seed sampled different text"
 [ "$(head -c 2 "$WORK/a.txt")" = "A " ] || fail "the prompt is not echoed"
+
+# The published version: generation from the store follows the same weights.
+"$TESSERA" generate "store://$WORK/store/fortunes@latest" --prompt "The " --temperature 0 --tokens 60 \
+  > "$WORK/greedy-store.txt" 2>/dev/null
+cmp -s "$WORK/greedy.txt" "$WORK/greedy-store.txt" || fail "the store version generates other text than the checkpoint"
+
+# Served as any version is: token ids INT32 [n, 64] in, logits [n, 64, 256] out. The most likely
+# token after a 64-byte window is the one greedy generation appends to it.
+"$TESSERA" serve --store "$WORK/store" --http-port 0 --grpc-port 0 --port-file "$WORK/ports.json" \
+  > "$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+for _ in $(seq 200); do [ -s "$WORK/ports.json" ] && break; sleep 0.05; done
+[ -s "$WORK/ports.json" ] || { cat "$WORK/serve.log"; fail "the server did not start"; }
+PORT=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["http"])' "$WORK/ports.json")
+WINDOW="Q: What is the difference between a duck and a fortune cookie? A: "
+WINDOW=${WINDOW:0:$CONTEXT}
+"$TESSERA" generate "$WORK/run" --prompt "$WINDOW" --temperature 0 --tokens 1 > "$WORK/next.txt" 2>/dev/null
+/usr/bin/python3 - "http://127.0.0.1:$PORT" "$WINDOW" "$WORK/next.txt" $CONTEXT <<'PY'
+import json, sys, urllib.error, urllib.request
+url, window, next_path, context = sys.argv[1], sys.argv[2].encode(), sys.argv[3], int(sys.argv[4])
+assert len(window) == context
+def call(path, body=None):
+    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+status, meta = call("/v2/models/fortunes")
+assert status == 200, meta
+assert meta["inputs"][0]["datatype"] == "INT32" and meta["inputs"][0]["shape"] == [-1, context], meta
+assert meta["outputs"][0]["shape"] == [-1, context, 256], meta
+ids = list(window)
+status, out = call("/v2/models/fortunes/infer", {"inputs": [{"name": "input", "datatype": "INT32",
+    "shape": [2, context], "data": ids + ids}], "parameters": {"top_k": 1}})
+assert status == 200, out
+classes = next(o for o in out["outputs"] if o["name"] == "classes")
+assert classes["shape"] == [2, context, 1], classes["shape"]
+expected = open(next_path, "rb").read().rstrip(b"\n")[-1]
+print("served next token after the window: %r; generate appended %r" % (chr(classes["data"][context - 1]), chr(expected)))
+assert classes["data"][context - 1] == expected and classes["data"][2 * context - 1] == expected
+status, err = call("/v2/models/fortunes/infer", {"inputs": [{"name": "input", "datatype": "INT32",
+    "shape": [1, context], "data": [300] + ids[1:]}]})
+assert status == 400 and "not a token id of the vocabulary [0, 256)" in err["error"], (status, err)
+PY
+kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=""
+
+# A model trained on windows shorter than its context generates within them: the positions past
+# them kept their initial embeddings.
+"$TESSERA" train "$SRC/jobs/examples/fortunes_gpt.pbtxt" --run-dir "$WORK/short" \
+  --set data.train_path="$WORK/data/train.bin" --set data.test_path="$WORK/data/test.bin" \
+  --set model.gpt.layers=1 --set model.gpt.width=32 --set model.gpt.context=64 --set data.sequence_length=16 \
+  --set train.steps=3 --set optimizer.schedule.warmup_steps=1 --set train.threads=1 > "$WORK/short.log" 2>&1 \
+  || { cat "$WORK/short.log"; fail "the short-window run failed"; }
+"$TESSERA" generate "$WORK/short" --tokens 40 > /dev/null 2> "$WORK/short.err"
+grep -q "it sees the last 16 tokens" "$WORK/short.err" || { cat "$WORK/short.err"; fail "generation ran past the trained windows"; }
 
 # Refusals name what is wrong.
 if "$TESSERA" generate "$WORK/run" --temperature -1 > /dev/null 2> "$WORK/err"; then fail "a negative temperature was accepted"; fi

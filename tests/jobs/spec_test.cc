@@ -1,4 +1,6 @@
 // Job specs: parsing, validation messages with field paths and locations, overrides, defaults.
+#include "jobs/spec.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -7,7 +9,6 @@
 
 #include "core/error.h"
 #include "core/model_spec.h"
-#include "jobs/spec.h"
 
 namespace tessera::jobs {
 namespace {
@@ -35,11 +36,16 @@ class SpecTest : public ::testing::Test {
   static std::string Valid(const std::string& extra = "", const std::string& model = "mlp { hidden: 8 }",
                            const std::string& data = "") {
     return "name: \"t\"\n"
-           "model { " + model + " }\n"
+           "model { " +
+           model +
+           " }\n"
            "data {\n"
            "  train_images: \"train-images\" train_labels: \"train-labels\"\n"
-           "  test_images: \"test-images\" test_labels: \"test-labels\" " + data + "\n"
-           "}\n" + extra;
+           "  test_images: \"test-images\" test_labels: \"test-labels\" " +
+           data +
+           "\n"
+           "}\n" +
+           extra;
   }
 
   std::string ErrorOf(const std::string& text, const std::vector<std::string>& overrides = {}) {
@@ -78,21 +84,26 @@ TEST_F(SpecTest, ShippedExamplesAreValid) {
   JobSpec gpt = LoadJobSpec(std::string(TESSERA_SOURCE_DIR) + "/jobs/examples/fortunes_gpt.pbtxt", {}, false);
   EXPECT_EQ(gpt.data().kind(), DataSpec::TOKENS);
   EXPECT_EQ(gpt.data().sequence_length(), gpt.model().gpt().context());  // 0 means the model's context
-  EXPECT_EQ(gpt.data().eval_batch_size(), gpt.data().batch_size());    // not 1000 windows of logits
+  EXPECT_EQ(gpt.data().eval_batch_size(), gpt.data().batch_size());      // not 1000 windows of logits
 }
 
 // A GPT reads token files: the two go together, and what does not apply to token ids is refused.
 TEST_F(SpecTest, GptSpecsAreValidated) {
   for (const char* f : {"train.bin", "test.bin"}) std::ofstream(dir_ / f) << "x";
-  const std::string tokens = "name: \"g\"\nmodel { gpt { layers: 2 heads: 2 width: 8 context: 16 vocab: 256 } }\n"
-                             "data { kind: TOKENS train_path: \"train.bin\" test_path: \"test.bin\" ";
+  const std::string tokens =
+      "name: \"g\"\nmodel { gpt { layers: 2 heads: 2 width: 8 context: 16 vocab: 256 } }\n"
+      "data { kind: TOKENS train_path: \"train.bin\" test_path: \"test.bin\" ";
   JobSpec ok = LoadJobSpec(Write(tokens + "}\n"));
   EXPECT_EQ(ok.data().sequence_length(), 16);
   EXPECT_EQ(ok.model().gpt().dropout(), 0);
-  std::string msg = ErrorOf(tokens + "sequence_length: 17 normalize { scale: 0.5 } }\n", {"model.gpt.heads=3"});
-  EXPECT_NE(msg.find("data.sequence_length: must be at most model.gpt.context (16), got 17"), std::string::npos) << msg;
+  std::string msg =
+      ErrorOf(tokens + "sequence_length: 17 normalize { scale: 0.5 } }\n", {"model.gpt.heads=3"});
+  EXPECT_NE(msg.find("data.sequence_length: must be at most model.gpt.context (16), got 17"),
+            std::string::npos)
+      << msg;
   EXPECT_NE(msg.find("data.normalize: does not apply to token ids"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("model.gpt.width: must be a multiple of model.gpt.heads (3), got 8"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.gpt.width: must be a multiple of model.gpt.heads (3), got 8"), std::string::npos)
+      << msg;
   msg = ErrorOf(tokens + "}\nparallel { zero_stage: 3 }\n", {"model.gpt.vocab=0"});
   EXPECT_NE(msg.find("parallel.zero_stage: stage 3 does not take model.gpt yet"), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.gpt.vocab: must be >= 1, got 0"), std::string::npos) << msg;
@@ -102,9 +113,11 @@ TEST_F(SpecTest, GptSpecsAreValidated) {
   EXPECT_NE(msg.find("data.kind: TOKENS feeds a language model"), std::string::npos) << msg;
   msg = ErrorOf(tokens + "}\npublish { store: \"s\" metric: \"test_f1\" }\n");
   EXPECT_NE(msg.find("publish.metric: must be test_accuracy (next token), test_perplexity or test_loss"),
-            std::string::npos) << msg;
-  msg = ErrorOf(tokens + "}\n", {"model.gpt.width=4000000000", "model.gpt.layers=1000000"});
-  EXPECT_NE(msg.find("model.gpt: the layer sizes multiply past 2^63"), std::string::npos) << msg;
+            std::string::npos)
+      << msg;
+  msg = ErrorOf(tokens + "}\n", {"model.gpt.vocab=3000000000", "model.gpt.layers=5000"});
+  EXPECT_NE(msg.find("model.gpt.vocab: must be at most 16777216, got 3000000000"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.gpt.layers: must be at most 4096, got 5000"), std::string::npos) << msg;
 }
 
 TEST_F(SpecTest, SyntaxErrorsAndUnknownFieldsNameLineAndColumn) {
@@ -121,7 +134,8 @@ TEST_F(SpecTest, SyntaxErrorsAndUnknownFieldsNameLineAndColumn) {
   EXPECT_NE(msg.find("job.pbtxt:7:"), std::string::npos) << msg;
   EXPECT_EQ(msg.find("optimizer.lr:"), std::string::npos) << "the unknown field is lrr, not lr: " << msg;
   msg = ErrorOf(Valid("train { epochs: 2 }\ntrain { seed: \"x\" }\n"));
-  EXPECT_NE(msg.find("job.pbtxt:8:7: Non-repeated field \"train\" is specified multiple times"), std::string::npos)
+  EXPECT_NE(msg.find("job.pbtxt:8:7: Non-repeated field \"train\" is specified multiple times"),
+            std::string::npos)
       << "an error at the second train block: " << msg;
   EXPECT_EQ(msg.find("epochs"), std::string::npos) << "nothing is wrong with epochs: " << msg;
   msg = ErrorOf(Valid("optimizer {\n\tschedule {\n\t\twarmup_steps: 1.5\n\t}\n}\n"));
@@ -161,7 +175,8 @@ TEST_F(SpecTest, ValidateJobSpecFillsDefaultsAndNamesTheSource) {
 }
 
 TEST_F(SpecTest, AllProblemsAreReportedTogether) {
-  std::string msg = ErrorOf(Valid("train { threads: 0 log_every_steps: 0 }\noptimizer { kind: ADAM nesterov: true }\n"));
+  std::string msg =
+      ErrorOf(Valid("train { threads: 0 log_every_steps: 0 }\noptimizer { kind: ADAM nesterov: true }\n"));
   EXPECT_NE(msg.find("train.threads"), std::string::npos) << msg;
   EXPECT_NE(msg.find("train.log_every_steps"), std::string::npos) << msg;
   EXPECT_NE(msg.find("optimizer.nesterov"), std::string::npos) << msg;
@@ -195,7 +210,9 @@ TEST_F(SpecTest, SizesThatMultiplyPastAnyMemoryAreRefused) {
   msg = ErrorOf(Valid("", "cnn { channels: 4000000000 channels: 4000000000 }"));
   EXPECT_NE(msg.find("model.cnn: the layer sizes multiply past 2^63"), std::string::npos) << msg;
   msg = ErrorOf(Valid(), {"data.batch_size=9223372036854775807"});
-  EXPECT_NE(msg.find("data.batch_size: must be in [1, 2147483648], got 9223372036854775807"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.batch_size: must be in [1, 2147483648], got 9223372036854775807"),
+            std::string::npos)
+      << msg;
   msg = ErrorOf(Valid(), {"data.eval_batch_size=4294967296"});
   EXPECT_NE(msg.find("data.eval_batch_size: must be in [1, 2147483648]"), std::string::npos) << msg;
   EXPECT_EQ(ErrorOf(Valid(), {"model.mlp.hidden=100000,10000"}), "(no error)");  // large, but possible
@@ -214,8 +231,11 @@ TEST_F(SpecTest, ParameterCountMatchesTheBuiltModel) {
 TEST_F(SpecTest, OverrideOfAnotherModelFamilyIsRefusedUnlessChosen) {
   const std::string cnn = Valid("", "cnn { channels: 4 }");
   std::string msg = ErrorOf(cnn, {"model.mlp.hidden=5"});
-  EXPECT_NE(msg.find("--set model.mlp.hidden=5: the spec's family is model.cnn; setting model.mlp would replace it"),
-            std::string::npos) << msg;
+  EXPECT_NE(
+      msg.find(
+          "--set model.mlp.hidden=5: the spec's family is model.cnn; setting model.mlp would replace it"),
+      std::string::npos)
+      << msg;
   EXPECT_NE(msg.find("give --set model.mlp={} first"), std::string::npos) << msg;
   JobSpec spec = LoadJobSpec(Write(cnn), {"model.mlp={}", "model.mlp.hidden=5"});
   ASSERT_TRUE(spec.model().has_mlp());
@@ -240,9 +260,12 @@ TEST_F(SpecTest, NameThatLeavesTheRunsFolderIsRefused) {
 // and ended in a NaN with the hint "lower optimizer.lr".
 TEST_F(SpecTest, DataThatIsNotAFileAndAZeroEpsAreNamed) {
   std::string msg = ErrorOf(Valid(), {"data.train_images=" + dir_.string(), "data.test_labels=/dev/null"});
-  EXPECT_NE(msg.find("data.train_images: is a directory, not a data file: " + dir_.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.train_images: is a directory, not a data file: " + dir_.string()),
+            std::string::npos)
+      << msg;
   EXPECT_NE(msg.find("data.test_labels: is not a regular file (a device, FIFO or socket): /dev/null"),
-            std::string::npos) << msg;
+            std::string::npos)
+      << msg;
   msg = ErrorOf(Valid(), {"data.test_images=" + (dir_ / "nope").string()});
   EXPECT_NE(msg.find("data.test_images: file not found: "), std::string::npos) << msg;
   for (const char* kind : {"ADAM", "ADAMW", "RMSPROP"}) {
@@ -285,14 +308,16 @@ TEST_F(SpecTest, UnimplementedFeaturesAreRefusedNotIgnored) {
   std::string msg = ErrorOf(Valid("parallel { tensor: 2 }\ncheckpoint { every_steps: 100 }\n"));
   EXPECT_NE(msg.find("parallel.tensor: tensor parallelism is not available"), std::string::npos) << msg;
   EXPECT_EQ(msg.find("checkpoint.every_steps"), std::string::npos) << msg;  // checkpoints are implemented
-  for (int stage = 0; stage <= 3; ++stage)  // every ZeRO stage is
-    EXPECT_EQ(ErrorOf(Valid("parallel { zero_stage: " + std::to_string(stage) + " }\n")), "(no error)") << stage;
+  for (int stage = 0; stage <= 3; ++stage)                                  // every ZeRO stage is
+    EXPECT_EQ(ErrorOf(Valid("parallel { zero_stage: " + std::to_string(stage) + " }\n")), "(no error)")
+        << stage;
   msg = ErrorOf(Valid("parallel { zero_stage: 4 }\n"));
   EXPECT_NE(msg.find("parallel.zero_stage: must be 0, 1, 2 or 3"), std::string::npos) << msg;
 }
 
 TEST_F(SpecTest, CheckpointPolicyIsValidated) {
-  std::string msg = ErrorOf(Valid("checkpoint { every_steps: -1 every_minutes: -2 keep_last: 0 min_io_mb_per_s: 0 }\n"));
+  std::string msg =
+      ErrorOf(Valid("checkpoint { every_steps: -1 every_minutes: -2 keep_last: 0 min_io_mb_per_s: 0 }\n"));
   EXPECT_NE(msg.find("checkpoint.every_steps: must be >= 0"), std::string::npos) << msg;
   EXPECT_NE(msg.find("checkpoint.every_minutes: must be >= 0"), std::string::npos) << msg;
   EXPECT_NE(msg.find("checkpoint.keep_last: must be >= 1"), std::string::npos) << msg;

@@ -4,8 +4,9 @@
 //
 // Q, K and V are read in place from the packed projection qkv [B, T, 3C] (q | k | v, head h at
 // columns h*Dh .. (h+1)*Dh of each third) through GEMM leading dimensions, so no head is copied out.
-// (example, head) pairs are split across tessera's pool; each runs single-threaded GEMMs, and each
-// pair's result is a pure function of its inputs, so the output does not depend on the thread count.
+// (example, head) pairs are split across tessera's pool; each pair's result is a pure function of
+// its inputs, computed by GEMMs on one thread, so the output does not depend on how the pairs are
+// split. (A single pair runs on the calling thread, where oneDNN's GEMM may itself use the pool.)
 #include <cmath>
 #include <limits>
 #include <vector>
