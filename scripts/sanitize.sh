@@ -26,7 +26,7 @@ what="${1:-all}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-100}"
 FUZZ_RUNS="${FUZZ_RUNS:-}"
 # Inputs per target: what about 25 s gives on a 2-core machine.
-declare -A RUNS=([idx]=40000 [csv]=100000 [hdf5]=8000 [spec]=100000 [checkpoint]=15000 [store]=80000 [http_infer]=600000)
+declare -A RUNS=([idx]=40000 [csv]=100000 [hdf5]=8000 [tokens]=100000 [spec]=100000 [checkpoint]=15000 [store]=80000 [http_infer]=600000)
 B=build-asan
 for p in clang-14 clang++-14; do
   command -v "$p" > /dev/null || { echo "sanitize: $p is missing (scripts/setup.sh installs clang-14 libclang-rt-14-dev)"; exit 1; }
@@ -58,7 +58,7 @@ fi
 if [ "$what" = all ] || [ "$what" = fuzz ]; then
   mkdir -p "$B/findings"
   printf '%-12s %10s %8s %14s  %s\n' target runs seconds 'corpus after' result
-  for target in idx csv hdf5 spec checkpoint store http_infer; do
+  for target in idx csv hdf5 tokens spec checkpoint store http_infer; do
     work="$B/fuzz-corpus/$target"
     rm -rf "$work" && mkdir -p "$work" && cp tests/fuzz/corpus/$target/* "$work/"
     log="$B/fuzz-$target.log"

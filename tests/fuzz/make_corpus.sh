@@ -7,7 +7,7 @@ TESSERA=$(readlink -f "$1")
 cd "$(dirname "$0")"
 C=corpus
 rm -rf "$C"
-mkdir -p $C/idx $C/csv $C/hdf5 $C/spec $C/checkpoint $C/store $C/http_infer
+mkdir -p $C/idx $C/csv $C/hdf5 $C/tokens $C/spec $C/checkpoint $C/store $C/http_infer
 PY=/usr/bin/python3
 "$PY" - <<'PY'
 import gzip, struct, json, h5py, numpy as np
@@ -18,6 +18,10 @@ labels = idx([3], [2, 0, 1])
 open("corpus/idx/images", "wb").write(b"\0" + images)
 open("corpus/idx/images.gz", "wb").write(b"\0" + gzip.compress(images))
 open("corpus/idx/labels", "wb").write(b"\1" + idx([2], [1, 0]))
+def tokens(vocab, values):
+    return struct.pack("<256i", 20240520, 1, len(values), vocab, *([0] * 252)) + struct.pack("<%dH" % len(values), *values)
+open("corpus/tokens/bytes.bin", "wb").write(b"\3" + tokens(256, b"hello, fortunes\n%\n"))
+open("corpus/tokens/llmc.bin", "wb").write(b"\0" + tokens(0, [50000, 7, 3, 9, 1]))
 open("corpus/csv/table.csv", "w").write("a,b,label\n1,2,0\n3.5,-4e3,1\n")
 open("corpus/csv/quoted.csv", "w").write('"b" , "a","label"\r\n\r\n0.25,1,2\r\n')
 with h5py.File("corpus/hdf5/data.h5", "w", libver=("v110", "latest")) as f:

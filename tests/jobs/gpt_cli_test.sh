@@ -112,6 +112,24 @@ kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=""
 "$TESSERA" generate "$WORK/short" --tokens 40 > /dev/null 2> "$WORK/short.err"
 grep -q "it sees the last 16 tokens" "$WORK/short.err" || { cat "$WORK/short.err"; fail "generation ran past the trained windows"; }
 
+# A run that stopped after its checkpoint at step 20 of 40 (the later one removed, as if it died
+# before writing it) resumes to the same bits as the run that did not stop: with dropout, whose
+# masks follow the example positions, and a cosine schedule over the 40 steps.
+RESUME=(--set data.train_path="$WORK/data/train.bin" --set data.test_path="$WORK/data/test.bin"
+        --set model.gpt.layers=1 --set model.gpt.width=32 --set model.gpt.context=32 --set model.gpt.dropout=0.1
+        --set train.steps=40 --set checkpoint.every_steps=20 --set checkpoint.keep_last=5 --set train.threads=1
+        --set optimizer.schedule.warmup_steps=5)
+for r in straight stopped; do
+  "$TESSERA" train "$SRC/jobs/examples/fortunes_gpt.pbtxt" --run-dir "$WORK/$r" "${RESUME[@]}" > "$WORK/$r.log" 2>&1 \
+    || { cat "$WORK/$r.log"; fail "the $r run failed"; }
+done
+rm -rf "$WORK/stopped/checkpoints/step-00000040" "$WORK/stopped/checkpoints/latest" "$WORK/stopped/summary.json"
+"$TESSERA" train "$SRC/jobs/examples/fortunes_gpt.pbtxt" --run-dir "$WORK/stopped" "${RESUME[@]}" \
+  > "$WORK/resumed.log" 2>&1 || { cat "$WORK/resumed.log"; fail "the resume failed"; }
+grep -q "resume: .*step 20" "$WORK/resumed.log" || { cat "$WORK/resumed.log"; fail "the run did not resume from step 20"; }
+/usr/bin/python3 "$SRC/tests/jobs/compare_checkpoints.py" bitwise "$WORK/straight/checkpoints/step-00000040/checkpoint.h5" \
+  "$WORK/stopped/checkpoints/step-00000040/checkpoint.h5" || fail "the resumed GPT differs from the uninterrupted one"
+
 # Refusals name what is wrong.
 if "$TESSERA" generate "$WORK/run" --temperature -1 > /dev/null 2> "$WORK/err"; then fail "a negative temperature was accepted"; fi
 grep -q "temperature must be a finite number >= 0" "$WORK/err" || { cat "$WORK/err"; fail "unclear temperature message"; }
