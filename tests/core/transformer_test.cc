@@ -152,6 +152,17 @@ TEST(CausalAttention, RefusesWhatDoesNotFit) {
             std::string::npos);
 }
 
+// A GPT small enough for finite differences: 2 layers, 2 heads, width 8.
+models::GptConfig Tiny(int64_t context = 4, int64_t vocab = 10) {
+  models::GptConfig c;
+  c.layers = 2;
+  c.heads = 2;
+  c.width = 8;
+  c.context = context;
+  c.vocab = vocab;
+  return c;
+}
+
 // ---- layers ----
 TEST(TransformerGrad, CausalSelfAttention) {
   nn::CausalSelfAttention m(6, 2);
@@ -174,13 +185,7 @@ TEST(TransformerGrad, Block) {
 }
 
 TEST(TransformerGrad, WholeGptWithTiedEmbeddings) {
-  models::GptConfig cfg;
-  cfg.layers = 2;
-  cfg.heads = 2;
-  cfg.width = 8;
-  cfg.context = 6;
-  cfg.vocab = 11;
-  auto net = models::BuildGpt(cfg);
+  auto net = models::BuildGpt(Tiny(/*context=*/6, /*vocab=*/11));
   net->set_needs_input_grad(false);
   nn::FlatParameters p(*net, Device::CPU(), F64, 8);
   p.values().CopyFrom(ops::Add(p.values(), RandomTensor({p.numel()}, F64, 9, -0.2, 0.2)));
@@ -197,16 +202,6 @@ TEST(TransformerGrad, DropoutIsLinearWithAFixedPosition) {
 }
 
 // ---- the model ----
-models::GptConfig Tiny() {
-  models::GptConfig c;
-  c.layers = 2;
-  c.heads = 2;
-  c.width = 8;
-  c.context = 4;
-  c.vocab = 10;
-  return c;
-}
-
 TEST(Gpt, NamesShapesAndCountMatchGpt2) {
   auto net = models::BuildGpt(Tiny());
   std::map<std::string, Shape> shapes;

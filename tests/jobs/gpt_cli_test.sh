@@ -22,7 +22,7 @@ LAYERS=2 HEADS=4 CONTEXT=64
 "$TESSERA" train "$SRC/jobs/examples/fortunes_gpt.pbtxt" --run-dir "$WORK/run" \
   --set data.train_path="$WORK/data/train.bin" --set data.test_path="$WORK/data/test.bin" \
   --set model.gpt.layers=$LAYERS --set model.gpt.heads=$HEADS --set model.gpt.width=64 \
-  --set model.gpt.context=$CONTEXT --set train.steps=400 --set train.eval_every_steps=0 \
+  --set model.gpt.context=$CONTEXT --set train.steps=300 --set train.eval_every_steps=0 \
   --set optimizer.schedule.warmup_steps=20 --set train.threads=1 \
   --set publish.store="$WORK/store" --set publish.model=fortunes > "$WORK/train.log" 2>&1 \
   || { cat "$WORK/train.log"; fail "training failed"; }
@@ -62,7 +62,7 @@ cmp -s "$WORK/greedy.txt" "$WORK/greedy-store.txt" || fail "the store version ge
 
 # Served as any version is: token ids INT32 [n, 64] in, logits [n, 64, 256] out. The most likely
 # token after a 64-byte window is the one greedy generation appends to it.
-"$TESSERA" serve --store "$WORK/store" --http-port 0 --grpc-port 0 --port-file "$WORK/ports.json" \
+"$TESSERA" serve --store "$WORK/store" --http-port 0 --port-file "$WORK/ports.json" \
   > "$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 for _ in $(seq 200); do [ -s "$WORK/ports.json" ] && break; sleep 0.05; done
