@@ -12,8 +12,9 @@
 #      that drives both (trainer_test) and the server's repository, batcher and workers
 #      (serve_test), the preemption watcher (preemption_test), and the process group over
 #      threads with the gradient reducer and ZeRO on it (thread_process_group_test, reducer_test,
-#      zero_test: all but its W2 and clipping cases, which take minutes under TSan). MPI is
-#      off there: the MPI backend's worker thread is not covered.
+#      zero_test: all but its W2 and clipping cases, which take minutes under TSan), and the
+#      tensor-parallel layers (tensor_parallel_test). MPI is off there: the MPI backend's worker
+#      thread is not covered.
 # Any sanitizer report, crash, leak (tests/sanitizers/lsan.supp lists the third-party ones), hang
 # or out-of-memory fails the script; the input that caused it is kept in build-asan/findings/.
 # Idempotent; scripts/test.sh runs it after the main suite (TESSERA_SANITIZERS=0 skips it).
@@ -89,7 +90,8 @@ if [ "$what" = all ] || [ "$what" = tsan ]; then
       -DTESSERA_USE_CUDA=OFF -DTESSERA_USE_MPI=OFF -DTESSERA_USE_ONEDNN=OFF -DTESSERA_GRPC=OFF \
       -DTESSERA_BUILD_BENCHMARKS=OFF > /dev/null
   fi
-  suites="datasets_test checkpoint_test trainer_test serve_test preemption_test thread_process_group_test reducer_test zero_test"
+  suites="datasets_test checkpoint_test trainer_test serve_test preemption_test thread_process_group_test reducer_test zero_test
+          tensor_parallel_test"
   cmake --build "$T" -j "$(nproc)" --target $suites > "$T/build.log" 2>&1 \
     || { tail -40 "$T/build.log"; echo "sanitize: the TSan build failed"; exit 1; }
   echo "sanitize: threaded suites under TSan"
