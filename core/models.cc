@@ -77,8 +77,8 @@ std::unique_ptr<nn::Sequential> BuildGpt(const GptConfig& c) {
   for (int64_t l = 0; l < c.layers; ++l) {
     auto& block = net->Add("h" + std::to_string(l),
                            std::make_unique<nn::TransformerBlock>(c.width, c.heads, c.dropout));
-    block.attn().c_proj().weight().init = nn::Init::Normal(0.0, residual_std);
-    block.mlp().c_proj().weight().init = nn::Init::Normal(0.0, residual_std);
+    nn::InitProjection(block.attn().c_proj(), residual_std);
+    nn::InitProjection(block.mlp().c_proj(), residual_std);
   }
   net->Add("ln_f", std::make_unique<nn::LayerNorm>(c.width));
   net->Add("head", std::make_unique<nn::TiedLmHead>(embed));

@@ -15,8 +15,8 @@
 // ShardSpec says which part of the logical tensor it is, so that logical checkpoints slice on load
 // and gather on save.
 //
-// Not built yet: the GPT assembled from these (vocabulary-parallel embedding and cross-entropy),
-// the data x tensor x pipeline grid, checkpoints of sharded layers.
+// The GPT assembled from these is dist/tensor_parallel_gpt.h. Not built yet: the data x tensor x
+// pipeline grid in the trainer, checkpoints of sharded layers.
 #pragma once
 
 #include <cstdint>

@@ -6,12 +6,10 @@
 
 namespace tessera::nn {
 namespace {
-// GPT-2's initialisation of a projection: weight N(0, 0.02), bias zero.
-std::unique_ptr<Linear> Projection(int64_t in, int64_t out) {
-  auto l = std::make_unique<Linear>(in, out);
-  l->weight().init = Init::Normal(0.0, 0.02);
-  l->bias()->init = Init::Zeros();
-  return l;
+// A made projection, initialised as GPT-2's: weight N(0, 0.02), bias zero.
+std::unique_ptr<Module> Initialised(std::unique_ptr<Module> m) {
+  InitProjection(*m, 0.02);
+  return m;
 }
 
 void RequireActivations(const Module& m, const Tensor& x, int64_t width) {
@@ -21,14 +19,31 @@ void RequireActivations(const Module& m, const Tensor& x, int64_t width) {
 }
 }  // namespace
 
+ProjectionMaker ProjectionMaker::Plain() {
+  ProjectionMaker m;
+  m.column = [](int64_t in, int64_t out, int64_t) { return std::make_unique<Linear>(in, out); };
+  m.row = [](int64_t in, int64_t out) { return std::make_unique<Linear>(in, out); };
+  return m;
+}
+
+void InitProjection(Module& projection, double std) {
+  for (auto& [name, p] : projection.NamedParameters()) {
+    if (name == "weight") p->init = Init::Normal(0.0, std);
+    if (name == "bias") p->init = Init::Zeros();
+  }
+}
+
 // ---- CausalSelfAttention ----
-CausalSelfAttention::CausalSelfAttention(int64_t width, int64_t heads, double dropout)
+CausalSelfAttention::CausalSelfAttention(int64_t width, int64_t heads, double dropout,
+                                         const ProjectionMaker& make)
     : Module("CausalSelfAttention"), width_(width), heads_(heads) {
-  if (width <= 0 || heads <= 0 || width % heads != 0)
+  if (width <= 0 || heads <= 0 || width % heads != 0 || heads % make.parts != 0)
     TESSERA_THROW(ValueError, "CausalSelfAttention: width ", width, " must be a positive multiple of the ",
-                  heads, " heads");
-  c_attn_ = static_cast<Linear*>(&AddChild("c_attn", Projection(width, 3 * width)));
-  c_proj_ = static_cast<Linear*>(&AddChild("c_proj", Projection(width, width)));
+                  heads, " heads, and the heads a multiple of the ", make.parts,
+                  " ranks they are split across");
+  local_heads_ = heads / make.parts;
+  c_attn_ = &AddChild("c_attn", Initialised(make.column(width, 3 * width, 3)));
+  c_proj_ = &AddChild("c_proj", Initialised(make.row(width, width)));
   if (dropout > 0) drop_ = static_cast<Dropout*>(&AddChild("drop", std::make_unique<Dropout>(dropout)));
 }
 
@@ -44,7 +59,7 @@ void CausalSelfAttention::set_needs_input_grad(bool needs) {
 Tensor CausalSelfAttention::Forward(const Tensor& x) {
   RequireActivations(*this, x, width_);
   Tensor qkv = c_attn_->Forward(x), lse;
-  Tensor y = c_proj_->Forward(ops::CausalAttention(qkv, heads_, &lse));
+  Tensor y = c_proj_->Forward(ops::CausalAttention(qkv, local_heads_, &lse));
   if (training()) {
     qkv_ = qkv;
     lse_ = lse;
@@ -55,16 +70,17 @@ Tensor CausalSelfAttention::Forward(const Tensor& x) {
 Tensor CausalSelfAttention::Backward(const Tensor& dy) {
   RequireSaved(qkv_);
   Tensor g = c_proj_->Backward(drop_ ? drop_->Backward(dy) : dy);
-  Tensor dqkv = ops::CausalAttentionBackward(qkv_, lse_, g, heads_);
+  Tensor dqkv = ops::CausalAttentionBackward(qkv_, lse_, g, local_heads_);
   qkv_ = lse_ = Tensor();
   return c_attn_->Backward(dqkv);
 }
 
 // ---- TransformerMlp ----
-TransformerMlp::TransformerMlp(int64_t width, double dropout) : Module("TransformerMlp") {
-  c_fc_ = static_cast<Linear*>(&AddChild("c_fc", Projection(width, 4 * width)));
+TransformerMlp::TransformerMlp(int64_t width, double dropout, const ProjectionMaker& make)
+    : Module("TransformerMlp") {
+  c_fc_ = &AddChild("c_fc", Initialised(make.column(width, 4 * width, 1)));
   gelu_ = static_cast<GELU*>(&AddChild("gelu", std::make_unique<GELU>()));
-  c_proj_ = static_cast<Linear*>(&AddChild("c_proj", Projection(4 * width, width)));
+  c_proj_ = &AddChild("c_proj", Initialised(make.row(4 * width, width)));
   if (dropout > 0) drop_ = static_cast<Dropout*>(&AddChild("drop", std::make_unique<Dropout>(dropout)));
 }
 
@@ -84,13 +100,14 @@ Tensor TransformerMlp::Backward(const Tensor& dy) {
 }
 
 // ---- TransformerBlock ----
-TransformerBlock::TransformerBlock(int64_t width, int64_t heads, double dropout)
+TransformerBlock::TransformerBlock(int64_t width, int64_t heads, double dropout, const ProjectionMaker& make)
     : Module("TransformerBlock") {
   ln_1_ = static_cast<LayerNorm*>(&AddChild("ln_1", std::make_unique<LayerNorm>(width)));
   attn_ = static_cast<CausalSelfAttention*>(
-      &AddChild("attn", std::make_unique<CausalSelfAttention>(width, heads, dropout)));
+      &AddChild("attn", std::make_unique<CausalSelfAttention>(width, heads, dropout, make)));
   ln_2_ = static_cast<LayerNorm*>(&AddChild("ln_2", std::make_unique<LayerNorm>(width)));
-  mlp_ = static_cast<TransformerMlp*>(&AddChild("mlp", std::make_unique<TransformerMlp>(width, dropout)));
+  mlp_ =
+      static_cast<TransformerMlp*>(&AddChild("mlp", std::make_unique<TransformerMlp>(width, dropout, make)));
 }
 
 Tensor TransformerBlock::Forward(const Tensor& x) {

@@ -1,4 +1,5 @@
-// Data parallelism: N ranks with per-rank batch b reproduce one rank with batch N*b; at start-up,
+// Data parallelism: N ranks with per-rank batch b reproduce one rank with batch N*b (W1, W2, the
+// GPT at ZeRO stages 0 to 2), and tensor parallelism of the GPT over the world; at start-up,
 // ranks that built another model or found another checkpoint are named on every rank. Run under
 // mpirun with N = 2 and 4 (see tests/CMakeLists.txt).
 #include <gtest/gtest.h>
@@ -11,6 +12,7 @@
 #include "jobs/resume.h"
 #include "tests/dist/dp_train.h"
 #include "tests/dist/mpi_test_env.h"
+#include "tests/dist/tp_train.h"
 
 namespace tessera::dist {
 namespace {
@@ -55,6 +57,14 @@ TEST(DataParallelGpt, NRanksReproduceOneRankAtStages0To2) {
               1e-5)
         << worst << " (stage " << stage << ", " << world.size() << " ranks)";
   }
+}
+
+// Tensor parallelism under MPI: the GPT split across the world (2 and 4 ranks) ends 20 steps of
+// Adam where the whole GPT on one process ends.
+TEST(TensorParallelGpt, TheWorldAsATensorGroupReproducesOneProcess) {
+  const auto [start, end] = tp_test::TrainWhole(20);
+  EXPECT_LE(tp_test::TrainSplitAndCompare(mpi_test::World(), start, end, 20), 1e-5)
+      << "rank " << mpi_test::World().rank() << " of " << mpi_test::World().size();
 }
 
 // The last rank builds a wider first layer: every rank stops before the broadcast, naming it.
