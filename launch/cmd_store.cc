@@ -337,16 +337,19 @@ int ExportOnnx(const StoreArgs& a) {
                               {"nodes", e.nodes},
                               {"parameters", e.parameters},
                               {"input", input},
+                              {"input_type", e.input_type},
+                              {"outputs", e.output_shape},
                               {"classes", e.classes}})
                             .dump(2)
                             .c_str());
     return 0;
   }
   std::printf(
-      "exported %s version %lld to %s: %lld bytes, %d nodes, %lld parameters; input 'input' FLOAT %s, "
-      "outputs 'logits' and 'probabilities' FLOAT [-1, %lld] (ONNX opset 17)\n",
+      "exported %s version %lld to %s: %lld bytes, %d nodes, %lld parameters; input 'input' %s %s, "
+      "outputs 'logits' and 'probabilities' FLOAT %s (ONNX opset 17)\n",
       r.model.c_str(), static_cast<long long>(v), e.path.c_str(), static_cast<long long>(e.bytes), e.nodes,
-      static_cast<long long>(e.parameters), ShapeString(input).c_str(), static_cast<long long>(e.classes));
+      static_cast<long long>(e.parameters), e.input_type.c_str(), ShapeString(input).c_str(),
+      ShapeString(e.output_shape).c_str());
   return 0;
 }
 

@@ -11,6 +11,8 @@
 #include "core/model_spec.h"
 #include "core/nn/layers.h"
 #include "core/version.h"
+#include "store/onnx/gpt_graph.h"
+#include "store/onnx/graph_writer.h"
 #include "store/onnx/onnx.pb.h"
 
 namespace tessera::store {
@@ -18,69 +20,6 @@ namespace {
 
 constexpr int64_t kIrVersion = 8;
 constexpr int64_t kOpset = 17;
-
-// Builds the graph: names values, adds nodes and initializers.
-class GraphWriter {
- public:
-  explicit GraphWriter(onnx::GraphProto* g) : g_(g) {}
-
-  // A weight or constant, FLOAT, `dims` (empty: a scalar).
-  std::string Initializer(const std::string& name, const std::vector<int64_t>& dims, const float* data,
-                          int64_t n) {
-    onnx::TensorProto* t = g_->add_initializer();
-    t->set_name(name);
-    t->set_data_type(onnx::TensorProto::FLOAT);
-    for (int64_t d : dims) t->add_dims(d);
-    t->set_raw_data(std::string(reinterpret_cast<const char*>(data), sizeof(float) * static_cast<size_t>(n)));
-    return name;
-  }
-  std::string Scalar(float v) { return Initializer("const_" + std::to_string(constants_++), {}, &v, 1); }
-
-  // One node; returns its output's name (`out`, or a fresh one).
-  onnx::NodeProto* Node(const std::string& op, const std::vector<std::string>& inputs,
-                        const std::string& out = "") {
-    onnx::NodeProto* n = g_->add_node();
-    n->set_op_type(op);
-    n->set_name(op + "_" + std::to_string(g_->node_size()));
-    for (const std::string& i : inputs) n->add_input(i);
-    n->add_output(out.empty() ? "t" + std::to_string(values_++) : out);
-    return n;
-  }
-  std::string Apply(const std::string& op, const std::vector<std::string>& inputs,
-                    const std::string& out = "") {
-    return Node(op, inputs, out)->output(0);
-  }
-
-  static void Ints(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) {
-    onnx::AttributeProto* a = n->add_attribute();
-    a->set_name(name);
-    a->set_type(onnx::AttributeProto::INTS);
-    for (int64_t x : v) a->add_ints(x);
-  }
-  static void Int(onnx::NodeProto* n, const std::string& name, int64_t v) {
-    onnx::AttributeProto* a = n->add_attribute();
-    a->set_name(name);
-    a->set_type(onnx::AttributeProto::INT);
-    a->set_i(v);
-  }
-
-  void Value(onnx::ValueInfoProto* v, const std::string& name, const std::vector<int64_t>& dims) {
-    v->set_name(name);
-    onnx::TypeProto::Tensor* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(onnx::TensorProto::FLOAT);
-    for (int64_t d : dims) {
-      auto* dim = t->mutable_shape()->add_dim();
-      if (d < 0)
-        dim->set_dim_param("batch");
-      else
-        dim->set_dim_value(d);
-    }
-  }
-
- private:
-  onnx::GraphProto* g_;
-  int values_ = 0, constants_ = 0;
-};
 
 // The version's weights, by parameter name ("0.weight"), as float32 (checked against the network).
 std::map<std::string, Tensor> ReadWeights(const Store& store, const std::string& model, int64_t version,
@@ -106,14 +45,6 @@ std::string Prepare(GraphWriter& g, const std::string& x, const models::Normaliz
   if (n.mean_size() > 0) y = g.Apply("Sub", {y, per_channel(n.mean(), "normalize.mean")});
   if (n.std_size() > 0) y = g.Apply("Div", {y, per_channel(n.std(), "normalize.std")});
   return y;
-}
-
-// GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in opset-17 basic ops.
-std::string Gelu(GraphWriter& g, const std::string& x) {
-  const std::string x3 = g.Apply("Mul", {g.Apply("Mul", {x, x}), x});
-  const std::string inner = g.Apply("Add", {x, g.Apply("Mul", {x3, g.Scalar(0.044715f)})});
-  const std::string t = g.Apply("Tanh", {g.Apply("Mul", {inner, g.Scalar(0.7978845608028654f)})});
-  return g.Apply("Mul", {g.Apply("Mul", {x, g.Apply("Add", {t, g.Scalar(1.0f)})}), g.Scalar(0.5f)});
 }
 
 // One layer of the network; returns the value it produces. `name` is its index in the Sequential.
@@ -180,8 +111,6 @@ OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_
   if (arch.quantization() != NONE)
     TESSERA_THROW(ConfigError, where, " is quantised (quantization: ", Quantization_Name(arch.quantization()),
                   "); export the f32 version it was made from (its lineage names it)");
-  if (arch.model().has_gpt())
-    TESSERA_THROW(ConfigError, where, " is a GPT: ONNX export covers MLP and CNN versions, not yet GPT ones");
   const Shape example(arch.input_shape().begin(), arch.input_shape().end());
   std::unique_ptr<nn::Sequential> net = models::BuildModel(arch.model(), example);
   const std::map<std::string, Tensor> weights = ReadWeights(store, model, version, *net);
@@ -210,17 +139,25 @@ OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_
   GraphWriter g(graph);
   Shape batch_example{-1};
   batch_example.insert(batch_example.end(), example.begin(), example.end());
-  g.Value(graph->add_input(), "input", batch_example);
-  std::string x = Prepare(g, "input", arch.normalize(), example.size());
-  for (size_t i = 0; i < net->size(); ++i) {
-    const bool last = i + 1 == net->size();
-    x = Layer(g, (*net)[i], std::to_string(i), x, weights, &r.parameters);
-    if (last) x = g.Apply("Identity", {x}, "logits");
+  Shape outputs{-1, r.classes};
+  std::string x;
+  if (arch.model().has_gpt()) {  // token ids [batch, T] -> next-token logits at every position
+    g.Value(graph->add_input(), "input", batch_example, onnx::TensorProto::INT64);
+    x = GptGraph(g, "input", arch.model().gpt(), example.at(0), weights, &r.parameters);
+    outputs = {-1, example.at(0), r.classes};
+    r.input_type = "INT64";
+  } else {
+    g.Value(graph->add_input(), "input", batch_example);
+    x = Prepare(g, "input", arch.normalize(), example.size());
+    for (size_t i = 0; i < net->size(); ++i)
+      x = Layer(g, (*net)[i], std::to_string(i), x, weights, &r.parameters);
   }
+  x = g.Apply("Identity", {x}, "logits");
   onnx::NodeProto* softmax = g.Node("Softmax", {x}, "probabilities");
-  GraphWriter::Int(softmax, "axis", 1);
-  g.Value(graph->add_output(), "logits", {-1, r.classes});
-  g.Value(graph->add_output(), "probabilities", {-1, r.classes});
+  GraphWriter::Int(softmax, "axis", -1);
+  r.output_shape = outputs;
+  g.Value(graph->add_output(), "logits", outputs);
+  g.Value(graph->add_output(), "probabilities", outputs);
   r.nodes = graph->node_size();
 
   const size_t bytes = m.ByteSizeLong();

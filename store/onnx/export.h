@@ -11,6 +11,9 @@
 // architecture builds: Flatten, Gemm (Linear), Conv, MaxPool, Relu, GELU (tanh form, as basic ops);
 // Dropout is the identity at inference and is left out. The weights are initializers named as in
 // the checkpoint ("0.weight"). Metadata: tessera.model, tessera.version, tessera.class_names.
+//
+// A GPT (store/onnx/gpt_graph.h) takes INT64 token ids [batch, T] (T: the window it was trained on)
+// and gives logits and probabilities [batch, T, vocab]: the next token's at every position.
 #pragma once
 
 #include <cstdint>
@@ -23,16 +26,19 @@ namespace tessera::store {
 
 struct OnnxExportResult {
   std::string path;
-  int64_t bytes = 0;       // of the file
-  int nodes = 0;           // in the graph
-  int64_t parameters = 0;  // elements of the initializers that are weights
-  std::vector<int64_t> input_shape;  // one example
+  int64_t bytes = 0;                  // of the file
+  int nodes = 0;                      // in the graph
+  int64_t parameters = 0;             // elements of the initializers that are weights
+  std::vector<int64_t> input_shape;   // one example
+  std::string input_type = "FLOAT";   // a GPT's token ids: INT64
+  std::vector<int64_t> output_shape;  // of logits and probabilities, -1 the batch
   int64_t classes = 0;
 };
 
 // Writes `version` of `model` as ONNX at `path`, atomically (a temporary name, then a rename).
 // ConfigError naming the layer when the network holds one ONNX export does not cover; the store's
 // errors (NotFoundError, IoError) when the version cannot be read.
-OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_t version, const std::string& path);
+OnnxExportResult ExportOnnx(const Store& store, const std::string& model, int64_t version,
+                            const std::string& path);
 
 }  // namespace tessera::store

@@ -2,7 +2,7 @@
 
     onnx_check.py WORK_DIR    (WORK_DIR holds mlp.onnx, cnn.onnx, test.csv and ports.json)
 
-Each model: onnx.checker (full check, shape inference included) passes; the graph's input and
+Each model (an MLP, a CNN, a GPT): onnx.checker (full check, shape inference included) passes; the graph's input and
 outputs are as documented; onnxruntime's logits and probabilities on the same inputs match the
 server's within 1e-5 (absolute, and relative to the largest logit).
 """
@@ -45,8 +45,10 @@ def wait_ready(url, model):
 
 
 def served(url, model, x):
-    """(logits, probabilities) from tessera serve's KServe v2 HTTP endpoint, FP32 in and out."""
-    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+    """(logits, probabilities) from tessera serve's KServe v2 HTTP endpoint, FP32 (a GPT's ids:
+    INT32) in, FP32 out."""
+    dtype = "INT32" if x.dtype == np.int64 else "FP32"
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": dtype, "data": x.ravel().tolist()}],
             "outputs": [{"name": "logits"}, {"name": "probabilities"}]}
     req = urllib.request.Request(f"{url}/v2/models/{model}/infer", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
@@ -56,6 +58,8 @@ def served(url, model, x):
 
 
 def inputs(model):
+    if model == "gpt":  # 4 windows of 16 byte-level token ids
+        return np.random.default_rng(5).integers(0, 256, size=(4, 16), dtype=np.int64)
     if model == "mlp":
         rows = [line.split(",") for line in open(os.path.join(WORK, "test.csv")).read().split("\n")[1:] if line]
         return np.array([[float(v) for v in r[:4]] for r in rows[:64]], dtype=np.float32)
@@ -86,11 +90,12 @@ def check(url, model):
           f"(largest logit {scale:.2f}), max |probabilities| diff {d_probs:.2e}")
     assert d_logits <= TOL * max(1.0, scale), f"{model}: logits differ by {d_logits}"
     assert d_probs <= TOL, f"{model}: probabilities differ by {d_probs}"
-    assert (logits.argmax(1) == want_logits.argmax(1)).all()
+    assert (logits.argmax(-1) == want_logits.argmax(-1)).all()
     return ops
 
 
 url = server_url()
 assert "Gemm" in check(url, "mlp")
 assert {"Conv", "MaxPool"} <= set(check(url, "cnn"))
+assert {"Gather", "LayerNormalization", "Softmax", "Split"} <= set(check(url, "gpt"))
 print("onnx_check: ok")

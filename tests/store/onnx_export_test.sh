@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tessera store export-onnx, checked by ONNX's own tools: an MLP (GELU, dropout, per-feature
-# normalisation) and a CNN (Fashion-MNIST, bytes scaled and standardised) are trained and
-# published by real runs, exported, validated by onnx.checker, run by onnxruntime (both from
+# normalisation), a CNN (Fashion-MNIST, bytes scaled and standardised) and a GPT (on Debian's
+# fortune files) are trained and published by real runs, exported, validated by onnx.checker, run by onnxruntime (both from
 # PyPI, in a venv this script creates), and compared with what `tessera serve` answers for the
 # same inputs over its HTTP protocol. Hostile references and unwritable outputs are refused.
 #   onnx_export_test.sh TESSERA SOURCE_DIR BUILD_DIR
@@ -26,8 +26,13 @@ train { epochs: 2 seed: 3 threads: 1 }
 SPEC
 train mlp "$W/mlp.pbtxt"
 train_small_cnn cnn 40
+"$TESSERA" corpus /usr/share/games/fortunes -o "$W/tokens" > /dev/null || fail "corpus"
+train gpt "$SRC/jobs/examples/fortunes_gpt.pbtxt" --set data.train_path="$W/tokens/train.bin" \
+  --set data.test_path="$W/tokens/test.bin" --set model.gpt.layers=2 --set model.gpt.width=32 \
+  --set model.gpt.context=16 --set model.gpt.dropout=0.1 --set train.steps=30 --set train.eval_every_steps=0 \
+  --set optimizer.schedule.warmup_steps=5 --set train.threads=1
 
-for m in mlp cnn; do
+for m in mlp cnn gpt; do
   "$TESSERA" store export-onnx "$m@latest" "$W/$m.onnx" --store "$W/store" > "$W/export-$m.log" 2>&1 \
     || { cat "$W/export-$m.log"; fail "export-onnx $m"; }
   cat "$W/export-$m.log"
