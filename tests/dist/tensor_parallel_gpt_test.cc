@@ -23,7 +23,9 @@ TEST(TensorParallelGpt, LossAndGradientShardsAreTheWholeModels) {
   auto whole = models::BuildGpt(c);
   whole->set_needs_input_grad(false);
   nn::FlatParameters wp(*whole, Device::CPU(), DType::kF64, 5);
-  auto [x, y] = Batch(0, c.vocab);
+  // Not structured bindings: the rank lambdas below capture them (clang 14 refuses that in C++17).
+  const std::pair<Tensor, Tensor> batch = Batch(0, c.vocab);
+  const Tensor &x = batch.first, &y = batch.second;
   nn::CrossEntropyLoss ce;
   const auto values = Snapshot(wp);
   const double want = ce.Forward(whole->Forward(x), y).Item();
@@ -57,7 +59,8 @@ TEST(TensorParallelGpt, LossAndGradientShardsAreTheWholeModels) {
 
 TEST(TensorParallelGpt, TwentyAdamStepsEndWhereOneProcessEnds) {
   SetNumThreads(1);
-  const auto [start, end] = TrainWhole(20);
+  const auto whole = TrainWhole(20);
+  const auto &start = whole.first, &end = whole.second;
   for (int ranks : {2, 4}) {
     std::vector<double> diff(ranks);
     std::vector<std::string> errors =
