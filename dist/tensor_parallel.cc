@@ -7,13 +7,6 @@
 namespace tessera::dist {
 namespace {
 
-void AllReduceSum(Tensor& t, const TensorGroup& g) {
-  if (g.size() == 1) return;
-  CollectiveOptions o;
-  o.timeout_s = g.timeout_s;
-  g.group->AllReduce(t, o)->Wait();
-}
-
 void RequireLastDim(const nn::Module& m, const Tensor& x, int64_t d) {
   if (!x.defined() || x.ndim() < 1 || x.dim(-1) != d)
     TESSERA_THROW(ShapeError, m.Describe(), ": input ", x.defined() ? x.Describe() : "undefined",
@@ -21,6 +14,14 @@ void RequireLastDim(const nn::Module& m, const Tensor& x, int64_t d) {
 }
 
 }  // namespace
+
+void AllReduceOver(Tensor& t, const TensorGroup& g, ReduceOp op) {
+  if (g.size() == 1) return;
+  CollectiveOptions o;
+  o.op = op;
+  o.timeout_s = g.timeout_s;
+  g.group->AllReduce(t, o)->Wait();
+}
 
 Shape ShardShape(const Shape& logical, const ShardSpec& s) {
   if (s.dim < 0 || s.dim >= static_cast<int>(logical.size()) || s.blocks < 1 || s.parts < 1 || s.index < 0 ||
@@ -33,6 +34,9 @@ Shape ShardShape(const Shape& logical, const ShardSpec& s) {
 }
 
 Tensor TakeShard(const Tensor& logical, const ShardSpec& s) {
+  if (!logical.defined() || !logical.device().is_cpu())
+    TESSERA_THROW(ShapeError, "TakeShard: the logical tensor must be on the host, got ",
+                  logical.defined() ? logical.Describe() : "an undefined tensor");
   const Shape& shape = logical.shape();
   Tensor out = Tensor::Empty(ShardShape(shape, s), logical.dtype());
   // View the logical tensor as [outer, blocks, parts, piece * inner]; the shard is [outer, blocks, piece *
@@ -94,7 +98,7 @@ Tensor ColumnParallelLinear::Backward(const Tensor& dy) {
   Tensor dx;
   if (needs_input_grad()) {
     dx = ops::MatMul(dy2, weight_->value);  // this rank's part of dL/dx
-    AllReduceSum(dx, group_);
+    AllReduceOver(dx, group_);
     dx = dx.Reshape(x_shape_);
   }
   x_ = Tensor();
@@ -121,7 +125,7 @@ Tensor RowParallelLinear::Forward(const Tensor& x) {
   RequireLastDim(*this, x, local_in_);
   Tensor x2 = x.Reshape({-1, local_in_});
   Tensor y = ops::MatMul(x2, weight_->value, false, true);  // this rank's part of the sum
-  AllReduceSum(y, group_);
+  AllReduceOver(y, group_);
   if (bias_) ops::AddBias(y, bias_->value);  // once, after the sum
   x_ = training() ? x2 : Tensor();
   x_shape_ = x.shape();

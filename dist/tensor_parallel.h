@@ -35,6 +35,10 @@ struct TensorGroup {
   int size() const { return group ? group->size() : 1; }
 };
 
+// Sums (or takes the maximum of) `t` over the group, in place, waiting for the result; nothing for
+// one rank.
+void AllReduceOver(Tensor& t, const TensorGroup& group, ReduceOp op = ReduceOp::kSum);
+
 // Which part of a logical tensor a shard holds: along dimension `dim`, the logical tensor is
 // `blocks` equal blocks (c_attn's q | k | v: 3), each cut into `parts` equal pieces; the shard is
 // piece `index` of every block, in block order.

@@ -7,18 +7,6 @@
 #include "core/ops/ops.h"
 
 namespace tessera::dist {
-namespace {
-
-void AllReduce(Tensor& t, const TensorGroup& g, ReduceOp op = ReduceOp::kSum) {
-  if (g.size() == 1) return;
-  CollectiveOptions o;
-  o.op = op;
-  o.timeout_s = g.timeout_s;
-  g.group->AllReduce(t, o)->Wait();
-}
-
-}  // namespace
-
 nn::ProjectionMaker TensorParallelProjections(const TensorGroup& group) {
   nn::ProjectionMaker m;
   m.column = [group](int64_t in, int64_t out, int64_t blocks) -> std::unique_ptr<nn::Module> {
@@ -53,9 +41,10 @@ std::string VocabParallelEmbedding::Describe() const {
 
 Tensor VocabParallelEmbedding::Forward(const Tensor& ids) {
   RequireMaterialized(*wte_);
-  if (!ids.defined() || ids.ndim() != 2 || ids.dim(1) > context_ || ids.dim(1) < 1 || !ids.device().is_cpu())
+  if (!ids.defined() || ids.ndim() != 2 || ids.dim(1) > context_ || ids.dim(1) < 1 ||
+      !ids.device().is_cpu() || (ids.dtype() != DType::kI32 && ids.dtype() != DType::kI64))
     TESSERA_THROW(ShapeError, Describe(), ": token ids ", ids.defined() ? ids.Describe() : "undefined",
-                  " must be host [B, T] with 1 <= T <= the context of ", context_);
+                  " must be host i32 or i64 [B, T] with 1 <= T <= the context of ", context_);
   const int64_t b = ids.dim(0), t = ids.dim(1);
   const std::vector<double> v = ids.ToVector();
   Tensor y = Tensor::Zeros({b, t, width_}, wte_->value.dtype());
@@ -69,7 +58,7 @@ Tensor VocabParallelEmbedding::Forward(const Tensor& ids) {
     const int64_t row = static_cast<int64_t>(v[i]) - first_;
     if (row >= 0 && row < rows_) std::memcpy(out + i * row_bytes, table + row * row_bytes, row_bytes);
   }
-  AllReduce(y, group_);  // each id's row came from the one rank that holds it
+  AllReduceOver(y, group_);  // each id's row came from the one rank that holds it
   Tensor flat = y.Reshape({b, t * width_});
   ops::AddBias(flat, wpe_->value.Slice0(0, t).Reshape({t * width_}));
   ids_ = training() ? ids : Tensor();
@@ -132,7 +121,7 @@ Tensor VocabParallelHead::Backward(const Tensor& dy) {
   Tensor dy2 = dy.Reshape({-1, weight_.shape[0]});
   ops::Gemm(dy2, true, x_, false, weight_.grad, 1.0, 1.0);  // the embedding announces wte
   Tensor dx = ops::MatMul(dy2, weight_.value);              // this rank's vocabulary's part
-  AllReduce(dx, group_);
+  AllReduceOver(dx, group_);
   x_ = Tensor();
   return dx.Reshape(x_shape_);
 }
@@ -159,7 +148,7 @@ Tensor VocabParallelCrossEntropy::Forward(const Tensor& logits, const Tensor& la
   for (int64_t r = 0; r < rows; ++r)
     m[r] = *std::max_element(lv.begin() + r * cols, lv.begin() + (r + 1) * cols);
   Tensor mt = Tensor::FromVector(m, {rows}, DType::kF64);
-  AllReduce(mt, group_, ReduceOp::kMax);  // each row's maximum over the whole vocabulary
+  AllReduceOver(mt, group_, ReduceOp::kMax);  // each row's maximum over the whole vocabulary
   const double* gm = mt.data<double>();
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) st[r] += std::exp(lv[r * cols + c] - gm[r]);
@@ -167,7 +156,7 @@ Tensor VocabParallelCrossEntropy::Forward(const Tensor& logits, const Tensor& la
     if (local >= 0 && local < cols) st[rows + r] = lv[r * cols + local];  // the one rank that holds it
   }
   Tensor sums = Tensor::FromVector(st, {2 * rows}, DType::kF64);
-  AllReduce(sums, group_);
+  AllReduceOver(sums, group_);
   const double* s = sums.data<double>();
   double loss = 0;
   std::vector<double> p(lv.size());
@@ -217,6 +206,20 @@ std::unique_ptr<nn::Sequential> BuildTensorParallelGpt(const models::GptConfig& 
   net->Add("ln_f", std::make_unique<nn::LayerNorm>(c.width));
   net->Add("head", std::make_unique<VocabParallelHead>(embed, group));
   return net;
+}
+
+void InitializeAsWholeGpt(nn::FlatParameters& params, const models::GptConfig& config, uint64_t seed,
+                          const TensorGroup& group) {
+  auto whole = models::BuildGpt(config);  // shapes and initialisers only: nothing is allocated
+  const std::map<std::string, ShardSpec> shards = GptShards(config, group);
+  const auto named = whole->NamedParameters();
+  for (size_t i = 0; i < named.size(); ++i) {
+    const nn::FlatParameters::Entry& e = params.Find(named[i].first);
+    Tensor logical = Tensor::Empty(named[i].second->shape, params.values().dtype());
+    nn::DrawInitialValues(named[i].second->init, seed, i, logical);
+    auto s = shards.find(e.name);
+    e.param->value.CopyFrom(s == shards.end() ? logical : TakeShard(logical, s->second));
+  }
 }
 
 std::map<std::string, ShardSpec> GptShards(const models::GptConfig& c, const TensorGroup& group) {

@@ -85,6 +85,14 @@ class VocabParallelCrossEntropy {
 // over the group.
 std::unique_ptr<nn::Sequential> BuildTensorParallelGpt(const models::GptConfig& config, TensorGroup group);
 
+// Gives this rank's split GPT (laid out in `params`) the values models::BuildGpt(config) laid out
+// with `seed` starts from: each parameter's logical tensor drawn from the whole model's stream
+// (nn::DrawInitialValues), then cut to this rank's piece, one parameter at a time. Without it every
+// rank would draw its shards from the same streams, and the heads (and MLP features) of different
+// ranks would start, and stay, the same.
+void InitializeAsWholeGpt(nn::FlatParameters& params, const models::GptConfig& config, uint64_t seed,
+                          const TensorGroup& group);
+
 // The split parameters of BuildGpt(config) and this rank's piece of each (the others are whole).
 std::map<std::string, ShardSpec> GptShards(const models::GptConfig& config, const TensorGroup& group);
 

@@ -154,11 +154,42 @@ void AllocateParameters(Module& m) {
   }
 }
 
-FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64_t seed, int64_t size_multiple)
+void DrawInitialValues(const Init& init, uint64_t seed, size_t index, Tensor& out) {
+  constexpr int64_t kChunk = 1 << 16;
+  std::vector<double> chunk;
+  PhiloxGenerator gen(seed, /*stream=*/index + 1);
+  const int64_t numel = out.numel();
+  Tensor flat = out.Reshape({numel});
+  for (int64_t lo = 0; lo < numel; lo += kChunk) {
+    const int64_t n = std::min(kChunk, numel - lo);
+    chunk.resize(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) {
+      switch (init.kind) {
+        case Init::kZeros:
+          chunk[j] = 0;
+          break;
+        case Init::kOnes:
+          chunk[j] = 1;
+          break;
+        case Init::kUniform:
+          chunk[j] = gen.Uniform(init.a, init.b);
+          break;
+        case Init::kNormal:
+          chunk[j] = init.a + init.b * gen.Normal();
+          break;
+      }
+    }
+    flat.Slice0(lo, lo + n).CopyFrom(Tensor::FromVector(chunk, {n}, out.dtype()));
+  }
+}
+
+FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64_t seed,
+                               int64_t size_multiple)
     : model_(model) {
   if (!IsFloating(dtype))
     TESSERA_THROW(ValueError, "FlatParameters: parameters must be floating point, got ", DTypeName(dtype));
-  if (size_multiple < 1) TESSERA_THROW(ValueError, "FlatParameters: size_multiple must be >= 1, got ", size_multiple);
+  if (size_multiple < 1)
+    TESSERA_THROW(ValueError, "FlatParameters: size_multiple must be >= 1, got ", size_multiple);
   auto named = model.NamedParameters();
   int64_t offset = 0;
   for (auto& [name, p] : named) {
@@ -176,25 +207,9 @@ FlatParameters::FlatParameters(Module& model, Device device, DType dtype, uint64
   // Initial values are drawn on the host in double a chunk at a time, cast into a host buffer of
   // `dtype` (no double copy of the whole model: that alone would be 8 bytes a parameter).
   Tensor staged = Tensor::Zeros({offset}, dtype);
-  constexpr int64_t kChunk = 1 << 16;
-  std::vector<double> chunk;
   for (size_t i = 0; i < entries_.size(); ++i) {
-    const Entry& e = entries_[i];
-    const Init& init = e.param->init;
-    PhiloxGenerator gen(seed, /*stream=*/i + 1);
-    for (int64_t lo = 0; lo < e.numel; lo += kChunk) {
-      const int64_t n = std::min(kChunk, e.numel - lo);
-      chunk.resize(static_cast<size_t>(n));
-      for (int64_t j = 0; j < n; ++j) {
-        switch (init.kind) {
-          case Init::kZeros: chunk[j] = 0; break;
-          case Init::kOnes: chunk[j] = 1; break;
-          case Init::kUniform: chunk[j] = gen.Uniform(init.a, init.b); break;
-          case Init::kNormal: chunk[j] = init.a + init.b * gen.Normal(); break;
-        }
-      }
-      staged.Slice0(e.offset + lo, e.offset + lo + n).CopyFrom(Tensor::FromVector(chunk, {n}, dtype));
-    }
+    Tensor view = staged.Slice0(entries_[i].offset, entries_[i].offset + entries_[i].numel);
+    DrawInitialValues(entries_[i].param->init, seed, i, view);
   }
   values_ = device.is_cpu() ? staged : staged.To(device);
   if (device.is_cpu()) {  // zeros that take no memory until written (a ZeRO-2 rank never writes most)

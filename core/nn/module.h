@@ -44,8 +44,8 @@ struct Parameter {
   // f32 for every trainable parameter; i8 for a quantised layer's weight (core/nn/quantized.h),
   // which only inference lays out (FlatParameters refuses it).
   DType dtype = DType::kF32;
-  Tensor value;  // a view into the flat value buffer once laid out
-  Tensor grad;   // a view into the flat gradient buffer
+  Tensor value;         // a view into the flat value buffer once laid out
+  Tensor grad;          // a view into the flat gradient buffer
   int64_t offset = -1;  // element offset of value/grad within the flat buffers
   const std::function<void(Parameter&)>* grad_ready_hook = nullptr;
 };
@@ -144,7 +144,9 @@ class Sequential : public Module {
   size_t size() const { return num_children(); }
   Module& operator[](size_t i) { return child(i); }
   // Puts `layer` in place of child i (keeping its name) and returns the layer it replaces.
-  std::unique_ptr<Module> Replace(size_t i, std::unique_ptr<Module> layer) { return ReplaceChild(i, std::move(layer)); }
+  std::unique_ptr<Module> Replace(size_t i, std::unique_ptr<Module> layer) {
+    return ReplaceChild(i, std::move(layer));
+  }
   Tensor Forward(const Tensor& x) override;
   // Without an input gradient, backward stops after the first child that has parameters: the
   // children before it (Flatten, say) have nothing to compute.
@@ -160,6 +162,12 @@ class Sequential : public Module {
   }
   ChildHook child_hook_;
 };
+
+// The initial values of parameter number `index` (in NamedParameters() order) of a model seeded
+// with `seed`, as FlatParameters draws them: its own Philox stream, so that a layer's values do not
+// depend on the others, and a shard of a parameter (tensor parallelism) can be cut from them.
+// `out`: a host tensor of the parameter's shape, of a floating dtype.
+void DrawInitialValues(const Init& init, uint64_t seed, size_t index, Tensor& out);
 
 // Gives every parameter of `m` a host tensor of its own, of the parameter's dtype, zeroed: for a
 // network that is not trained (an int8 one, or one filled from a file), which needs no flat
@@ -180,7 +188,7 @@ class FlatParameters {
   struct Entry {
     std::string name;  // full dotted path
     Parameter* param;
-    int64_t offset;    // in elements
+    int64_t offset;  // in elements
     int64_t numel;
   };
 
@@ -189,8 +197,8 @@ class FlatParameters {
   // seeds the model's random layers, and zeroes the gradients. The model must outlive this.
   // `size_multiple`: numel() is padded up to a multiple of it (ZeRO shards the buffers into that
   // many equal parts).
-  FlatParameters(Module& model, Device device = Device::CPU(), DType dtype = DType::kF32,
-                 uint64_t seed = 0, int64_t size_multiple = 1);
+  FlatParameters(Module& model, Device device = Device::CPU(), DType dtype = DType::kF32, uint64_t seed = 0,
+                 int64_t size_multiple = 1);
   ~FlatParameters();
   FlatParameters(const FlatParameters&) = delete;
   FlatParameters& operator=(const FlatParameters&) = delete;
@@ -199,7 +207,7 @@ class FlatParameters {
   const Tensor& grads() const { return grads_; }
   Tensor& values() { return values_; }
   Tensor& grads() { return grads_; }
-  int64_t numel() const { return values_.numel(); }   // padding included
+  int64_t numel() const { return values_.numel(); }       // padding included
   int64_t num_parameters() const { return num_params_; }  // padding excluded
   const std::vector<Entry>& entries() const { return entries_; }
   const Entry& Find(const std::string& name) const;  // throws Error naming the missing parameter

@@ -59,6 +59,9 @@ void CausalSelfAttention::set_needs_input_grad(bool needs) {
 Tensor CausalSelfAttention::Forward(const Tensor& x) {
   RequireActivations(*this, x, width_);
   Tensor qkv = c_attn_->Forward(x), lse;
+  if (qkv.dim(2) != 3 * local_heads_ * (width_ / heads_))  // the maker's parts and its projections disagree
+    TESSERA_THROW(ShapeError, Describe(), ": c_attn gave ", qkv.Describe(), ", not q | k | v of ",
+                  local_heads_, " heads");
   Tensor y = c_proj_->Forward(ops::CausalAttention(qkv, local_heads_, &lse));
   if (training()) {
     qkv_ = qkv;

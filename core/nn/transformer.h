@@ -68,6 +68,10 @@ class TransformerMlp : public Module {
   Dropout* drop_ = nullptr;
 };
 
+// Sets the "weight" parameter of a projection (its own, not a child's) to start N(0, std) and its "bias" at
+// zero (GPT-2's initialisation), before the model is laid out.
+void InitProjection(Module& projection, double std);
+
 // Pre-LayerNorm residual block: h = x + attn(ln_1(x)); y = h + mlp(ln_2(h)).
 class TransformerBlock : public Module {
  public:
@@ -110,10 +114,6 @@ class GptEmbedding : public Module {
 // logits [B, T, vocab] = x [B, T, C] @ wte^T, with the token embedding's own weight (tied, as in
 // GPT-2): it declares no parameter of its own. Backward adds its share of wte's gradient and leaves
 // announcing that gradient to the embedding, whose backward runs later and finishes it.
-// Sets every "weight" parameter of a projection to start N(0, std) and every "bias" at zero (GPT-2's
-// initialisation), before the model is laid out.
-void InitProjection(Module& projection, double std);
-
 class TiedLmHead : public Module {
  public:
   explicit TiedLmHead(GptEmbedding& embedding);

@@ -49,10 +49,10 @@ class GptWriter {
                         const std::string& mask) {
     const int64_t dh = c / heads;
     const std::string qkv = Linear(x, name + ".c_attn");
-    onnx::NodeProto* split = g_.Node("Split", {qkv, g_.Int64s({c, c, c})});
+    onnx::NodeProto* split = g_.Node("Split", {qkv, g_.Int64s({c, c, c})}, name + ".q");
     GraphWriter::Int(split, "axis", 2);
-    split->add_output("t_" + name + "_k");
-    split->add_output("t_" + name + "_v");
+    split->add_output(name + ".k");
+    split->add_output(name + ".v");
     const std::string q = Heads(split->output(0), t, heads, dh), k = Heads(split->output(1), t, heads, dh),
                       v = Heads(split->output(2), t, heads, dh);
     const std::string scores = g_.Apply("Mul", {g_.Apply("MatMul", {q, Transposed(k, {0, 1, 3, 2})}),

@@ -7,7 +7,9 @@
 #include <cmath>
 #include <map>
 
+#include "core/ops/ops.h"
 #include "core/threads.h"
+#include "tests/core/gradcheck.h"
 #include "tests/dist/thread_ranks.h"
 #include "tests/dist/tp_train.h"
 
@@ -23,6 +25,9 @@ TEST(TensorParallelGpt, LossAndGradientShardsAreTheWholeModels) {
   auto whole = models::BuildGpt(c);
   whole->set_needs_input_grad(false);
   nn::FlatParameters wp(*whole, Device::CPU(), DType::kF64, 5);
+  // Biases start at zero and LayerNorms at 1 and 0: move every value, so that a bias added on
+  // every rank instead of once, or a LayerNorm gradient summed over ranks, shows.
+  wp.values().CopyFrom(ops::Add(wp.values(), testing::RandomTensor({wp.numel()}, DType::kF64, 7, -0.2, 0.2)));
   // Not structured bindings: the rank lambdas below capture them (clang 14 refuses that in C++17).
   const std::pair<Tensor, Tensor> batch = Batch(0, c.vocab);
   const Tensor &x = batch.first, &y = batch.second;
@@ -57,14 +62,41 @@ TEST(TensorParallelGpt, LossAndGradientShardsAreTheWholeModels) {
   }
 }
 
+// Laid out with the whole model's seed, each rank starts from its piece of the whole GPT's initial
+// values: different heads on different ranks, not the same shard drawn T times.
+TEST(TensorParallelGpt, ARankStartsFromItsPieceOfTheWholeGpt) {
+  SetNumThreads(1);
+  const models::GptConfig c = Config();
+  auto whole = models::BuildGpt(c);
+  nn::FlatParameters wp(*whole, Device::CPU(), DType::kF32, kSeed);
+  const auto values = Snapshot(wp);
+  for (int ranks : {2, 4}) {
+    std::vector<std::vector<double>> wte(ranks);
+    std::vector<std::string> errors = RunRanks(ranks, [&](ProcessGroup& g) {
+      const TensorGroup tg{&g, 30};
+      auto net = BuildTensorParallelGpt(c, tg);
+      nn::FlatParameters p(*net, Device::CPU(), DType::kF32, kSeed);
+      InitializeAsWholeGpt(p, c, kSeed, tg);
+      const auto shards = GptShards(c, tg);
+      for (const auto& e : p.entries())
+        if (e.param->value.ToVector() != Piece(values, e.name, shards).ToVector())
+          ADD_FAILURE() << ranks << " ranks, rank " << g.rank() << ": " << e.name
+                        << " is not its piece of the whole";
+      wte[g.rank()] = p.Find("embed.wte").param->value.ToVector();
+    });
+    for (int r = 0; r < ranks; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
+    EXPECT_NE(wte[0], wte[1]) << "ranks 0 and 1 hold the same rows of wte";
+  }
+}
+
 TEST(TensorParallelGpt, TwentyAdamStepsEndWhereOneProcessEnds) {
   SetNumThreads(1);
   const auto whole = TrainWhole(20);
-  const auto &start = whole.first, &end = whole.second;
+  const auto& end = whole.second;
   for (int ranks : {2, 4}) {
     std::vector<double> diff(ranks);
     std::vector<std::string> errors =
-        RunRanks(ranks, [&](ProcessGroup& g) { diff[g.rank()] = TrainSplitAndCompare(g, start, end, 20); });
+        RunRanks(ranks, [&](ProcessGroup& g) { diff[g.rank()] = TrainSplitAndCompare(g, end, 20); });
     for (int r = 0; r < ranks; ++r) {
       EXPECT_EQ(errors[r], "") << "rank " << r;
       EXPECT_LE(diff[r], 1e-5) << ranks << " ranks, rank " << r;

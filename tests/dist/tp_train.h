@@ -63,18 +63,20 @@ inline double RelativeDifference(const std::vector<double>& a, const std::vector
   return n > 0 ? std::sqrt(d / n) : std::sqrt(d);
 }
 
-// Trains the split GPT on `group` for `steps` steps of Adam from `start` (the whole model's values
-// by name) and returns how far this rank's shards end from `end` (the whole model's after the same
-// steps): ||shards - end's pieces|| / ||end's pieces||.
-inline double TrainSplitAndCompare(ProcessGroup& g, const std::map<std::string, Tensor>& start,
-                                   const std::map<std::string, Tensor>& end, int steps) {
+// The seed both the whole and the split GPT are laid out from.
+constexpr uint64_t kSeed = 6;
+
+// Trains the split GPT on `group` for `steps` steps of Adam from the whole GPT's start (drawn as
+// the whole model draws it: InitializeAsWholeGpt) and returns how far this rank's shards end from
+// `end` (the whole model's after the same steps): ||shards - end's pieces|| / ||end's pieces||.
+inline double TrainSplitAndCompare(ProcessGroup& g, const std::map<std::string, Tensor>& end, int steps) {
   const models::GptConfig c = Config();
   const TensorGroup tg{&g, 30};
   auto net = BuildTensorParallelGpt(c, tg);
   net->set_needs_input_grad(false);
-  nn::FlatParameters p(*net, Device::CPU(), DType::kF32, 99);
+  nn::FlatParameters p(*net, Device::CPU(), DType::kF32, kSeed);
+  InitializeAsWholeGpt(p, c, kSeed, tg);
   const auto shards = GptShards(c, tg);
-  CopyShards(start, p, shards);
   optim::Adam opt(p.values(), p.grads());
   VocabParallelCrossEntropy vce(tg);
   for (int s = 0; s < steps; ++s) {
@@ -98,7 +100,7 @@ inline std::pair<std::map<std::string, Tensor>, std::map<std::string, Tensor>> T
   const models::GptConfig c = Config();
   auto whole = models::BuildGpt(c);
   whole->set_needs_input_grad(false);
-  nn::FlatParameters wp(*whole, Device::CPU(), DType::kF32, 6);
+  nn::FlatParameters wp(*whole, Device::CPU(), DType::kF32, kSeed);
   const auto start = Snapshot(wp);
   optim::Adam opt(wp.values(), wp.grads());
   nn::CrossEntropyLoss ce;

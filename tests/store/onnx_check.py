@@ -74,6 +74,12 @@ def check(url, model):
     onnx.checker.check_model(m, full_check=True)
     assert [i.name for i in m.graph.input] == ["input"], m.graph.input
     assert [o.name for o in m.graph.output] == ["logits", "probabilities"], m.graph.output
+    def dims(v):
+        return [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+    want_type = onnx.TensorProto.INT64 if model == "gpt" else onnx.TensorProto.FLOAT
+    assert m.graph.input[0].type.tensor_type.elem_type == want_type, m.graph.input[0]
+    if model == "gpt":  # [batch, T] ids in, [batch, T, vocab] out
+        assert dims(m.graph.input[0]) == [-1, 16] and dims(m.graph.output[0]) == [-1, 16, 256], m.graph
     meta = {p.key: p.value for p in m.metadata_props}
     assert meta["tessera.model"] == model and meta["tessera.version"] == "1", meta
     ops = sorted({n.op_type for n in m.graph.node})
