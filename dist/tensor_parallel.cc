@@ -5,16 +5,6 @@
 #include "core/ops/ops.h"
 
 namespace tessera::dist {
-namespace {
-
-void RequireLastDim(const nn::Module& m, const Tensor& x, int64_t d) {
-  if (!x.defined() || x.ndim() < 1 || x.dim(-1) != d)
-    TESSERA_THROW(ShapeError, m.Describe(), ": input ", x.defined() ? x.Describe() : "undefined",
-                  " must have last dimension ", d);
-}
-
-}  // namespace
-
 void AllReduceOver(Tensor& t, const TensorGroup& g, ReduceOp op) {
   if (g.size() == 1) return;
   CollectiveOptions o;
@@ -57,96 +47,65 @@ Tensor TakeShard(const Tensor& logical, const ShardSpec& s) {
 }
 
 // ---- ColumnParallelLinear ----
+namespace {
+int64_t PartOf(const char* what, int64_t n, int64_t blocks, const TensorGroup& g) {
+  if (n <= 0 || blocks < 1 || n % (blocks * g.size()) != 0)
+    TESSERA_THROW(ValueError, what, ": ", n, " features do not split into ", blocks, " blocks over ",
+                  g.size(), " ranks");
+  return n / g.size();
+}
+}  // namespace
+
 ColumnParallelLinear::ColumnParallelLinear(int64_t in, int64_t out, TensorGroup group, int64_t blocks,
                                            bool bias)
-    : Module("ColumnParallelLinear"), in_(in), out_(out), blocks_(blocks), group_(group) {
-  if (in <= 0 || out <= 0 || blocks < 1 || out % (blocks * group.size()) != 0)
-    TESSERA_THROW(ValueError, "ColumnParallelLinear: out=", out, " does not split into ", blocks,
-                  " blocks over ", group.size(), " ranks");
-  local_out_ = out / group.size();
-  weight_ = &AddParameter("weight", {local_out_, in}, nn::Init::KaimingUniformA5(in));
-  if (bias) bias_ = &AddParameter("bias", {local_out_}, nn::Init::KaimingUniformA5(in));
-}
+    : nn::Linear(in, PartOf("ColumnParallelLinear", out, blocks, group), bias),
+      in_(in),
+      out_(out),
+      blocks_(blocks),
+      group_(group) {}
 
 std::string ColumnParallelLinear::Describe() const {
   return detail::StrCat("ColumnParallelLinear(in=", in_, ", out=", out_, ", blocks=", blocks_, ", rank ",
-                        group_.rank(), " of ", group_.size(), ": out ", local_out_, ")");
-}
-
-Tensor ColumnParallelLinear::Forward(const Tensor& x) {
-  RequireMaterialized(*weight_);
-  RequireLastDim(*this, x, in_);
-  Tensor x2 = x.Reshape({-1, in_});
-  Tensor y = ops::MatMul(x2, weight_->value, false, true);
-  if (bias_) ops::AddBias(y, bias_->value);
-  x_ = training() ? x2 : Tensor();
-  x_shape_ = x.shape();
-  Shape ys = x.shape();
-  ys.back() = local_out_;
-  return y.Reshape(ys);
+                        group_.rank(), " of ", group_.size(), ": out ", out_ / group_.size(), ")");
 }
 
 Tensor ColumnParallelLinear::Backward(const Tensor& dy) {
-  RequireSaved(x_);
-  Tensor dy2 = dy.Reshape({-1, local_out_});
-  ops::Gemm(dy2, true, x_, false, weight_->grad, 1.0, 1.0);  // dW_shard += dy^T x
-  NotifyGradReady(*weight_);
-  if (bias_) {
-    ops::SumRows(dy2, bias_->grad, /*accumulate=*/true);
-    NotifyGradReady(*bias_);
-  }
-  Tensor dx;
-  if (needs_input_grad()) {
-    dx = ops::MatMul(dy2, weight_->value);  // this rank's part of dL/dx
-    AllReduceOver(dx, group_);
-    dx = dx.Reshape(x_shape_);
-  }
-  x_ = Tensor();
+  Tensor dx = nn::Linear::Backward(dy);  // this rank's part of dL/dx
+  if (dx.defined()) AllReduceOver(dx, group_);
   return dx;
 }
 
 // ---- RowParallelLinear ----
 RowParallelLinear::RowParallelLinear(int64_t in, int64_t out, TensorGroup group, bool bias)
-    : Module("RowParallelLinear"), in_(in), out_(out), group_(group) {
-  if (in <= 0 || out <= 0 || in % group.size() != 0)
-    TESSERA_THROW(ValueError, "RowParallelLinear: in=", in, " does not split over ", group.size(), " ranks");
-  local_in_ = in / group.size();
-  weight_ = &AddParameter("weight", {out, local_in_}, nn::Init::KaimingUniformA5(in));
+    : nn::Linear(PartOf("RowParallelLinear", in, 1, group), out, /*bias=*/false),
+      in_(in),
+      out_(out),
+      group_(group) {
+  weight().init = nn::Init::KaimingUniformA5(in);  // the whole layer's fan-in, not the shard's
   if (bias) bias_ = &AddParameter("bias", {out}, nn::Init::KaimingUniformA5(in));
 }
 
 std::string RowParallelLinear::Describe() const {
   return detail::StrCat("RowParallelLinear(in=", in_, ", out=", out_, ", rank ", group_.rank(), " of ",
-                        group_.size(), ": in ", local_in_, ")");
+                        group_.size(), ": in ", in_ / group_.size(), ")");
 }
 
 Tensor RowParallelLinear::Forward(const Tensor& x) {
-  RequireMaterialized(*weight_);
-  RequireLastDim(*this, x, local_in_);
-  Tensor x2 = x.Reshape({-1, local_in_});
-  Tensor y = ops::MatMul(x2, weight_->value, false, true);  // this rank's part of the sum
+  Tensor y = nn::Linear::Forward(x);  // this rank's part of the sum
   AllReduceOver(y, group_);
-  if (bias_) ops::AddBias(y, bias_->value);  // once, after the sum
-  x_ = training() ? x2 : Tensor();
-  x_shape_ = x.shape();
-  Shape ys = x.shape();
-  ys.back() = out_;
-  return y.Reshape(ys);
+  if (bias_) {
+    Tensor rows = y.Reshape({-1, out_});
+    ops::AddBias(rows, bias_->value);  // once, after the sum
+  }
+  return y;
 }
 
 Tensor RowParallelLinear::Backward(const Tensor& dy) {
-  RequireSaved(x_);
-  Tensor dy2 = dy.Reshape({-1, out_});
-  ops::Gemm(dy2, true, x_, false, weight_->grad, 1.0, 1.0);
-  NotifyGradReady(*weight_);
   if (bias_) {
-    ops::SumRows(dy2, bias_->grad, /*accumulate=*/true);
+    ops::SumRows(dy.Reshape({-1, out_}), bias_->grad, /*accumulate=*/true);
     NotifyGradReady(*bias_);
   }
-  Tensor dx;
-  if (needs_input_grad()) dx = ops::MatMul(dy2, weight_->value).Reshape(x_shape_);
-  x_ = Tensor();
-  return dx;
+  return nn::Linear::Backward(dy);
 }
 
 }  // namespace tessera::dist

@@ -21,7 +21,7 @@
 
 #include <cstdint>
 
-#include "core/nn/module.h"
+#include "core/nn/layers.h"
 #include "dist/process_group.h"
 
 namespace tessera::dist {
@@ -55,49 +55,39 @@ Tensor TakeShard(const Tensor& logical, const ShardSpec& s);
 Shape ShardShape(const Shape& logical, const ShardSpec& s);
 
 // y [..., out / T] = x [..., in] W_shard^T + b_shard, W_shard [out / T, in] the rows of this rank's
-// piece of each of `blocks` blocks of W [out, in] (ShardSpec{0, blocks, T, rank}).
-class ColumnParallelLinear : public nn::Module {
+// piece of each of `blocks` blocks of W [out, in] (ShardSpec{0, blocks, T, rank}). A Linear of the
+// shard's size whose input gradient is summed over the group (every rank's is then the same).
+class ColumnParallelLinear : public nn::Linear {
  public:
   // Throws ValueError when out is not divisible into blocks x T.
   ColumnParallelLinear(int64_t in, int64_t out, TensorGroup group, int64_t blocks = 1, bool bias = true);
-  Tensor Forward(const Tensor& x) override;
-  // Accumulates the shard's gradients; returns dL/dx summed over the group (every rank's is the same).
   Tensor Backward(const Tensor& dy) override;
   std::string Describe() const override;
-  nn::Parameter& weight() { return *weight_; }
-  nn::Parameter* bias() { return bias_; }
   ShardSpec weight_shard() const { return {0, blocks_, group_.size(), group_.rank()}; }
 
  private:
-  int64_t in_, out_, local_out_, blocks_;
+  int64_t in_, out_, blocks_;
   TensorGroup group_;
-  nn::Parameter* weight_;
-  nn::Parameter* bias_ = nullptr;
-  Tensor x_;
-  Shape x_shape_;
 };
 
 // y [..., out] = sum over the group of x_shard [..., in / T] W_shard^T, plus b; W_shard [out, in / T]
 // the columns of this rank's piece of W (ShardSpec{1, 1, T, rank}); the bias [out] whole on every
-// rank (its gradient is the same on every rank).
-class RowParallelLinear : public nn::Module {
+// rank, added once after the sum (its gradient is the same on every rank). A bias-free Linear of
+// the shard's size, the sum, then the bias; backward needs no communication.
+class RowParallelLinear : public nn::Linear {
  public:
   // Throws ValueError when in is not divisible by T.
   RowParallelLinear(int64_t in, int64_t out, TensorGroup group, bool bias = true);
   Tensor Forward(const Tensor& x) override;    // x: this rank's in / T features
   Tensor Backward(const Tensor& dy) override;  // returns dL/dx of this rank's features
   std::string Describe() const override;
-  nn::Parameter& weight() { return *weight_; }
   nn::Parameter* bias() { return bias_; }
   ShardSpec weight_shard() const { return {1, 1, group_.size(), group_.rank()}; }
 
  private:
-  int64_t in_, out_, local_in_;
+  int64_t in_, out_;
   TensorGroup group_;
-  nn::Parameter* weight_;
-  nn::Parameter* bias_ = nullptr;
-  Tensor x_;
-  Shape x_shape_;
+  nn::Parameter* bias_ = nullptr;  // Linear's own is off: the bias comes after the sum
 };
 
 }  // namespace tessera::dist
